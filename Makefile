@@ -1,0 +1,42 @@
+# The map of the project: `make help` lists every target.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv fetch run up down status test test-unit
+
+help: ## List every target with what it does
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  \033[36m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): requirements-dev.txt functions/*/requirements.txt lib/purchase_common/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(STAMP) ## Create the virtualenv with every function's pinned requirements
+
+fetch: venv ## Download Apache Kafka (Maven Central) and build FerretDB (Go proxy) into .cache/
+	$(PY) -m devstack fetch
+
+run: venv ## Run the whole system locally: Kafka, FerretDB, 3 functions, gateway on :8080 (Ctrl-C stops)
+	$(PY) -m devstack run
+
+up: venv ## Start only Kafka and FerretDB in the background (prints the env to use them)
+	$(PY) -m devstack up
+
+down: ## Stop whatever `make up` (or an interrupted `make run`) left running, by PID
+	@if [ -x $(PY) ]; then $(PY) -m devstack down; fi
+
+status: venv ## Show the local stack's ports and PIDs
+	$(PY) -m devstack status
+
+test: venv ## Run the whole test suite (starts its own Kafka and FerretDB unless env names servers)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv ## Run only the tests that need no server
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)

@@ -1,0 +1,134 @@
+"""Local stand-in for the production ingress: one port, the same routes, two backends.
+
+    /api/buy                       -> buy
+    /api/user/... /api/purchases   -> history
+    /api/getAllUserBuys/...        -> history
+
+Like the ingress for host purchase.local, it forwards method, path, query, headers and
+body unchanged (no rewriting), keeps upstream connections alive per thread, and answers
+502/504 as JSON when a backend is down or slow.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+# Path prefixes as the production Ingress declares them (pathType: Prefix, matched per
+# path element); tests/k8s checks that the Ingress has exactly these.
+ROUTES = (
+    ("/api/buy", "buy"),
+    ("/api/user", "history"),
+    ("/api/purchases", "history"),
+    ("/api/getAllUserBuys", "history"),
+)
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+              "transfer-encoding", "upgrade"}
+MAX_FORWARD_BODY = 2 * 1024 * 1024
+UPSTREAM_TIMEOUT_S = 15
+
+
+def route(path: str) -> str | None:
+    for prefix, backend in ROUTES:
+        if path == prefix or path.startswith(prefix + "/"):
+            return backend
+    return None
+
+
+def make_handler(backends: dict[str, tuple[str, int]]):
+    local = threading.local()
+
+    class Gateway(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _connection(self, backend: str) -> http.client.HTTPConnection:
+            pool = getattr(local, "pool", None)
+            if pool is None:
+                pool = local.pool = {}
+            if backend not in pool:
+                host, port = backends[backend]
+                pool[backend] = http.client.HTTPConnection(host, port, timeout=UPSTREAM_TIMEOUT_S)
+            return pool[backend]
+
+        def _reply(self, status: int, body: dict) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def _forward(self) -> None:
+            path = urlsplit(self.path).path
+            if path == "/healthz":
+                return self._reply(200, {"status": "ok"})
+            backend = route(path)
+            if backend is None:
+                return self._reply(404, {"error": "no route for this path"})
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                self.close_connection = True
+                return self._reply(411, {"error": "send a Content-Length; chunked bodies are not forwarded"})
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_FORWARD_BODY:
+                self.close_connection = True
+                return self._reply(413, {"error": "request body too large", "field": "body"})
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+            headers["X-Forwarded-For"] = self.client_address[0]
+            for attempt in (1, 2):
+                connection = self._connection(backend)
+                try:
+                    connection.request(self.command, self.path, body=body, headers=headers)
+                    upstream = connection.getresponse()
+                    payload = upstream.read()
+                    break
+                except TimeoutError:
+                    connection.close()
+                    return self._reply(504, {"error": f"{backend} did not answer in time"})
+                except (ConnectionError, http.client.HTTPException, OSError):
+                    connection.close()
+                    # A kept-alive connection the backend closed is retried once on a fresh one.
+                    if attempt == 2:
+                        return self._reply(502, {"error": f"{backend} is unreachable"})
+            self.send_response(upstream.status)
+            for name, value in upstream.getheaders():
+                if name.lower() not in HOP_BY_HOP and name.lower() not in ("content-length", "server", "date"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _forward
+
+        def log_message(self, *args):
+            pass
+
+    return Gateway
+
+
+def serve(port: int, backends: dict[str, tuple[str, int]], host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), make_handler(backends))
+    server.daemon_threads = True
+    server.request_queue_size = 256
+    return server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--buy", required=True, help="host:port of the buy function")
+    parser.add_argument("--history", required=True, help="host:port of the history function")
+    args = parser.parse_args()
+    backends = {}
+    for name in ("buy", "history"):
+        host, port = getattr(args, name).rsplit(":", 1)
+        backends[name] = (host, int(port))
+    serve(args.port, backends).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""Fetch, build, start and stop the real servers of the local stack.
+
+Downloads and builds are cached under .cache/ (PURCHASE_CACHE_DIR overrides), so only the
+first start pays for them. Every server binds 127.0.0.1 and is stopped by PID.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(os.environ.get("PURCHASE_CACHE_DIR", ROOT / ".cache"))
+KAFKA_VERSION = "4.1.1"
+FERRETDB_VERSION = "v1.24.2"
+FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
+
+KAFKA_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.purchase</groupId>
+  <artifactId>kafka-broker-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{version}</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-reload4j</artifactId><version>1.7.36</version></dependency>
+  </dependencies>
+</project>
+"""
+
+KAFKA_LOG4J = """log4j.rootLogger=WARN, file
+log4j.appender.file=org.apache.log4j.FileAppender
+log4j.appender.file.File={log}
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.server.KafkaServer=INFO
+log4j.logger.kafka.server.BrokerServer=INFO
+"""
+
+
+def say(message: str) -> None:
+    print(f"[devstack] {message}", file=sys.stderr, flush=True)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pick_port(preferred: int | None) -> int:
+    if preferred and port_is_free(preferred):
+        return preferred
+    return free_port()
+
+
+def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what or 'process'} exited with code {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{what or 'server'} did not listen on 127.0.0.1:{port} within {timeout_s:.0f}s")
+
+
+def run_checked(argv: list[str], cwd: Path | None = None, env: dict | None = None, timeout_s: float = 1800) -> str:
+    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def ensure_kafka() -> Path:
+    """The Apache Kafka broker's jars, resolved from Maven Central once."""
+    home = CACHE_DIR / f"kafka-{KAFKA_VERSION}"
+    libs = home / "libs"
+    marker = home / ".complete"
+    if marker.exists():
+        return libs
+    if shutil.which("mvn") is None or shutil.which("java") is None:
+        raise RuntimeError("Apache Kafka needs 'java' (17+) and 'mvn' on PATH")
+    say(f"fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central (first run only)")
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "pom.xml").write_text(KAFKA_POM.format(version=KAFKA_VERSION))
+    shutil.rmtree(libs, ignore_errors=True)
+    run_checked(["mvn", "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={libs}"], cwd=home)
+    marker.write_text(KAFKA_VERSION)
+    return libs
+
+
+def ensure_ferretdb() -> Path:
+    """FerretDB built from the Go module proxy once.
+
+    ``go install`` alone yields a binary that panics at start (its version file is generated
+    by FerretDB's own build), so the module source is copied, stamped and built here.
+    """
+    home = CACHE_DIR / f"ferretdb-{FERRETDB_VERSION}"
+    binary = home / "ferretdb"
+    if binary.exists():
+        return binary
+    if shutil.which("go") is None:
+        raise RuntimeError("FerretDB is built with Go; 'go' is not on PATH")
+    say(f"building FerretDB {FERRETDB_VERSION} from the Go module proxy (first run only, a few minutes)")
+    env = dict(os.environ, GOFLAGS="-mod=mod", CGO_ENABLED="0")
+    info = json.loads(run_checked(["go", "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}"], env=env))
+    source = home / "src"
+    shutil.rmtree(source, ignore_errors=True)
+    shutil.copytree(info["Dir"], source)
+    for path in source.rglob("*"):
+        path.chmod(path.stat().st_mode | 0o200)
+    (source / "build" / "version" / "version.txt").write_text(FERRETDB_VERSION + "\n")
+    run_checked(["go", "build", "-o", str(binary) + ".tmp", "./cmd/ferretdb"], cwd=source, env=env)
+    os.replace(str(binary) + ".tmp", binary)
+    shutil.rmtree(source, ignore_errors=True)
+    return binary
+
+
+@dataclass
+class Process:
+    name: str
+    proc: subprocess.Popen
+    port: int
+    log: Path
+    extra: dict = field(default_factory=dict)
+
+    def stop(self, timeout_s: float = 15) -> None:
+        stop_pid(self.proc.pid, timeout_s, self.proc)
+
+
+def stop_pid(pid: int, timeout_s: float = 15, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM the process group, then SIGKILL after a bounded wait."""
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if proc is not None:
+                if proc.poll() is not None:
+                    return
+            else:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return
+            time.sleep(0.1)
+
+
+def spawn(name: str, argv: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(log, "ab")
+    # A session of its own: the stack stops it by PID, and a terminal Ctrl-C reaches only the manager.
+    return subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env, cwd=cwd, start_new_session=True)
+
+
+def start_kafka(data_dir: Path, port: int | None = None, controller_port: int | None = None,
+                timeout_s: float = 90) -> Process:
+    libs = ensure_kafka()
+    port = port or free_port()
+    controller_port = controller_port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    props = data_dir / "server.properties"
+    log_dir = data_dir / "log"
+    props.write_text("\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "inter.broker.listener.name=PLAINTEXT",
+        f"log.dirs={log_dir}",
+        "num.partitions=1",
+        "auto.create.topics.enable=false",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=6",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        # A dev broker: members join at once instead of waiting for stragglers.
+        "group.initial.rebalance.delay.ms=0",
+        "",
+    ]))
+    (data_dir / "log4j.properties").write_text(KAFKA_LOG4J.format(log=data_dir / "kafka-server.log"))
+    java = [
+        "java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        f"-Dlog4j.configuration=file:{data_dir / 'log4j.properties'}",
+        "-cp", f"{libs}/*",
+    ]
+    if not (log_dir / "meta.properties").exists():
+        cluster_id = run_checked(java + ["kafka.tools.StorageTool", "random-uuid"]).strip().splitlines()[-1]
+        run_checked(java + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)])
+    proc = spawn("kafka", java + ["kafka.Kafka", str(props)], data_dir / "kafka.out")
+    wait_for_port(port, timeout_s, proc, "Kafka")
+    return Process("kafka", proc, port, data_dir / "kafka-server.log", {"controller_port": controller_port})
+
+
+def start_ferretdb(data_dir: Path, port: int | None = None, timeout_s: float = 30) -> Process:
+    binary = ensure_ferretdb()
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(binary), f"--listen-addr=127.0.0.1:{port}", "--handler=sqlite",
+        f"--sqlite-url=file:{data_dir}/", f"--state-dir={data_dir}", "--telemetry=disable",
+        "--debug-addr=127.0.0.1:0", "--log-level=warn", "--log-format=json",
+    ]
+    proc = spawn("ferretdb", argv, data_dir / "ferretdb.log")
+    wait_for_port(port, timeout_s, proc, "FerretDB")
+    return Process("ferretdb", proc, port, data_dir / "ferretdb.log")
+
+
+def wait_for_kafka_ready(bootstrap: str, timeout_s: float = 60) -> None:
+    """Listening is not serving: wait until the broker answers metadata requests."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=5000)
+            try:
+                admin.describe_cluster()
+                return
+            finally:
+                admin.close()
+        except (KafkaError, OSError) as exc:
+            last_error = exc
+            time.sleep(0.5)
+    raise TimeoutError(f"Kafka at {bootstrap} not ready within {timeout_s:.0f}s: {last_error}")
+
+
+def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 60) -> None:
+    """Create missing topics with the given partition counts (idempotent)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name, partitions, 1) for name, partitions in topics.items() if name not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing, timeout_ms=int(timeout_s * 1000))
+            except TopicAlreadyExistsError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            described = {t["name"]: t for t in admin.describe_topics(list(topics))}
+            if all(name in described and described[name]["error_code"] == 0 and described[name]["partitions"]
+                   and all(p["leader_id"] >= 0 for p in described[name]["partitions"])
+                   for name in topics):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"topics {sorted(topics)} not ready within {timeout_s:.0f}s")
+    finally:
+        admin.close()
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:8]

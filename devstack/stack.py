@@ -1,0 +1,144 @@
+"""Compose the local stack: servers (or the ones named by env), topics, functions, gateway."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from purchase_common import config
+
+from .servers import ROOT, Process, ensure_topics, free_port, pick_port, spawn, start_ferretdb, start_kafka, \
+    stop_pid, wait_for_kafka_ready, wait_for_port
+
+BIN = Path(sys.executable).parent
+FUNCTIONS = ROOT / "functions"
+# Fixed ports when free, so the defaults in purchase_common.config and the README just work.
+PREFERRED_PORTS = {"kafka": 9092, "kafka-controller": 9093, "ferretdb": 27017, "gateway": 8080,
+                   "buy": 8091, "history": 8092, "persist-purchase": 8093}
+DEAD_LETTER_PARTITIONS = 1
+
+
+@dataclass
+class Stack:
+    kafka_bootstrap: str
+    mongodb_uri: str
+    processes: list[Process] = field(default_factory=list)
+    ports: dict = field(default_factory=dict)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+
+    def find(self, name: str) -> Process:
+        return next(p for p in self.processes if p.name == name)
+
+
+def _port(name: str, preferred: bool) -> int:
+    return pick_port(PREFERRED_PORTS[name]) if preferred else free_port()
+
+
+def start_servers(data_dir: Path, preferred_ports: bool, topic: str | None = None,
+                  dead_letter_topic: str | None = None) -> Stack:
+    """Start Kafka and FerretDB unless KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI name existing ones."""
+    stack = Stack(kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", ""),
+                  mongodb_uri=os.environ.get("MONGODB_URI", ""))
+    try:
+        if not stack.kafka_bootstrap:
+            kafka = start_kafka(data_dir / "kafka", _port("kafka", preferred_ports),
+                                _port("kafka-controller", preferred_ports))
+            stack.processes.append(kafka)
+            stack.kafka_bootstrap = f"127.0.0.1:{kafka.port}"
+        if not stack.mongodb_uri:
+            ferretdb = start_ferretdb(data_dir / "ferretdb", _port("ferretdb", preferred_ports))
+            stack.processes.append(ferretdb)
+            stack.mongodb_uri = f"mongodb://127.0.0.1:{ferretdb.port}/"
+        wait_for_kafka_ready(stack.kafka_bootstrap)
+        ensure_topics(stack.kafka_bootstrap, {
+            topic or config.purchases_topic(): config.TOPIC_PARTITIONS,
+            dead_letter_topic or config.dead_letter_topic(): DEAD_LETTER_PARTITIONS,
+        })
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def function_env(stack: Stack, **overrides: str) -> dict:
+    env = dict(os.environ)
+    env.update({
+        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+        "MONGODB_URI": stack.mongodb_uri,
+        "HOST": "127.0.0.1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(overrides)
+    return env
+
+
+def start_buy(env: dict, port: int, log_dir: Path) -> Process:
+    return _start_http_function("buy", "buy", env, port, log_dir)
+
+
+def start_history(env: dict, port: int, log_dir: Path) -> Process:
+    return _start_http_function("history", "history", env, port, log_dir)
+
+
+def _start_http_function(name: str, folder: str, env: dict, port: int, log_dir: Path) -> Process:
+    argv = [str(BIN / "functions-framework"), "--target", name, "--source", str(FUNCTIONS / folder / "main.py"),
+            "--host", "127.0.0.1", "--port", str(port)]
+    proc = spawn(name, argv, log_dir / f"{name}.log", env=env, cwd=FUNCTIONS / folder)
+    wait_for_port(port, 60, proc, name)
+    return Process(name, proc, port, log_dir / f"{name}.log")
+
+
+def start_consumer(env: dict, health_port: int, log_dir: Path, name: str = "persist-purchase",
+                   wait: bool = True) -> Process:
+    env = dict(env, HEALTH_PORT=str(health_port))
+    folder = FUNCTIONS / "persist_purchase"
+    proc = spawn(name, [sys.executable, str(folder / "consumer.py")], log_dir / f"{name}.log", env=env, cwd=folder)
+    if wait:
+        wait_for_port(health_port, 60, proc, name)
+    return Process(name, proc, health_port, log_dir / f"{name}.log")
+
+
+def start_gateway(port: int, buy_port: int, history_port: int, log_dir: Path) -> Process:
+    argv = [sys.executable, "-m", "devstack.gateway", "--port", str(port),
+            "--buy", f"127.0.0.1:{buy_port}", "--history", f"127.0.0.1:{history_port}"]
+    proc = spawn("gateway", argv, log_dir / "gateway.log", cwd=ROOT)
+    wait_for_port(port, 30, proc, "gateway")
+    return Process("gateway", proc, port, log_dir / "gateway.log")
+
+
+def start_functions(stack: Stack, log_dir: Path, preferred_ports: bool, env: dict | None = None) -> None:
+    """Start buy, history, the persist-purchase consumer and the gateway; record their ports."""
+    env = env or function_env(stack)
+    ports = {name: _port(name, preferred_ports) for name in ("buy", "history", "persist-purchase", "gateway")}
+    stack.ports.update(ports)
+    stack.processes.append(start_buy(env, ports["buy"], log_dir))
+    stack.processes.append(start_history(env, ports["history"], log_dir))
+    stack.processes.append(start_consumer(env, ports["persist-purchase"], log_dir))
+    stack.processes.append(start_gateway(ports["gateway"], ports["buy"], ports["history"], log_dir))
+
+
+def write_state(path: Path, stack: Stack) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "kafka_bootstrap": stack.kafka_bootstrap,
+        "mongodb_uri": stack.mongodb_uri,
+        "processes": [{"name": p.name, "pid": p.proc.pid, "port": p.port, "log": str(p.log)} for p in stack.processes],
+    }, indent=2))
+
+
+def stop_from_state(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    state = json.loads(path.read_text())
+    stopped = []
+    for entry in reversed(state.get("processes", [])):
+        stop_pid(entry["pid"])
+        stopped.append(f"{entry['name']} (pid {entry['pid']})")
+    path.unlink()
+    return stopped

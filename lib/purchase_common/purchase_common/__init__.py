@@ -1,0 +1,1 @@
+"""Shared definitions of the purchase system: one place for each fact."""

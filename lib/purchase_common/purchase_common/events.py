@@ -1,0 +1,125 @@
+"""The purchase CloudEvent and its Kafka binding (binary content mode)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+
+from cloudevents.http import CloudEvent
+from cloudevents.kafka import KafkaMessage, from_binary, to_binary
+
+from .schema import Purchase, ValidationError, validate_purchase
+
+EVENT_TYPE = "com.purchase.created"
+EVENT_SOURCE = "/purchase/buy"
+DATA_CONTENT_TYPE = "application/json"
+# Fixed namespace so that (userId, Idempotency-Key) always maps to the same event id.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1f4c0e-6a36-4f4e-9a57-3c1d2b8e2a11")
+IDEMPOTENCY_KEY_MAX_CHARS = 200
+
+
+class PoisonRecord(ValueError):
+    """A Kafka record that can never become a purchase; it goes to the dead-letter topic."""
+
+
+def event_id_for(user_id: str, idempotency_key: str | None) -> str:
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{user_id}\n{idempotency_key}"))
+
+
+def validate_idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > IDEMPOTENCY_KEY_MAX_CHARS or not value.isprintable() or not value.isascii():
+        raise ValidationError(
+            "Idempotency-Key",
+            f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII characters",
+        )
+    return value
+
+
+def build_event(purchase: Purchase, idempotency_key: str | None = None, now: dt.datetime | None = None) -> CloudEvent:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    attributes = {
+        "id": event_id_for(purchase.user_id, idempotency_key),
+        "type": EVENT_TYPE,
+        "source": EVENT_SOURCE,
+        "specversion": "1.0",
+        "time": now.isoformat().replace("+00:00", "Z"),
+        "datacontenttype": DATA_CONTENT_TYPE,
+        "partitionkey": purchase.user_id,
+    }
+    return CloudEvent(attributes, purchase.event_data())
+
+
+def _marshal(data) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _unmarshal(raw: bytes):
+    return json.loads(raw.decode("utf-8"), parse_float=Decimal)
+
+
+def to_kafka_record(event: CloudEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Binary content mode: attributes as ce_* headers, data as the value, partitionkey as key."""
+    message = to_binary(event, data_marshaller=_marshal)
+    key = message.key.encode("utf-8") if isinstance(message.key, str) else message.key
+    return key, message.value, list(message.headers.items())
+
+
+def from_kafka_record(key, value, headers) -> CloudEvent:
+    """Decode a consumed record; anything that is not a binary-mode CloudEvent is poison."""
+    header_map = {}
+    for name, raw in headers or []:
+        header_map[name] = raw
+    if "ce_specversion" not in header_map:
+        raise PoisonRecord("not a binary-mode CloudEvent: ce_specversion header missing")
+    try:
+        return from_binary(KafkaMessage(headers=header_map, key=key, value=value), data_unmarshaller=_unmarshal)
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError) as exc:
+        raise PoisonRecord(f"undecodable CloudEvent: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # cloudevents raises its own GenericException subclasses
+        raise PoisonRecord(f"undecodable CloudEvent: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class PurchaseEvent:
+    event_id: str
+    time: dt.datetime
+    purchase: Purchase
+
+
+def parse_event_time(value) -> dt.datetime:
+    if not isinstance(value, str) or not value:
+        raise PoisonRecord("event time missing")
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise PoisonRecord(f"event time is not RFC 3339: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise PoisonRecord("event time has no timezone")
+    return parsed.astimezone(dt.timezone.utc)
+
+
+def purchase_from_event(event: CloudEvent) -> PurchaseEvent:
+    """Validate a CloudEvent against the purchase schema; raise PoisonRecord if it is not one."""
+    if event.get("type") != EVENT_TYPE:
+        raise PoisonRecord(f"unexpected event type {event.get('type')!r}")
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or not event_id or len(event_id) > 128:
+        raise PoisonRecord("event id missing or too long")
+    data = event.data
+    if isinstance(data, (bytes, str)):
+        try:
+            data = _unmarshal(data.encode("utf-8") if isinstance(data, str) else data)
+        except (ValueError, UnicodeDecodeError):
+            raise PoisonRecord("event data is not JSON") from None
+    try:
+        purchase = validate_purchase(data)
+    except ValidationError as exc:
+        raise PoisonRecord(f"invalid purchase data: {exc.field}: {exc.message}") from None
+    return PurchaseEvent(event_id=event_id, time=parse_event_time(event.get("time")), purchase=purchase)

@@ -1,0 +1,149 @@
+"""How purchases live in MongoDB: one document per event, prices in integer cents.
+
+Document: {eventId, username, userId, priceCents (int64), timestamp (BSON date, the event
+time)}. Integer cents keep prices exact on every MongoDB-wire server (FerretDB has no
+Decimal128). Indexes: unique eventId (redelivery never duplicates) and
+(userId, timestamp desc, eventId desc) for the history query.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from dataclasses import dataclass
+
+import pymongo
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from . import config
+from .events import PurchaseEvent
+
+DUPLICATE_KEY = 11000
+HISTORY_DEFAULT_LIMIT = 50
+HISTORY_MAX_LIMIT = 500
+EVENT_ID_INDEX = "eventId_unique"
+HISTORY_INDEX = "userId_timestamp_desc"
+
+
+def connect(uri: str | None = None, timeout_ms: int | None = None) -> pymongo.MongoClient:
+    timeout_ms = timeout_ms or config.env_int("MONGODB_TIMEOUT_MS", 3000)
+    return pymongo.MongoClient(
+        uri or config.mongodb_uri(),
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        socketTimeoutMS=max(timeout_ms, 10000),
+        tz_aware=True,
+        appname="purchase-functions",
+    )
+
+
+def purchases_collection(client: pymongo.MongoClient):
+    return client[config.database_name()][config.collection_name()]
+
+
+def ensure_indexes(collection) -> None:
+    """Idempotent: creating an index that already exists with the same spec is a no-op."""
+    collection.create_index([("eventId", pymongo.ASCENDING)], unique=True, name=EVENT_ID_INDEX)
+    collection.create_index(
+        [("userId", pymongo.ASCENDING), ("timestamp", pymongo.DESCENDING), ("eventId", pymongo.DESCENDING)],
+        name=HISTORY_INDEX,
+    )
+
+
+def to_document(event: PurchaseEvent) -> dict:
+    # BSON dates hold milliseconds; truncate explicitly so cursors compare exactly.
+    timestamp = event.time.replace(microsecond=event.time.microsecond // 1000 * 1000)
+    return {
+        "eventId": event.event_id,
+        "username": event.purchase.username,
+        "userId": event.purchase.user_id,
+        "priceCents": event.purchase.price_cents,
+        "timestamp": timestamp,
+    }
+
+
+@dataclass
+class WriteResult:
+    inserted: int
+    duplicates: int
+
+
+def insert_purchases(collection, documents: list[dict]) -> WriteResult:
+    """Insert a batch; documents whose eventId is already stored count as done.
+
+    Any other write error propagates, so the caller does not commit the Kafka offsets.
+    """
+    if not documents:
+        return WriteResult(0, 0)
+    # insert_many adds _id to the dicts; copies keep a retried batch identical.
+    batch = [dict(doc) for doc in documents]
+    try:
+        result = collection.insert_many(batch, ordered=False)
+        return WriteResult(len(result.inserted_ids), 0)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        other = [err for err in errors if err.get("code") != DUPLICATE_KEY]
+        if other or exc.details.get("writeConcernErrors"):
+            raise
+        return WriteResult(exc.details.get("nInserted", len(batch) - len(errors)), len(errors))
+
+
+def insert_purchase(collection, document: dict) -> WriteResult:
+    try:
+        collection.insert_one(dict(document))
+        return WriteResult(1, 0)
+    except DuplicateKeyError:
+        return WriteResult(0, 1)
+
+
+def isoformat_utc(value: dt.datetime) -> str:
+    value = value.astimezone(dt.timezone.utc)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def to_api(document: dict) -> dict:
+    return {
+        "id": document["eventId"],
+        "username": document["username"],
+        "userId": document["userId"],
+        "price": document["priceCents"] / 100,
+        "timestamp": isoformat_utc(document["timestamp"]),
+    }
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+def encode_cursor(document: dict) -> str:
+    millis = int(document["timestamp"].timestamp() * 1000)
+    raw = f"{millis}|{document['eventId']}".encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        millis, event_id = base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8").split("|", 1)
+        when = dt.datetime.fromtimestamp(int(millis) / 1000, tz=dt.timezone.utc)
+    except (ValueError, UnicodeError, OverflowError, OSError):
+        raise InvalidCursor("cursor is not one this API returned") from None
+    if not event_id or len(event_id) > 128:
+        raise InvalidCursor("cursor is not one this API returned")
+    return when, event_id
+
+
+def find_user_purchases(collection, user_id: str, limit: int, before: str | None = None) -> list[dict]:
+    """Newest first; ``before`` is a cursor from a previous page (exclusive)."""
+    query: dict = {"userId": user_id}
+    if before:
+        when, event_id = decode_cursor(before)
+        query = {
+            "userId": user_id,
+            "$or": [{"timestamp": {"$lt": when}}, {"timestamp": when, "eventId": {"$lt": event_id}}],
+        }
+    cursor = (
+        collection.find(query, projection={"_id": False})
+        .sort([("timestamp", pymongo.DESCENDING), ("eventId", pymongo.DESCENDING)])
+        .limit(limit)
+    )
+    return list(cursor)
