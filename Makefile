@@ -40,3 +40,6 @@ test: venv ## Run the whole test suite (starts its own Kafka and FerretDB unless
 
 test-unit: venv ## Run only the tests that need no server
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+# Kubernetes images and deploy targets, and load/benchmark targets, live beside this file.
+-include mk/*.mk
