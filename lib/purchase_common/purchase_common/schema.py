@@ -140,7 +140,8 @@ def validate_purchase(payload) -> Purchase:
         raise ValidationError("body", "request body must be a JSON object")
     unknown = sorted(set(payload) - set(FIELDS))
     if unknown:
-        raise ValidationError(unknown[0], f"unknown field {unknown[0]!r}; allowed: {', '.join(FIELDS)}")
+        shown = unknown[0][:64] or '""'  # echo a bounded, non-empty name back
+        raise ValidationError(shown, f"unknown field {shown!r}; allowed: {', '.join(FIELDS)}")
     for name in FIELDS:
         if name not in payload:
             raise ValidationError(name, f"{name} is required")
