@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,18 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from devstack import stack as devstack  # noqa: E402
 from devstack.servers import free_port  # noqa: E402
-
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.1, message: str = "condition"):
-    """Poll predicate until it returns a truthy value; fail the test after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval_s)
-    raise AssertionError(f"{message} not reached within {timeout_s}s (last value: {last!r})")
+from support import wait_until  # noqa: E402,F401  (re-exported for test modules)
 
 
 @dataclass

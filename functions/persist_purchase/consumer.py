@@ -40,6 +40,7 @@ POLL_TIMEOUT_MS = config.env_int("CONSUMER_POLL_TIMEOUT_MS", 500)
 # exits non-zero (nothing committed, nothing lost) so the orchestrator can decide.
 WRITE_RETRY_DEADLINE_S = config.env_float("WRITE_RETRY_DEADLINE_S", 600.0)
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.2, 5.0
+COMMIT_TIMEOUT_MS = 15000
 STARTUP_DEADLINE_S = config.env_float("CONSUMER_STARTUP_DEADLINE_S", 120.0)
 
 
@@ -173,8 +174,10 @@ class Runner:
                                           headers=headers))
             log(logger, logging.WARNING, "dead-lettered", reason=reason, partition=record.partition,
                 offset=record.offset)
+        # Raises after the producer's own bounded retries: the batch is then not committed,
+        # the process exits non-zero and the records are redelivered to the next consumer.
         for future in futures:
-            future.get(timeout=30)  # raises: the batch is then not committed, and is redelivered
+            future.get(timeout=30)
         DEAD_LETTERED.inc(len(poison))
 
     def write(self, events) -> bool:
@@ -220,19 +223,23 @@ class Runner:
             offsets[tp] = max(offsets.get(tp, -1), record.offset)
         to_commit = {TopicPartition(t, p): OffsetAndMetadata(o + 1, "", -1) for (t, p), o in offsets.items()}
         try:
-            self.consumer.commit(to_commit)
-        except CommitFailedError as exc:
-            # The group rebalanced; the new owner re-reads these records and the unique
-            # eventId index turns the re-write into a no-op.
-            log(logger, logging.WARNING, "commit failed after rebalance; records will be redelivered",
-                error=str(exc))
+            self.consumer.commit(to_commit, timeout_ms=COMMIT_TIMEOUT_MS)
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance or a broker outage: the records are re-read (by us or the new owner)
+            # and the unique eventId index turns the re-write into a no-op; a later commit
+            # of higher offsets covers these too.
+            log(logger, logging.WARNING, "commit failed; records will be redelivered", error=repr(exc))
 
     def update_lag(self) -> None:
+        """Lag from what the last fetch already told us: no extra broker round trip."""
         total = 0
-        for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
-            if high is not None:
-                total += max(high - self.consumer.position(tp, timeout_ms=1000), 0)
+        try:
+            for tp in self.consumer.assignment():
+                high = self.consumer.highwater(tp)
+                if high is not None:
+                    total += max(high - self.consumer.position(tp, timeout_ms=1000), 0)
+        except KafkaError:
+            return
         LAG.set(total)
 
     def run(self) -> int:

@@ -8,7 +8,7 @@ import pytest
 import requests
 from kafka import KafkaConsumer, TopicPartition
 
-from conftest import wait_until
+from support import wait_until
 from devstack import stack as devstack
 from devstack.servers import free_port
 

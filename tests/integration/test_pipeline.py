@@ -10,7 +10,7 @@ import pytest
 import requests
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from conftest import wait_until
+from support import wait_until
 from purchase_common.events import EVENT_SOURCE, EVENT_TYPE, build_event, to_kafka_record
 from purchase_common.schema import Purchase
 

@@ -1,0 +1,114 @@
+"""Fault-injection fixtures: servers of their own that the tests stop, kill and restart."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from devstack import stack as devstack
+from devstack.servers import Process, ensure_topics, free_port, start_ferretdb, start_kafka, wait_for_kafka_ready
+from purchase_common import config, storage
+
+
+@dataclass
+class FaultStack:
+    """Kafka and FerretDB on fixed ports of this fixture, so a restart comes back at the same address."""
+    data_dir: Path
+    kafka_port: int = field(default_factory=free_port)
+    controller_port: int = field(default_factory=free_port)
+    mongo_port: int = field(default_factory=free_port)
+    kafka: Process | None = None
+    ferretdb: Process | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def mongodb_uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.mongo_port}/"
+
+    def start_kafka(self):
+        self.kafka = start_kafka(self.data_dir / "kafka", self.kafka_port, self.controller_port)
+        wait_for_kafka_ready(self.bootstrap)
+
+    def stop_kafka(self):
+        self.kafka.stop()
+        self.kafka = None
+
+    def start_ferretdb(self):
+        self.ferretdb = start_ferretdb(self.data_dir / "ferretdb", self.mongo_port)
+
+    def stop_ferretdb(self):
+        self.ferretdb.stop()
+        self.ferretdb = None
+
+    def stop(self):
+        for process in (self.ferretdb, self.kafka):
+            if process is not None:
+                process.stop()
+
+
+@pytest.fixture(scope="package")
+def fault_stack(tmp_path_factory):
+    stack = FaultStack(tmp_path_factory.mktemp("faults"))
+    try:
+        stack.start_kafka()
+        stack.start_ferretdb()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@dataclass
+class Scenario:
+    """One isolated topic/group/database on the fault stack, with helpers to run the functions."""
+    stack: FaultStack
+    env: dict
+    names: dict
+    log_dir: Path
+    processes: list = field(default_factory=list)
+
+    def start_buy(self) -> str:
+        port = free_port()
+        self.processes.append(devstack.start_buy(self.env, port, self.log_dir))
+        return f"http://127.0.0.1:{port}"
+
+    def start_consumer(self, **env) -> Process:
+        port = free_port()
+        process = devstack.start_consumer(dict(self.env, **env), port, self.log_dir,
+                                          name=f"consumer-{len(self.processes)}")
+        self.processes.append(process)
+        return process
+
+    def collection(self):
+        client = storage.connect(self.stack.mongodb_uri)
+        return client[self.names["database"]]["purchases"]
+
+    def stored_ids(self) -> list[str]:
+        return [doc["eventId"] for doc in self.collection().find({}, {"eventId": 1})]
+
+    def stop(self):
+        for process in reversed(self.processes):
+            process.stop()
+
+
+@pytest.fixture
+def scenario(fault_stack, tmp_path):
+    run = uuid.uuid4().hex[:8]
+    names = {"topic": f"faults-{run}", "dead_letter_topic": f"faults-{run}.dlq", "group": f"faults-{run}",
+             "database": f"faults_{run}"}
+    ensure_topics(fault_stack.bootstrap, {names["topic"]: config.TOPIC_PARTITIONS, names["dead_letter_topic"]: 1})
+    base = devstack.Stack(kafka_bootstrap=fault_stack.bootstrap, mongodb_uri=fault_stack.mongodb_uri)
+    env = devstack.function_env(
+        base, PURCHASES_TOPIC=names["topic"], DEAD_LETTER_TOPIC=names["dead_letter_topic"],
+        CONSUMER_GROUP=names["group"], MONGODB_DATABASE=names["database"], LOG_LEVEL="WARNING",
+        # The broker's minimum: a SIGKILLed consumer's partitions move on after 6 s.
+        CONSUMER_SESSION_TIMEOUT_MS="6000", CONSUMER_BATCH_MAX="100",
+    )
+    current = Scenario(fault_stack, env, names, tmp_path)
+    yield current
+    current.stop()
+
+

@@ -1,0 +1,67 @@
+"""Helpers shared by test modules (importable, unlike conftest.py)."""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import requests
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.1, message: str = "condition"):
+    """Poll predicate until it returns a truthy value; fail the test after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"{message} not reached within {timeout_s}s (last value: {last!r})")
+
+
+@dataclass
+class LoadResult:
+    accepted: list = field(default_factory=list)   # event ids answered 202
+    statuses: dict = field(default_factory=dict)    # status -> count
+    slowest_s: float = 0.0
+    errors: int = 0                                 # transport errors (no HTTP answer)
+
+
+def send_purchases(buy_url: str, count: int | None = None, duration_s: float | None = None,
+                   concurrency: int = 8, users: int = 20, timeout_s: float = 10) -> LoadResult:
+    """Bounded load: stops after `count` requests or `duration_s` seconds, whichever is set."""
+    assert count or duration_s
+    result, lock = LoadResult(), threading.Lock()
+    deadline = time.monotonic() + (duration_s or 600)
+    counter = iter(range(count or 10**9))
+
+    def worker():
+        session = requests.Session()
+        while time.monotonic() < deadline:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            body = {"username": f"user {index}", "userId": f"u{index % users}", "price": (index % 5000) / 100}
+            started = time.monotonic()
+            try:
+                response = session.post(f"{buy_url}/api/buy", json=body, timeout=timeout_s)
+            except requests.RequestException:
+                with lock:
+                    result.errors += 1
+                continue
+            elapsed = time.monotonic() - started
+            with lock:
+                result.slowest_s = max(result.slowest_s, elapsed)
+                result.statuses[response.status_code] = result.statuses.get(response.status_code, 0) + 1
+                if response.status_code == 202:
+                    result.accepted.append(response.json()["id"])
+            if response.status_code == 503:
+                time.sleep(0.05)
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for future in [pool.submit(worker) for _ in range(concurrency)]:
+            future.result()
+    return result
