@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv fetch run up down status test test-unit
+.PHONY: help venv fetch run up down status test test-unit test-faults dlq
 
 help: ## List every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  \033[36m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,3 +43,9 @@ test-unit: venv ## Run only the tests that need no server
 
 # Kubernetes images and deploy targets, and load/benchmark targets, live beside this file.
 -include mk/*.mk
+
+dlq: venv ## Show the dead-letter topic: each poison record's reason, source offset and bytes
+	$(PY) -m tools.dead_letters
+
+test-faults: venv ## Run only the fault-injection tests (also part of `make test`)
+	$(PY) -m pytest -m faults -s $(PYTEST_ARGS)
