@@ -110,11 +110,14 @@ def make_handler(backends: dict[str, tuple[str, int]]):
     return Gateway
 
 
+class GatewayServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # listen() backlog; the default of 5 resets connections under a burst of clients.
+    request_queue_size = 1024
+
+
 def serve(port: int, backends: dict[str, tuple[str, int]], host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(backends))
-    server.daemon_threads = True
-    server.request_queue_size = 256
-    return server
+    return GatewayServer((host, port), make_handler(backends))
 
 
 def main() -> None:

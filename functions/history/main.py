@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import urllib.parse
 
 import functions_framework
@@ -21,20 +20,7 @@ QUERY_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
 )
 
-_collection = None
-_collection_lock = threading.Lock()
-
-
-def get_collection():
-    """One MongoDB client per process (it pools connections); indexes ensured on first use."""
-    global _collection
-    if _collection is None:
-        with _collection_lock:
-            if _collection is None:
-                collection = storage.purchases_collection(storage.connect())
-                storage.ensure_indexes(collection)
-                _collection = collection
-    return _collection
+get_collection = storage.shared_collection
 
 
 def _error(status: int, field: str | None, message: str, outcome: str, headers: dict | None = None) -> Response:

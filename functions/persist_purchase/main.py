@@ -7,7 +7,6 @@ Kafka consumer runner in consumer.py.
 from __future__ import annotations
 
 import logging
-import threading
 
 import functions_framework
 from prometheus_client import Counter, Histogram
@@ -22,20 +21,7 @@ DUPLICATES = Counter("purchases_duplicates_total", "Redelivered purchases alread
 BATCH_SIZE = Histogram("persist_batch_size", "Purchases per MongoDB write",
                        buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))
 
-_collection = None
-_collection_lock = threading.Lock()
-
-
-def get_collection():
-    """One client per process; indexes are created idempotently on first use."""
-    global _collection
-    if _collection is None:
-        with _collection_lock:
-            if _collection is None:
-                collection = storage.purchases_collection(storage.connect())
-                storage.ensure_indexes(collection)
-                _collection = collection
-    return _collection
+get_collection = storage.shared_collection
 
 
 def persist_batch(events: list[PurchaseEvent]) -> storage.WriteResult:

@@ -24,7 +24,7 @@ def new_user() -> str:
 
 def buy(pipeline, user, price=12.0, username="elad", base=None, headers=None):
     response = requests.post(f"{base or pipeline.gateway}/api/buy", json={"username": username, "userId": user,
-                             "price": price}, headers={"Host": "purchase.local", **(headers or {})}, timeout=10)
+                             "price": price}, headers={"Host": "purchase.local", **(headers or {})}, timeout=30)
     return response
 
 
@@ -34,7 +34,7 @@ def history(pipeline, user, **params):
     return response.json()
 
 
-def wait_for_count(pipeline, user, count, timeout_s=20):
+def wait_for_count(pipeline, user, count, timeout_s=60):
     return wait_until(lambda: (lambda got: got if len(got) == count else None)(history(pipeline, user, limit=500)),
                       timeout_s, 0.1, f"{count} purchases of {user}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import threading
 from dataclasses import dataclass
 
 import pymongo
@@ -38,6 +39,26 @@ def connect(uri: str | None = None, timeout_ms: int | None = None) -> pymongo.Mo
 
 def purchases_collection(client: pymongo.MongoClient):
     return client[config.database_name()][config.collection_name()]
+
+
+_shared = None
+_shared_lock = threading.Lock()
+
+
+def shared_collection():
+    """The process's one purchases collection (pymongo pools connections underneath).
+
+    Created on first use, with the indexes ensured then; if the database is down, this
+    raises a PyMongoError and the next call tries again.
+    """
+    global _shared
+    if _shared is None:
+        with _shared_lock:
+            if _shared is None:
+                collection = purchases_collection(connect())
+                ensure_indexes(collection)
+                _shared = collection
+    return _shared
 
 
 def ensure_indexes(collection) -> None:
