@@ -1,0 +1,312 @@
+"""What the tests of k8s/, the Dockerfiles and mk/deploy.mk share (no cluster, no Docker).
+
+Manifests are read from k8s/; upstream CRDs from PURCHASE_CRDS_DIR (default ../shared/crds
+beside the repository); `make` runs with recording `kubectl`/`docker` shims on PATH.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+NAMESPACE = "purchase"
+PART_OF = "purchase-system"
+
+# Kubernetes versions the core objects are validated against with kubernetes-validate:
+# the oldest this deployment claims (k8s/README.md: Knative Serving 1.23 supports only
+# recent releases) and the newest schema kubernetes-validate 1.37.0 ships.
+KUBERNETES_VERSIONS = ("1.34", "1.37")
+
+# Versions of the CRD files in ../shared/crds (shared/README.md); the files carry no
+# version of their own, so this is what the closing note reports.
+CRD_VERSIONS = {"keda.sh": "KEDA v2.20.1", "serving.knative.dev": "Knative Serving v1.23.0"}
+
+# Function -> (source folder, image name, the k8s objects that belong to it alone).
+FUNCTIONS = {
+    "buy": ("functions/buy", "buy", {("Service", "serving.knative.dev", "buy"),
+                                     ("Ingress", "networking.k8s.io", "buy")}),
+    "history": ("functions/history", "history", {("Service", "serving.knative.dev", "history"),
+                                                 ("Ingress", "networking.k8s.io", "history")}),
+    "persist-purchase": ("functions/persist_purchase", "persist-purchase",
+                         {("Deployment", "apps", "persist-purchase"),
+                          ("ScaledObject", "keda.sh", "persist-purchase")}),
+}
+
+CORE_GROUPS = {"", "apps", "batch", "networking.k8s.io"}
+
+
+@dataclass
+class Doc:
+    path: Path
+    index: int
+    obj: dict
+
+    @property
+    def kind(self) -> str:
+        return self.obj["kind"]
+
+    @property
+    def group(self) -> str:
+        api = self.obj["apiVersion"]
+        return api.split("/", 1)[0] if "/" in api else ""
+
+    @property
+    def name(self) -> str:
+        return self.obj["metadata"]["name"]
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.group, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.path.relative_to(ROOT)}#{self.index} {self.kind}/{self.name}"
+
+
+def manifest_files() -> list[Path]:
+    return sorted(p for p in K8S.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def load_docs(text: str, path: Path) -> list[Doc]:
+    return [Doc(path, i, obj) for i, obj in enumerate(yaml.safe_load_all(text)) if obj is not None]
+
+
+def all_docs() -> list[Doc]:
+    docs = []
+    for path in manifest_files():
+        docs.extend(load_docs(path.read_text(), path))
+    return docs
+
+
+def find(docs: list[Doc], kind: str, name: str, group: str | None = None) -> Doc:
+    found = [d for d in docs if d.kind == kind and d.name == name and (group is None or d.group == group)]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {[str(d) for d in found]}"
+    return found[0]
+
+
+def pod_template(doc: Doc) -> dict | None:
+    """The pod template of a workload (Knative Services included), else None."""
+    if doc.kind in ("Deployment", "StatefulSet", "Job"):
+        return doc.obj["spec"]["template"]
+    if doc.kind == "Service" and doc.group == "serving.knative.dev":
+        return doc.obj["spec"]["template"]
+    return None
+
+
+def containers(doc: Doc) -> list[dict]:
+    template = pod_template(doc)
+    return template["spec"]["containers"] if template else []
+
+
+# --- upstream CRDs ---------------------------------------------------------------------
+
+def crds_dir() -> Path:
+    return Path(os.environ.get("PURCHASE_CRDS_DIR") or ROOT.parent / "shared" / "crds")
+
+
+def load_crds(directory: Path) -> dict[tuple[str, str], dict]:
+    """(group, kind) -> CRD, from every YAML file in directory (single or multi-document)."""
+    crds = {}
+    for path in sorted(directory.iterdir()):
+        if path.suffix not in (".yaml", ".yml"):
+            continue
+        for obj in yaml.safe_load_all(path.read_text()):
+            if obj and obj.get("kind") == "CustomResourceDefinition":
+                crds[(obj["spec"]["group"], obj["spec"]["names"]["kind"])] = obj
+    return crds
+
+
+def crd_schema(crd: dict, version: str) -> dict:
+    for entry in crd["spec"]["versions"]:
+        if entry["name"] == version:
+            assert entry.get("served", False), f"{crd['metadata']['name']} {version} is not served"
+            return entry["schema"]["openAPIV3Schema"]
+    raise AssertionError(f"{crd['metadata']['name']} has no version {version}")
+
+
+def strict_schema(schema: dict) -> dict:
+    """The CRD schema as `kubectl apply` (strict field validation) enforces it.
+
+    The API server rejects fields a structural schema does not declare, except under
+    x-kubernetes-preserve-unknown-fields; JSON Schema allows them unless
+    additionalProperties is false, so that is added wherever the server would reject.
+    """
+    schema = copy.deepcopy(schema)
+
+    def walk(node):
+        if isinstance(node, dict):
+            if ("properties" in node and "additionalProperties" not in node
+                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+                node["additionalProperties"] = False
+            for key in ("properties", "patternProperties"):
+                for child in node.get(key, {}).values():
+                    walk(child)
+            for key in ("items", "additionalProperties", "not"):
+                if isinstance(node.get(key), dict):
+                    walk(node[key])
+            for key in ("allOf", "anyOf", "oneOf"):
+                for child in node.get(key, []):
+                    walk(child)
+
+    walk(schema)
+    return schema
+
+
+def schema_nodes_used(schema: dict, instance, path: str = ""):
+    """Yield (path, schema node, instance value) for every value the instance sets."""
+    yield path, schema, instance
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, value in instance.items():
+            if key in props:
+                yield from schema_nodes_used(props[key], value, f"{path}.{key}")
+            elif isinstance(extra, dict):
+                yield from schema_nodes_used(extra, value, f"{path}.{key}")
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for i, value in enumerate(instance):
+            yield from schema_nodes_used(schema["items"], value, f"{path}[{i}]")
+
+
+# --- make with recording shims ----------------------------------------------------------
+
+SHIM = r'''#!/usr/bin/env python3
+import json, os, sys
+entry = {"tool": os.path.basename(sys.argv[0]), "argv": sys.argv[1:], "cwd": os.getcwd()}
+if "-" in sys.argv[1:]:
+    entry["stdin"] = sys.stdin.read()
+with open(os.environ["SHIM_LOG"], "a") as log:
+    log.write(json.dumps(entry) + "\n")
+'''
+
+# Variables a caller's environment (or an outer `make test REGISTRY=...`) could leak in.
+MAKE_ENV_NOISE = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "REGISTRY", "TAG", "KUBECTL",
+                  "DOCKER", "MINIKUBE", "KAFKA_AUTH", "WAIT_TIMEOUT", "DEPLOY_WAIT", "PYTHON")
+
+
+def clean_make_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k not in MAKE_ENV_NOISE}
+
+
+def make_shims(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for tool in ("kubectl", "docker", "minikube"):
+        shim = directory / tool
+        shim.write_text(SHIM)
+        shim.chmod(0o755)
+    return directory / "calls.jsonl"
+
+
+def run_make(shim_dir: Path, *args: str, dry_run: bool = False) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    log = make_shims(shim_dir)
+    log.write_text("")
+    env = clean_make_env()
+    env["PATH"] = f"{shim_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["SHIM_LOG"] = str(log)
+    argv = ["make", "--no-print-directory", "-s", "-C", str(ROOT)] + (["-n"] if dry_run else []) + list(args)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    calls = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return result, calls
+
+
+def applied_docs(calls: list[dict], verb: str = "apply") -> list[Doc]:
+    """The objects `kubectl <verb>` was given, from -f files, directories or stdin."""
+    docs = []
+    for call in calls:
+        if call["tool"] != "kubectl" or verb not in call["argv"]:
+            continue
+        argv = call["argv"]
+        for i, arg in enumerate(argv):
+            if arg != "-f":
+                continue
+            target = argv[i + 1]
+            if target == "-":
+                docs.extend(load_docs(call["stdin"], Path(call["cwd"]) / "<stdin>"))
+                continue
+            path = Path(call["cwd"]) / target
+            files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
+            for file in files:
+                docs.extend(load_docs(file.read_text(), file))
+    return docs
+
+
+def make_image_names() -> dict[str, str]:
+    """Dockerfile folder -> image tag, read from `make -n build` with the default variables."""
+    result = subprocess.run(["make", "--no-print-directory", "-s", "-n", "-C", str(ROOT), "build"],
+                            env=clean_make_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    images = {}
+    for line in result.stdout.splitlines():
+        words = shlex.split(line)
+        if len(words) > 2 and words[1] == "build":
+            dockerfile = words[words.index("-f") + 1]
+            images[str(Path(dockerfile).parent)] = words[words.index("-t") + 1]
+    return images
+
+
+# --- Dockerfiles ------------------------------------------------------------------------
+
+@dataclass
+class Instruction:
+    op: str
+    args: str
+
+
+def parse_dockerfile(path: Path) -> list[list[Instruction]]:
+    """Instructions grouped by stage (ARGs before the first FROM form stage 0's preamble)."""
+    logical, current = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if current and line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    stages: list[list[Instruction]] = [[]]
+    for line in logical:
+        op, _, args = line.partition(" ")
+        instruction = Instruction(op.upper(), args.strip())
+        if instruction.op == "FROM" and stages[-1] and any(i.op == "FROM" for i in stages[-1]):
+            stages.append([])
+        stages[-1].append(instruction)
+    return stages
+
+
+def dockerfile_env(stage: list[Instruction]) -> dict[str, str]:
+    env = {}
+    for instruction in stage:
+        if instruction.op == "ENV":
+            for pair in shlex.split(instruction.args):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def dockerfile_exec(stage: list[Instruction], op: str) -> list[str]:
+    for instruction in reversed(stage):
+        if instruction.op == op:
+            value = json.loads(instruction.args)
+            assert isinstance(value, list), f"{op} must use the exec (JSON) form"
+            return value
+    return []
+
+
+def python() -> str:
+    return sys.executable
+
+
+def dns_label(name: str) -> bool:
+    return bool(re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)) and len(name) <= 63

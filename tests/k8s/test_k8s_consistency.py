@@ -1,0 +1,518 @@
+"""The manifests agree with each other, with the code (lib/purchase_common/config.py,
+consumer.py, devstack/gateway.py) and with what `make build-*` produces."""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+from urllib.parse import urlsplit
+
+import pytest
+
+import k8s_helpers as h
+from devstack import gateway
+from purchase_common import config
+
+DOCS = h.all_docs()
+
+# Every trigger metadata key KEDA's kafka scaler reads (kedacore/keda v2.20,
+# pkg/scalers/kafka_scaler.go: parseKafkaMetadata, parseKafkaAuthParams, parseTLS,
+# parseSaslOAuthParams, parseSaslOAuthAWSMSKIAMParams). A key outside this list is ignored
+# by KEDA without a word, so a typo would silently change scaling.
+KEDA_KAFKA_METADATA_KEYS = {
+    "bootstrapServers", "bootstrapServersFromEnv", "consumerGroup", "consumerGroupFromEnv",
+    "topic", "topicFromEnv", "partitionLimitation", "offsetResetPolicy", "lagThreshold",
+    "activationLagThreshold", "allowIdleConsumers", "excludePersistentLag",
+    "scaleToZeroOnInvalidOffset", "limitToPartitionsWithLag", "ensureEvenDistributionOfPartitions",
+    "version", "tls", "unsafeSsl", "sasl", "saslTokenProvider", "awsRegion",
+}
+
+# Per-revision annotations Knative Serving's autoscaler reads (knative.dev docs,
+# serving/autoscaling); anything else under autoscaling.knative.dev/ is a typo.
+KNATIVE_AUTOSCALING_ANNOTATIONS = {
+    "class", "metric", "target", "target-utilization-percentage", "min-scale", "max-scale",
+    "initial-scale", "scale-down-delay", "window", "panic-window-percentage",
+    "panic-threshold-percentage", "activation-scale", "scale-to-zero-pod-retention-period",
+    "target-burst-capacity", "metric-aggregation-algorithm",
+}
+
+CLUSTER_DOMAIN = "svc.cluster.local"
+
+
+def configmap() -> dict:
+    return h.find(DOCS, "ConfigMap", "purchase-config").obj["data"]
+
+
+def scaledobject() -> dict:
+    return h.find(DOCS, "ScaledObject", "persist-purchase").obj
+
+
+def kafka_trigger() -> dict:
+    triggers = scaledobject()["spec"]["triggers"]
+    assert len(triggers) == 1 and triggers[0]["type"] == "kafka", triggers
+    return triggers[0]["metadata"]
+
+
+def topic_job_env() -> dict:
+    job = h.find(DOCS, "Job", "kafka-create-topics")
+    (container,) = h.containers(job)
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def service_for_host(host: str, port: int) -> h.Doc:
+    """The Service a cluster DNS name <svc>.<ns>.svc.cluster.local:<port> reaches."""
+    assert host.endswith(f".{CLUSTER_DOMAIN}"), host
+    name, namespace = host[: -len(CLUSTER_DOMAIN) - 1].split(".")[-2:]
+    assert namespace == h.NAMESPACE, host
+    svc = h.find(DOCS, "Service", name, group="")
+    assert port in [p["port"] for p in svc.obj["spec"]["ports"]], f"{svc} has no port {port}"
+    return svc
+
+
+def consumer_call() -> ast.Call:
+    tree = ast.parse((h.ROOT / "functions/persist_purchase/consumer.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "KafkaConsumer"]
+    assert len(calls) == 1, "consumer.py should create its KafkaConsumer in one place"
+    return calls[0]
+
+
+# --- config.py, consumer.py, ConfigMap, ScaledObject, topic Job --------------------------
+
+def test_configmap_matches_config_constants():
+    data = configmap()
+    assert data["PURCHASES_TOPIC"] == config.PURCHASES_TOPIC
+    assert data["DEAD_LETTER_TOPIC"] == config.DEAD_LETTER_TOPIC
+    assert data["CONSUMER_GROUP"] == config.CONSUMER_GROUP
+    assert data["MONGODB_DATABASE"] == config.DATABASE_NAME
+    for server in data["KAFKA_BOOTSTRAP_SERVERS"].split(","):
+        host, port = server.rsplit(":", 1)
+        svc = service_for_host(host, int(port))
+        assert svc.name == "kafka"
+
+
+def test_consumer_code_uses_the_config_constants():
+    call = consumer_call()
+    keywords = {k.arg: ast.unparse(k.value) for k in call.keywords if k.arg}
+    assert keywords["group_id"] == "config.consumer_group()"
+    assert keywords["auto_offset_reset"] == "config.AUTO_OFFSET_RESET"
+    assert ast.unparse(call.args[0]) == "config.purchases_topic()"
+
+
+def test_scaledobject_matches_consumer_and_config():
+    meta = kafka_trigger()
+    assert meta["consumerGroup"] == config.CONSUMER_GROUP == configmap()["CONSUMER_GROUP"]
+    assert meta["topic"] == config.PURCHASES_TOPIC == configmap()["PURCHASES_TOPIC"]
+    assert meta["offsetResetPolicy"] == config.AUTO_OFFSET_RESET == "earliest"
+    assert meta["bootstrapServers"] == configmap()["KAFKA_BOOTSTRAP_SERVERS"]
+    assert int(meta["lagThreshold"]) > 0
+    assert int(meta["activationLagThreshold"]) == 0, "a single waiting purchase must wake the consumer"
+    assert meta.get("allowIdleConsumers", "false") == "false"
+    assert meta.get("scaleToZeroOnInvalidOffset", "false") == "false", \
+        "a new group (no committed offset) must still wake up"
+
+
+def test_scaledobject_replicas_fit_the_topic():
+    spec = scaledobject()["spec"]
+    partitions = int(topic_job_env()["PURCHASES_PARTITIONS"])
+    assert partitions == config.TOPIC_PARTITIONS
+    assert spec["minReplicaCount"] == 0
+    assert 1 <= spec["maxReplicaCount"] <= partitions
+    assert spec["pollingInterval"] > 0 and spec["cooldownPeriod"] > 0
+    target = spec["scaleTargetRef"]
+    deployment = h.find(DOCS, target.get("kind", "Deployment"), target["name"])
+    assert deployment.obj["spec"]["replicas"] == 0
+
+
+def test_kafka_trigger_metadata_keys_known():
+    unknown = set(kafka_trigger()) - KEDA_KAFKA_METADATA_KEYS
+    assert not unknown, f"KEDA's kafka scaler does not read {sorted(unknown)}"
+
+
+def test_topic_job_creates_the_topics_the_code_uses():
+    env = topic_job_env()
+    assert env["PURCHASES_TOPIC"] == config.PURCHASES_TOPIC
+    assert env["DEAD_LETTER_TOPIC"] == config.DEAD_LETTER_TOPIC
+    assert int(env["DEAD_LETTER_PARTITIONS"]) >= 1
+    assert env["BOOTSTRAP"] == configmap()["KAFKA_BOOTSTRAP_SERVERS"]
+    (container,) = h.containers(h.find(DOCS, "Job", "kafka-create-topics"))
+    script = container["args"][0]
+    assert 'ensure_topic "$PURCHASES_TOPIC" "$PURCHASES_PARTITIONS"' in script
+    assert 'ensure_topic "$DEAD_LETTER_TOPIC" "$DEAD_LETTER_PARTITIONS"' in script
+    assert '--partitions "$2"' in script and "--if-not-exists" in script and "--alter" in script
+    # With auto-creation off, no client can create `purchases` with another partition count.
+    kafka_env = {e["name"]: e.get("value") for e in h.containers(h.find(DOCS, "StatefulSet", "kafka"))[0]["env"]}
+    assert kafka_env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
+FAKE_KAFKA_TOPICS = r"""#!/usr/bin/env python3
+# Stands in for kafka-topics.sh: topics live as files holding their partition count.
+import os, sys
+args, state = sys.argv[1:], os.environ["TOPICS_STATE"]
+with open(os.path.join(state, "calls.log"), "a") as log:
+    log.write(" ".join(args) + "\n")
+topic = args[args.index("--topic") + 1]
+path = os.path.join(state, topic)
+if "--create" in args and not os.path.exists(path):
+    open(path, "w").write(args[args.index("--partitions") + 1])
+elif "--alter" in args:
+    open(path, "w").write(args[args.index("--partitions") + 1])
+elif "--describe" in args:
+    count = int(open(path).read())
+    print(f"Topic: {topic}\tTopicId: x\tPartitionCount: {count}\tReplicationFactor: 1")
+    for i in range(count):
+        print(f"\tTopic: {topic}\tPartition: {i}\tLeader: 1\tReplicas: 1\tIsr: 1")
+"""
+
+
+@pytest.mark.parametrize("existing", [{}, {"purchases": 3}], ids=["fresh", "grows-an-older-topic"])
+def test_topic_job_script_creates_and_grows_topics(existing, tmp_path):
+    (container,) = h.containers(h.find(DOCS, "Job", "kafka-create-topics"))
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir()
+    state.mkdir()
+    (bin_dir / "kafka-topics.sh").write_text(FAKE_KAFKA_TOPICS)
+    (bin_dir / "kafka-broker-api-versions.sh").write_text("#!/bin/sh\nexit 0\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    for topic, count in existing.items():
+        (state / topic).write_text(str(count))
+    env = {"PATH": os.environ["PATH"], "KAFKA_BIN": str(bin_dir), "TOPICS_STATE": str(state), **topic_job_env()}
+    result = subprocess.run(container["command"] + container["args"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert int((state / config.PURCHASES_TOPIC).read_text()) == config.TOPIC_PARTITIONS
+    assert int((state / config.DEAD_LETTER_TOPIC).read_text()) == 1
+    altered = [line for line in (state / "calls.log").read_text().splitlines() if "--alter" in line]
+    assert len(altered) == (1 if existing else 0)
+
+
+def test_kafka_advertises_its_headless_name():
+    sts = h.find(DOCS, "StatefulSet", "kafka").obj
+    env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    listener = urlsplit(env["KAFKA_ADVERTISED_LISTENERS"].replace("PLAINTEXT://", "tcp://"))
+    pod_dns = f"{sts['metadata']['name']}-0.{sts['spec']['serviceName']}.{h.NAMESPACE}.{CLUSTER_DOMAIN}"
+    assert listener.hostname == pod_dns
+    headless = h.find(DOCS, "Service", sts["spec"]["serviceName"], group="")
+    assert headless.obj["spec"]["clusterIP"] == "None"
+    assert listener.port in [p["port"] for p in headless.obj["spec"]["ports"]]
+    assert sts["spec"]["template"]["spec"]["enableServiceLinks"] is False, \
+        "the image would turn KAFKA_* service-link variables into broker settings"
+
+
+def test_mongodb_uri_matches_credentials_and_service():
+    secret = h.find(DOCS, "Secret", "mongodb-credentials").obj["stringData"]
+    uri = urlsplit(secret["MONGODB_URI"])
+    assert uri.scheme == "mongodb"
+    assert uri.username == secret["MONGO_INITDB_ROOT_USERNAME"]
+    assert uri.password == secret["MONGO_INITDB_ROOT_PASSWORD"]
+    assert "authSource=admin" in uri.query, "the root user lives in the admin database"
+    assert service_for_host(uri.hostname, uri.port).name == "mongodb"
+
+
+# --- images ---------------------------------------------------------------------------
+
+def test_images_match_make_build():
+    built = h.make_image_names()
+    assert set(built) == {folder for folder, _, _ in h.FUNCTIONS.values()}
+    for function, (folder, image_name, owned) in h.FUNCTIONS.items():
+        assert built[folder].rsplit("/", 1)[-1].split(":")[0] == image_name
+        workloads = [h.find(DOCS, kind, name, group) for kind, group, name in owned if kind != "Ingress"]
+        workloads = [d for d in workloads if h.pod_template(d)]
+        assert workloads, function
+        for doc in workloads:
+            images = [c["image"] for c in h.containers(doc)]
+            assert images == [built[folder]], f"{doc} runs {images}, `make build` makes {built[folder]}"
+
+
+def test_function_images_come_from_local_names_knative_does_not_resolve():
+    # Knative resolves image tags to digests through the registry, except for registries in
+    # config-deployment's registries-skipping-tag-resolving (default kind.local,ko.local,dev.local).
+    for folder, image in h.make_image_names().items():
+        assert image.startswith("dev.local/"), image
+        assert not image.endswith(":latest"), "a :latest tag makes Kubernetes always pull"
+
+
+# --- ingress --------------------------------------------------------------------------
+
+def ingress_routes() -> dict[str, str]:
+    """path prefix -> Knative Service name, from the Ingress objects for purchase.local."""
+    routes = {}
+    for doc in (d for d in DOCS if d.kind == "Ingress"):
+        annotations = doc.obj["metadata"].get("annotations", {})
+        assert not any("rewrite-target" in key for key in annotations), \
+            f"{doc}: rewrite-target would strip the paths the functions route on"
+        vhost = annotations["nginx.ingress.kubernetes.io/upstream-vhost"]
+        backend_name = vhost.removesuffix(f".{h.NAMESPACE}.{CLUSTER_DOMAIN}")
+        assert h.find(DOCS, "Service", backend_name, group="serving.knative.dev")
+        assert doc.obj["spec"]["ingressClassName"] == "nginx"
+        for rule in doc.obj["spec"]["rules"]:
+            assert rule["host"] == "purchase.local"
+            for path in rule["http"]["paths"]:
+                assert path["pathType"] == "Prefix"
+                assert path["path"] not in routes, f"{path['path']} routed twice"
+                routes[path["path"]] = backend_name
+                backend = path["backend"]["service"]
+                gateway_svc = h.find(DOCS, "Service", backend["name"], group="").obj
+                assert gateway_svc["spec"]["type"] == "ExternalName"
+                assert gateway_svc["spec"]["externalName"] == f"kourier-internal.kourier-system.{CLUSTER_DOMAIN}"
+                ports = gateway_svc["spec"]["ports"]
+                assert backend["port"]["number"] in [p["port"] for p in ports]
+                # ingress-nginx dials an ExternalName backend on its numeric targetPort.
+                assert all(isinstance(p["targetPort"], int) for p in ports)
+    return routes
+
+
+def test_ingress_paths_are_exactly_the_gateway_routes():
+    assert ingress_routes() == dict(gateway.ROUTES)
+
+
+@pytest.mark.parametrize("path", [
+    "/api/buy", "/api/buy/", "/api/buyer", "/api/user/42/purchases", "/api/user", "/api/users/1",
+    "/api/purchases", "/api/getAllUserBuys/u-1", "/api/getAllUserBuysX", "/healthz", "/",
+])
+def test_ingress_prefix_matching_agrees_with_the_local_gateway(path):
+    routes = ingress_routes()
+    # Kubernetes pathType Prefix matches whole path elements; the longest prefix wins.
+    matches = [p for p in routes if path == p or path.startswith(p.rstrip("/") + "/")]
+    by_ingress = routes[max(matches, key=len)] if matches else None
+    assert by_ingress == gateway.route(path)
+
+
+def test_ingress_hosts_are_cluster_local_knative_services():
+    for doc in (d for d in DOCS if d.kind == "Service" and d.group == "serving.knative.dev"):
+        # The Ingress sends the cluster-local hostname, which kourier-internal serves for every
+        # Knative Service; the label keeps the Service off Kourier's public gateway.
+        assert doc.obj["metadata"]["labels"]["networking.knative.dev/visibility"] == "cluster-local"
+
+
+# --- selectors, references ------------------------------------------------------------
+
+def workloads() -> list[h.Doc]:
+    return [d for d in DOCS if d.kind in ("Deployment", "StatefulSet")]
+
+
+def test_workload_selectors_match_their_templates():
+    for doc in workloads():
+        selector = doc.obj["spec"]["selector"]["matchLabels"]
+        labels = doc.obj["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items(), doc
+    for doc in DOCS:
+        template = h.pod_template(doc)
+        if template:
+            labels = template["metadata"]["labels"]
+            assert labels.get("app.kubernetes.io/part-of") == h.PART_OF, doc
+            assert labels.get("app.kubernetes.io/name") == doc.obj["metadata"]["labels"]["app.kubernetes.io/name"], doc
+        for claim in doc.obj.get("spec", {}).get("volumeClaimTemplates", []):
+            assert claim["metadata"]["labels"].get("app.kubernetes.io/part-of") == h.PART_OF, doc
+
+
+@pytest.mark.parametrize("svc", [d for d in DOCS if d.kind == "Service" and d.group == ""], ids=str)
+def test_service_selector_matches_pods(svc):
+    spec = svc.obj["spec"]
+    if spec.get("type") == "ExternalName":
+        assert "selector" not in spec
+        return
+    selector = spec["selector"]
+    targets = [w for w in workloads() if selector.items() <= w.obj["spec"]["template"]["metadata"]["labels"].items()]
+    assert len(targets) == 1, f"{svc} selects {[str(t) for t in targets]}"
+    ports = [p for c in h.containers(targets[0]) for p in c.get("ports", [])]
+    for port in spec["ports"]:
+        target = port.get("targetPort", port["port"])
+        assert any(target in (p.get("name"), p["containerPort"]) for p in ports), f"{svc}: no container port {target}"
+
+
+def test_statefulsets_have_headless_governing_services():
+    for doc in (d for d in workloads() if d.kind == "StatefulSet"):
+        headless = h.find(DOCS, "Service", doc.obj["spec"]["serviceName"], group="").obj
+        assert headless["spec"]["clusterIP"] == "None"
+        assert headless["spec"]["selector"].items() <= doc.obj["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_config_and_secret_references_resolve():
+    objects = {(d.kind, d.name): d.obj for d in DOCS if d.kind in ("ConfigMap", "Secret")}
+
+    def keys(kind, name):
+        obj = objects.get((kind, name))
+        return None if obj is None else set(obj.get("data", {})) | set(obj.get("stringData", {}))
+
+    for doc in DOCS:
+        for container in h.containers(doc):
+            for source in container.get("envFrom", []):
+                for ref_kind, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
+                    if ref_kind in source and not source[ref_kind].get("optional"):
+                        assert keys(kind, source[ref_kind]["name"]) is not None, f"{doc}: no {kind}"
+            for env in container.get("env", []):
+                for ref_kind, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+                    ref = env.get("valueFrom", {}).get(ref_kind)
+                    if ref:
+                        assert ref["key"] in (keys(kind, ref["name"]) or set()), f"{doc}: {ref} does not resolve"
+
+
+def test_optional_kafka_auth_reads_keys_of_its_secret():
+    secret = h.find(DOCS, "Secret", "purchase-kafka-client").obj["stringData"]
+    auth = h.find(DOCS, "TriggerAuthentication", "kafka-client-auth").obj
+    for ref in auth["spec"]["secretTargetRef"]:
+        assert ref["name"] == "purchase-kafka-client" and ref["key"] in secret
+    assert {r["parameter"] for r in auth["spec"]["secretTargetRef"]} <= {"sasl", "username", "password", "tls", "ca",
+                                                                          "cert", "key", "keyPassword"}
+    # The functions read the same user: the keys config.kafka_client_options() looks up.
+    client_keys = {"KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"}
+    assert client_keys <= set(secret)
+    # Off by default: the ScaledObject references no TriggerAuthentication.
+    assert all("authenticationRef" not in t for t in scaledobject()["spec"]["triggers"])
+
+
+# --- containers: probes, ports, security --------------------------------------------------
+
+def our_containers():
+    for function, (folder, image_name, owned) in h.FUNCTIONS.items():
+        for kind, group, name in owned:
+            doc = h.find(DOCS, kind, name, group)
+            for container in h.containers(doc):
+                yield function, folder, doc, container
+
+
+def test_function_containers_are_locked_down():
+    for function, folder, doc, container in our_containers():
+        ctx = container["securityContext"]
+        pod_ctx = h.pod_template(doc)["spec"].get("securityContext", {})
+        assert ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True, doc
+        assert ctx["allowPrivilegeEscalation"] is False, doc
+        assert ctx["readOnlyRootFilesystem"] is True, doc
+        assert ctx["capabilities"]["drop"] == ["ALL"], doc
+        uid = ctx.get("runAsUser", pod_ctx.get("runAsUser"))
+        final_stage = h.parse_dockerfile(h.ROOT / folder / "Dockerfile")[-1]
+        user = [i.args for i in final_stage if i.op == "USER"][-1]
+        assert str(uid) == user.split(":")[0], f"{doc}: runAsUser {uid} but the image runs as {user}"
+        # A read-only root needs a writable /tmp (gunicorn's worker heartbeat file).
+        mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+        assert "/tmp" in mounts, doc
+        assert container["resources"]["requests"] and container["resources"]["limits"]["memory"], doc
+
+
+def test_all_containers_drop_privileges():
+    for doc in DOCS:
+        template = h.pod_template(doc)
+        if not template:
+            continue
+        pod_ctx = template["spec"].get("securityContext", {})
+        for container in template["spec"]["containers"]:
+            ctx = container.get("securityContext", {})
+            assert ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True, doc
+            assert ctx.get("allowPrivilegeEscalation") is False, doc
+            assert ctx.get("capabilities", {}).get("drop") == ["ALL"], doc
+            assert ctx.get("seccompProfile", pod_ctx.get("seccompProfile")) == {"type": "RuntimeDefault"}, doc
+            assert container.get("resources", {}).get("limits", {}).get("memory"), f"{doc}: no memory limit"
+
+
+def test_knative_services():
+    for function in ("buy", "history"):
+        doc = h.find(DOCS, "Service", function, group="serving.knative.dev")
+        spec = doc.obj["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        # Knative owns PORT (it sets 8080) and only allows probes on the serving port.
+        assert "PORT" not in {e["name"] for e in container.get("env", [])}
+        assert container["ports"] == [{"name": "http1", "containerPort": 8080}]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert "port" not in container[probe]["httpGet"], f"{doc}: Knative picks the probe port"
+        # Pod-level securityContext is behind a Knative feature flag that is off by default.
+        assert "securityContext" not in spec
+        assert [s["configMapRef"]["name"] for s in container["envFrom"] if "configMapRef" in s] == ["purchase-config"]
+        assert int(spec["containerConcurrency"]) == int(
+            next(e["value"] for e in container["env"] if e["name"] == "THREADS")), \
+            "containerConcurrency is gunicorn's thread count: one request per thread"
+
+
+# Rules of Knative's admission webhook that the CRD schema does not carry
+# (knative/serving pkg/apis/serving/k8s_validation.go): checked here because no webhook runs.
+KNATIVE_RESERVED_MOUNT_PATHS = {"/", "/dev", "/dev/log"}
+KNATIVE_RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
+KNATIVE_RESERVED_PORTS = {8012, 8013, 8022, 9090, 9091, 8008}  # queue-proxy, metrics, profiling
+
+
+def test_knative_webhook_rules():
+    for function in ("buy", "history"):
+        doc = h.find(DOCS, "Service", function, group="serving.knative.dev")
+        spec = doc.obj["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        assert container["name"] != "queue-proxy"
+        (port,) = container["ports"]
+        assert port.get("name", "") in ("", "http1", "h2c") and port["containerPort"] not in KNATIVE_RESERVED_PORTS
+        assert not KNATIVE_RESERVED_ENV & {e["name"] for e in container.get("env", [])}
+        readiness = container["readinessProbe"]
+        if not readiness.get("periodSeconds"):
+            # periodSeconds 0 selects Knative's aggressive start-up probing, which takes no
+            # timeoutSeconds or failureThreshold.
+            assert "timeoutSeconds" not in readiness and "failureThreshold" not in readiness, doc
+        for probe in (readiness, container["livenessProbe"]):
+            handler = probe.get("httpGet") or probe.get("tcpSocket") or {}
+            assert handler.get("port", port.get("name")) in (port.get("name"), port["containerPort"])
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        mounts = container.get("volumeMounts", [])
+        assert {m["name"] for m in mounts} == set(volumes), "every volume mounted, every mount a volume"
+        for mount in mounts:
+            assert mount["mountPath"].startswith("/") and mount["mountPath"] not in KNATIVE_RESERVED_MOUNT_PATHS
+            volume = volumes[mount["name"]]
+            assert "emptyDir" in volume or mount.get("readOnly"), "only emptyDir/PVC mounts may be writable"
+            assert volume.get("emptyDir", {}).get("medium", "") in ("", "Memory")
+
+
+def test_knative_autoscaling_annotations():
+    for function in ("buy", "history"):
+        doc = h.find(DOCS, "Service", function, group="serving.knative.dev")
+        template = doc.obj["spec"]["template"]
+        annotations = {k.split("/", 1)[1]: v for k, v in template["metadata"]["annotations"].items()
+                       if k.startswith("autoscaling.knative.dev/")}
+        assert not set(annotations) - KNATIVE_AUTOSCALING_ANNOTATIONS, f"{doc}: unknown annotation"
+        assert all(isinstance(v, str) for v in annotations.values()), "annotation values are strings"
+        assert annotations["class"] == "kpa.autoscaling.knative.dev", "only the KPA scales to zero"
+        assert annotations["metric"] == "concurrency"
+        assert int(annotations["min-scale"]) == 0, "scale to zero"
+        assert 1 <= int(annotations["initial-scale"]) <= int(annotations["max-scale"]), \
+            "initial-scale 0 needs allow-zero-initial-scale in the cluster config"
+        target = float(annotations["target"]) * int(annotations["target-utilization-percentage"]) / 100
+        assert 0 < target < int(template["spec"]["containerConcurrency"])
+        for key in ("scale-down-delay", "window"):
+            seconds = int(re.fullmatch(r"(\d+)s", annotations[key]).group(1))
+            assert seconds <= 3600
+        assert 6 <= int(annotations["window"][:-1])
+
+
+def test_persist_purchase_deployment():
+    doc = h.find(DOCS, "Deployment", "persist-purchase")
+    spec = doc.obj["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    (health,) = [p for p in container["ports"] if p["name"] == "health"]
+    assert int(env["HEALTH_PORT"]) == health["containerPort"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    # The consumer finishes its batch and leaves the group on SIGTERM.
+    assert spec["terminationGracePeriodSeconds"] >= 30
+    assert "PURCHASES_TOPIC" not in env and "CONSUMER_GROUP" not in env, \
+        "the group and topic come from the ConfigMap, the same values the ScaledObject names"
+
+
+# --- every scaling value says why -------------------------------------------------------
+
+def commented(path, keys):
+    lines = path.read_text().splitlines()
+    for key in keys:
+        index = next((i for i, line in enumerate(lines) if re.match(rf"^\s*{re.escape(key)}:", line)), None)
+        assert index is not None, f"{path.name}: no {key}"
+        previous = next(line for line in reversed(lines[:index]) if line.strip())
+        assert "#" in lines[index] or previous.strip().startswith("#"), f"{path.name}: {key} has no comment"
+
+
+def test_scaling_values_are_commented():
+    commented(h.K8S / "keda/persist-purchase-scaledobject.yaml",
+              ["pollingInterval", "cooldownPeriod", "minReplicaCount", "maxReplicaCount", "bootstrapServers",
+               "consumerGroup", "topic", "lagThreshold", "activationLagThreshold", "offsetResetPolicy",
+               "stabilizationWindowSeconds"])
+    for function in ("buy", "history"):
+        path = h.K8S / f"knative/{function}.yaml"
+        keys = [k for k in h.find(DOCS, "Service", function).obj["spec"]["template"]["metadata"]["annotations"]]
+        commented(path, keys + ["containerConcurrency", "timeoutSeconds"])

@@ -1,0 +1,184 @@
+"""mk/deploy.mk, run for real with recording `kubectl`, `docker` and `minikube` shims on PATH:
+each deploy target applies exactly its own objects, with the image `make build` tags."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+import k8s_helpers as h
+
+REGISTRY, TAG = "registry.example.com/acme/purchase", "1.2.3"
+INFRA = {
+    ("Namespace", "", "purchase"), ("ConfigMap", "", "purchase-config"), ("Secret", "", "mongodb-credentials"),
+    ("StatefulSet", "apps", "kafka"), ("Service", "", "kafka"), ("Service", "", "kafka-headless"),
+    ("Job", "batch", "kafka-create-topics"),
+    ("StatefulSet", "apps", "mongodb"), ("Service", "", "mongodb"), ("Service", "", "mongodb-headless"),
+    ("Service", "", "knative-gateway"),
+}
+OPTIONAL = {("Secret", "", "purchase-kafka-client"), ("TriggerAuthentication", "keda.sh", "kafka-client-auth")}
+
+
+def images_of(docs):
+    return {c["image"] for d in docs for c in h.containers(d)}
+
+
+def kubectl_calls(calls):
+    return [c["argv"] for c in calls if c["tool"] == "kubectl"]
+
+
+@pytest.fixture()
+def make(tmp_path):
+    def run(*args, ok=True):
+        result, calls = h.run_make(tmp_path / "bin", *args)
+        if ok:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result, calls
+    return run
+
+
+def test_every_manifest_belongs_to_exactly_one_target():
+    owned = set().union(*(objects for _, _, objects in h.FUNCTIONS.values()))
+    all_keys = [d.key for d in h.all_docs()]
+    assert len(all_keys) == len(set(all_keys))
+    assert set(all_keys) == INFRA | owned | OPTIONAL
+    assert not INFRA & owned and not OPTIONAL & (INFRA | owned)
+
+
+@pytest.mark.parametrize("function", list(h.FUNCTIONS))
+def test_deploy_function_applies_only_its_objects_with_the_chosen_image(function, make):
+    folder, image_name, owned = h.FUNCTIONS[function]
+    _, calls = make(f"deploy-{function}", f"REGISTRY={REGISTRY}", f"TAG={TAG}")
+    assert [c["tool"] for c in calls] == ["kubectl"], "one kubectl apply, no build, no push"
+    assert kubectl_calls(calls) == [["apply", "-f", "-"]]
+    docs = h.applied_docs(calls)
+    assert {d.key for d in docs} == owned
+    assert images_of(docs) == {f"{REGISTRY}/{image_name}:{TAG}"}
+    assert "image: dev.local" not in calls[0]["stdin"]
+
+
+@pytest.mark.parametrize("function", list(h.FUNCTIONS))
+def test_deploy_function_default_image_is_what_build_tags(function, make):
+    folder, _, _ = h.FUNCTIONS[function]
+    _, calls = make(f"deploy-{function}")
+    assert images_of(h.applied_docs(calls)) == {h.make_image_names()[folder]}
+
+
+def test_rendered_objects_still_validate(make, crds):
+    from test_k8s_schemas import validate_custom
+    import kubernetes_validate
+    for target in ("deploy-buy", "deploy-history", "deploy-persist-purchase"):
+        _, calls = make(target, f"REGISTRY={REGISTRY}", f"TAG={TAG}", "KAFKA_AUTH=1")
+        for doc in h.applied_docs(calls):
+            if doc.group in h.CORE_GROUPS:
+                kubernetes_validate.validate(doc.obj, h.KUBERNETES_VERSIONS[0], strict=True)
+            else:
+                validate_custom(doc, crds)
+
+
+def test_kafka_auth_adds_the_trigger_authentication(make, crds):
+    _, calls = make("deploy-persist-purchase", "KAFKA_AUTH=1")
+    docs = h.applied_docs(calls)
+    assert {d.key for d in docs} == h.FUNCTIONS["persist-purchase"][2] | {
+        ("TriggerAuthentication", "keda.sh", "kafka-client-auth")}
+    scaled = h.find(docs, "ScaledObject", "persist-purchase").obj
+    assert [t["authenticationRef"] for t in scaled["spec"]["triggers"]] == [{"name": "kafka-client-auth"}]
+    # Without it, nothing references a TriggerAuthentication (off by default).
+    _, calls = make("deploy-persist-purchase")
+    scaled = h.find(h.applied_docs(calls), "ScaledObject", "persist-purchase").obj
+    assert all("authenticationRef" not in t for t in scaled["spec"]["triggers"])
+
+
+def test_deploy_infra_applies_infra_and_waits(make):
+    _, calls = make("deploy-infra")
+    argvs = kubectl_calls(calls)
+    assert argvs[0] == ["apply", "-f", "k8s/namespace.yaml"], "the namespace exists before what lives in it"
+    assert {d.key for d in h.applied_docs(calls)} == INFRA
+    waits = [a for a in argvs if "apply" not in a]
+    assert ["-n", "purchase", "rollout", "status", "statefulset/kafka", "--timeout=300s"] in waits
+    assert ["-n", "purchase", "rollout", "status", "statefulset/mongodb", "--timeout=300s"] in waits
+    assert ["-n", "purchase", "wait", "job/kafka-create-topics", "--for=condition=complete",
+            "--timeout=300s"] in waits
+
+
+def test_deploy_infra_without_waiting(make):
+    _, calls = make("deploy-infra", "DEPLOY_WAIT=")
+    assert all(a[0] == "apply" for a in kubectl_calls(calls))
+    assert {d.key for d in h.applied_docs(calls)} == INFRA
+
+
+def test_deploy_applies_everything_once_infra_first(make):
+    _, calls = make("deploy", f"REGISTRY={REGISTRY}", f"TAG={TAG}")
+    docs = h.applied_docs(calls)
+    keys = [d.key for d in docs]
+    owned = set().union(*(objects for _, _, objects in h.FUNCTIONS.values()))
+    assert sorted(keys) == sorted(INFRA | owned)
+    first_function = min(keys.index(k) for k in owned)
+    assert all(keys.index(k) < first_function for k in INFRA)
+    assert images_of(docs) - {"apache/kafka:4.1.1", "mongo:8.0"} == {
+        f"{REGISTRY}/{image}:{TAG}" for _, image, _ in h.FUNCTIONS.values()}
+
+
+def test_undeploy_only_deletes(make):
+    _, calls = make("undeploy")
+    argvs = kubectl_calls(calls)
+    assert argvs and all(a[0] == "delete" and "--ignore-not-found" in a for a in argvs)
+    deleted = {d.key for d in h.applied_docs(calls, verb="delete")}
+    owned = set().union(*(objects for _, _, objects in h.FUNCTIONS.values()))
+    assert owned | (INFRA - {("Namespace", "", "purchase")}) <= deleted
+    assert ("Namespace", "", "purchase") not in deleted, "the namespace (and its volumes) stay"
+    # KEDA lets go of the Deployment before the Deployment goes.
+    order = [d.key for d in h.applied_docs(calls, verb="delete")]
+    assert order.index(("ScaledObject", "keda.sh", "persist-purchase")) < order.index(
+        ("Deployment", "apps", "persist-purchase"))
+
+
+def test_k8s_status_only_reads(make):
+    _, calls = make("k8s-status")
+    argvs = kubectl_calls(calls)
+    assert argvs and all("get" in a and "purchase" in a for a in argvs)
+    assert any("scaledobject" in " ".join(a) and "hpa" in " ".join(a) for a in argvs)
+
+
+@pytest.mark.parametrize("function", list(h.FUNCTIONS))
+def test_build_and_push(function, make):
+    folder, image_name, _ = h.FUNCTIONS[function]
+    image = f"{REGISTRY}/{image_name}:{TAG}"
+    _, calls = make(f"build-{function}", f"REGISTRY={REGISTRY}", f"TAG={TAG}")
+    assert calls == [{"tool": "docker", "argv": ["build", "-f", f"{folder}/Dockerfile", "-t", image, "."],
+                      "cwd": str(h.ROOT)}], "build context = repository root"
+    _, calls = make(f"push-{function}", f"REGISTRY={REGISTRY}", f"TAG={TAG}")
+    assert [c["argv"] for c in calls] == [["build", "-f", f"{folder}/Dockerfile", "-t", image, "."],
+                                          ["push", image]]
+
+
+def test_build_push_and_minikube_load_cover_all_images(make):
+    images = {f"{REGISTRY}/{image}:{TAG}" for _, image, _ in h.FUNCTIONS.values()}
+    _, calls = make("push", f"REGISTRY={REGISTRY}", f"TAG={TAG}")
+    assert {c["argv"][-1] for c in calls if c["argv"][0] == "push"} == images
+    _, calls = make("minikube-load", f"REGISTRY={REGISTRY}", f"TAG={TAG}")
+    assert [c["argv"][:2] for c in calls] == [["image", "load"]] * 3
+    assert {c["argv"][2] for c in calls} == images
+
+
+def test_a_failing_kubectl_fails_the_target(tmp_path):
+    bin_dir = tmp_path / "bin"
+    h.make_shims(bin_dir)
+    (bin_dir / "kubectl").write_text("#!/bin/sh\ncat >/dev/null; exit 3\n")
+    env = h.clean_make_env()
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    result = subprocess.run(["make", "-s", "-C", str(h.ROOT), "deploy-buy"], env=env, capture_output=True,
+                            text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode != 0
+
+
+def test_help_lists_every_target():
+    env = h.clean_make_env()
+    result = subprocess.run(["make", "-s", "-C", str(h.ROOT), "help"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0
+    listed = {line.split()[0].replace("\x1b[36m", "") for line in result.stdout.splitlines() if line.strip()}
+    wanted = {"build", "push", "deploy", "deploy-infra", "undeploy", "k8s-status", "minikube-load"}
+    for function in h.FUNCTIONS:
+        wanted |= {f"build-{function}", f"push-{function}", f"deploy-{function}"}
+    assert wanted <= listed, sorted(wanted - listed)
