@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv fetch run up down status test test-unit test-faults dlq
+.PHONY: help venv fetch run up down stack-status test test-unit test-faults dlq
 
 help: ## List every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  \033[36m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,7 +32,7 @@ up: venv ## Start only Kafka and FerretDB in the background (prints the env to u
 down: ## Stop whatever `make up` (or an interrupted `make run`) left running, by PID
 	@if [ -x $(PY) ]; then $(PY) -m devstack down; fi
 
-status: venv ## Show the local stack's ports and PIDs
+stack-status: venv ## Show the local stack's ports and PIDs
 	$(PY) -m devstack status
 
 test: venv ## Run the whole test suite (starts its own Kafka and FerretDB unless env names servers)

@@ -26,7 +26,7 @@ RENDER = set -o pipefail; $(PYTHON) k8s/render.py
 
 .PHONY: build build-buy build-history build-persist-purchase \
         push push-buy push-history push-persist-purchase minikube-load \
-        deploy deploy-infra deploy-buy deploy-history deploy-persist-purchase undeploy k8s-status
+        deploy deploy-infra deploy-buy deploy-history deploy-persist-purchase undeploy status
 
 build: build-buy build-history build-persist-purchase ## Build the three function images
 
@@ -86,6 +86,6 @@ undeploy: ## Delete what `make deploy` applied; the namespace and the data volum
 	-$(KUBECTL) delete --ignore-not-found -f k8s/keda/persist-purchase-deployment.yaml -f k8s/ingress/ -f k8s/knative/
 	-$(KUBECTL) delete --ignore-not-found -f k8s/kafka/ -f k8s/mongodb/ -f k8s/config/
 
-k8s-status: ## Show the purchase namespace: Knative Services, KEDA scaling, pods, jobs, ingress
+status: ## Show the purchase namespace: Knative Services, KEDA scaling, pods, jobs, ingress
 	-$(KUBECTL) -n $(K8S_NS) get ksvc,scaledobject,hpa
 	$(KUBECTL) -n $(K8S_NS) get deployment,statefulset,job,pod,pvc,service,ingress

@@ -134,7 +134,7 @@ def test_undeploy_only_deletes(make):
 
 
 def test_k8s_status_only_reads(make):
-    _, calls = make("k8s-status")
+    _, calls = make("status")
     argvs = kubectl_calls(calls)
     assert argvs and all("get" in a and "purchase" in a for a in argvs)
     assert any("scaledobject" in " ".join(a) and "hpa" in " ".join(a) for a in argvs)
@@ -178,7 +178,7 @@ def test_help_lists_every_target():
                             timeout=60)
     assert result.returncode == 0
     listed = {line.split()[0].replace("\x1b[36m", "") for line in result.stdout.splitlines() if line.strip()}
-    wanted = {"build", "push", "deploy", "deploy-infra", "undeploy", "k8s-status", "minikube-load"}
+    wanted = {"build", "push", "deploy", "deploy-infra", "undeploy", "status", "minikube-load"}
     for function in h.FUNCTIONS:
         wanted |= {f"build-{function}", f"push-{function}", f"deploy-{function}"}
     assert wanted <= listed, sorted(wanted - listed)
