@@ -105,8 +105,10 @@ def ensure_kafka() -> Path:
     home.mkdir(parents=True, exist_ok=True)
     (home / "pom.xml").write_text(KAFKA_POM.format(version=KAFKA_VERSION))
     shutil.rmtree(libs, ignore_errors=True)
+    started = time.monotonic()
     run_checked(["mvn", "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={libs}"], cwd=home)
     marker.write_text(KAFKA_VERSION)
+    say(f"Kafka jars ready in {time.monotonic() - started:.0f}s")
     return libs
 
 
@@ -123,6 +125,7 @@ def ensure_ferretdb() -> Path:
     if shutil.which("go") is None:
         raise RuntimeError("FerretDB is built with Go; 'go' is not on PATH")
     say(f"building FerretDB {FERRETDB_VERSION} from the Go module proxy (first run only, a few minutes)")
+    started = time.monotonic()
     env = dict(os.environ, GOFLAGS="-mod=mod", CGO_ENABLED="0")
     info = json.loads(run_checked(["go", "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}"], env=env))
     source = home / "src"
@@ -134,6 +137,7 @@ def ensure_ferretdb() -> Path:
     run_checked(["go", "build", "-o", str(binary) + ".tmp", "./cmd/ferretdb"], cwd=source, env=env)
     os.replace(str(binary) + ".tmp", binary)
     shutil.rmtree(source, ignore_errors=True)
+    say(f"FerretDB built in {time.monotonic() - started:.0f}s")
     return binary
 
 
