@@ -43,6 +43,9 @@ def make_handler(backends: dict[str, tuple[str, int]]):
 
     class Gateway(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes; with Nagle on, the second waits for
+        # the client's delayed ACK (~40 ms per request).
+        disable_nagle_algorithm = True
 
         def _connection(self, backend: str) -> http.client.HTTPConnection:
             pool = getattr(local, "pool", None)

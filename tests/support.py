@@ -30,8 +30,10 @@ class LoadResult:
 
 
 def send_purchases(buy_url: str, count: int | None = None, duration_s: float | None = None,
-                   concurrency: int = 8, users: int = 20, timeout_s: float = 10) -> LoadResult:
-    """Bounded load: stops after `count` requests or `duration_s` seconds, whichever is set."""
+                   concurrency: int = 8, users: int = 20, timeout_s: float = 10,
+                   max_rate: float | None = None) -> LoadResult:
+    """Bounded load: stops after `count` requests or `duration_s` seconds, whichever is set;
+    `max_rate` caps the offered requests per second (all workers together)."""
     assert count or duration_s
     result, lock = LoadResult(), threading.Lock()
     deadline = time.monotonic() + (duration_s or 600)
@@ -39,7 +41,12 @@ def send_purchases(buy_url: str, count: int | None = None, duration_s: float | N
 
     def worker():
         session = requests.Session()
+        interval = concurrency / max_rate if max_rate else 0.0
+        next_at = time.monotonic()
         while time.monotonic() < deadline:
+            if interval:
+                time.sleep(max(0.0, next_at - time.monotonic()))
+                next_at = max(next_at + interval, time.monotonic() - interval)
             with lock:
                 index = next(counter, None)
             if index is None:

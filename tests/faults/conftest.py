@@ -89,6 +89,14 @@ class Scenario:
     def stored_ids(self) -> list[str]:
         return [doc["eventId"] for doc in self.collection().find({}, {"eventId": 1})]
 
+    def log_tails(self, lines: int = 25) -> str:
+        """The end of each function's log, for a failure message."""
+        parts = []
+        for process in self.processes:
+            text = process.log.read_text(errors="replace").splitlines() if process.log.exists() else []
+            parts.append(f"--- {process.name} (exit {process.proc.poll()}) ---\n" + "\n".join(text[-lines:]))
+        return "\n".join(parts)
+
     def stop(self):
         for process in reversed(self.processes):
             process.stop()
