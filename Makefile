@@ -36,10 +36,10 @@ stack-status: venv ## Show the local stack's ports and PIDs
 	$(PY) -m devstack status
 
 test: venv ## Run the whole test suite (starts its own Kafka and FerretDB unless env names servers)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --ignore=tests/cluster $(PYTEST_ARGS)
 
 test-unit: venv ## Run only the tests that need no server
-	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration" --ignore=tests/cluster $(PYTEST_ARGS)
 
 # Kubernetes images and deploy targets, and load/benchmark targets, live beside this file.
 -include mk/*.mk

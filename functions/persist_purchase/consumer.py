@@ -41,6 +41,7 @@ POLL_TIMEOUT_MS = config.env_int("CONSUMER_POLL_TIMEOUT_MS", 500)
 WRITE_RETRY_DEADLINE_S = config.env_float("WRITE_RETRY_DEADLINE_S", 600.0)
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.2, 5.0
 COMMIT_TIMEOUT_MS = 15000
+KAFKA_OUTAGE_DEADLINE_S = config.env_float("KAFKA_OUTAGE_DEADLINE_S", 600.0)
 STARTUP_DEADLINE_S = config.env_float("CONSUMER_STARTUP_DEADLINE_S", 120.0)
 
 
@@ -208,10 +209,35 @@ class Runner:
             if paused:
                 self.consumer.resume(*self.consumer.paused())
 
+    def poll(self) -> dict | None:
+        """Poll; ride out a broker outage with backoff. None: Kafka gone for too long."""
+        delay, down_since = BACKOFF_BASE_S, None
+        while not self.stop.is_set():
+            try:
+                polled = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=BATCH_MAX)
+                self.health.kafka_ready = True
+                return polled
+            except KafkaError as exc:
+                self.health.kafka_ready = False
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > KAFKA_OUTAGE_DEADLINE_S:
+                    log(logger, logging.ERROR, "kafka unreachable for too long; exiting", error=repr(exc))
+                    return None
+                log(logger, logging.WARNING, "kafka poll failed; backing off", error=repr(exc),
+                    delay_s=round(delay, 2))
+                self.health.beat()
+                self.stop.wait(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, BACKOFF_CAP_S)
+        return {}
+
     def _wait_paused(self, seconds: float) -> None:
         """Keep the group membership alive while waiting; rewind anything a rebalance let through."""
         self.health.beat()
-        stray = self.consumer.poll(timeout_ms=int(seconds * 1000))
+        try:
+            stray = self.consumer.poll(timeout_ms=int(seconds * 1000))
+        except KafkaError:
+            self.stop.wait(seconds)
+            return
         for tp, records in stray.items():
             self.consumer.seek(tp, min(r.offset for r in records))
             self.consumer.pause(tp)
@@ -249,7 +275,9 @@ class Runner:
         try:
             while not self.stop.is_set():
                 self.health.beat()
-                polled = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=BATCH_MAX)
+                polled = self.poll()
+                if polled is None:
+                    return 1
                 records = [record for tp in sorted(polled) for record in polled[tp]]
                 if not records:
                     continue

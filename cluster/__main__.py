@@ -1,0 +1,42 @@
+"""python -m cluster {build|up|down|status|env}: the loopback control plane (cluster/README.md)."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("build", help="build/install etcd, kube-apiserver, kube-controller-manager, kubectl, KEDA")
+    sub.add_parser("up", help="start the control plane and KEDA's operator on 127.0.0.1")
+    down = sub.add_parser("down", help="stop everything `up` started, by PID")
+    down.add_argument("--clean", action="store_true", help="also delete .run/cluster (certificates, etcd data)")
+    sub.add_parser("status", help="show the processes, ports and KUBECONFIG")
+    sub.add_parser("env", help="print `export KUBECONFIG=... KUBECTL=...` for a shell")
+    args = parser.parse_args(argv)
+
+    from . import build, control
+    if args.command == "build":
+        for name, path in build.ensure_all().items():
+            print(f"{name:<26} {path}")
+        return 0
+    if args.command == "up":
+        control.up()
+        return 0
+    if args.command == "down":
+        control.down()
+        if args.clean:
+            shutil.rmtree(control.RUN, ignore_errors=True)
+        return 0
+    if args.command == "status":
+        return control.status()
+    if args.command == "env":
+        print(f"export KUBECONFIG={control.KUBECONFIG} KUBECTL={build.BIN / 'kubectl'}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
