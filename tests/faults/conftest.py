@@ -75,6 +75,11 @@ class Scenario:
         self.processes.append(devstack.start_buy(self.env, port, self.log_dir))
         return f"http://127.0.0.1:{port}"
 
+    def start_history(self) -> str:
+        port = free_port()
+        self.processes.append(devstack.start_history(self.env, port, self.log_dir))
+        return f"http://127.0.0.1:{port}"
+
     def start_consumer(self, **env) -> Process:
         port = free_port()
         process = devstack.start_consumer(dict(self.env, **env), port, self.log_dir,

@@ -75,6 +75,22 @@ def test_readme_example_through_the_gateway(pipeline):
     assert requests.get(f"{pipeline.gateway}/api/getAllUserBuys/{user}", timeout=10).json() == stored
 
 
+def test_logs_trace_one_purchase_from_buy_to_persist(pipeline):
+    user = new_user()
+    event_id = buy(pipeline, user, 2.5).json()["id"]
+    wait_for_count(pipeline, user, 1)
+
+    def lines_with_id(name):
+        entries = [json.loads(line) for line in (pipeline.log_dir / f"{name}.log").read_text().splitlines()
+                   if line.startswith("{") and event_id in line]
+        return [entry for entry in entries if entry.get("eventId") == event_id]
+
+    accepted = wait_until(lambda: lines_with_id("buy"), 5, message="buy log line")
+    stored = wait_until(lambda: lines_with_id("persist-purchase"), 5, message="persist log line")
+    assert accepted[0]["msg"] == "purchase accepted" and accepted[0]["service"] == "buy"
+    assert stored[0]["msg"] == "purchase stored" and stored[0]["userId"] == user
+
+
 def test_kafka_record_is_a_binary_mode_cloudevent_keyed_by_user(pipeline):
     user = new_user()
     response = buy(pipeline, user, 3.5, base=pipeline.buy)
