@@ -32,8 +32,9 @@ def persist_batch(events: list[PurchaseEvent]) -> storage.WriteResult:
     BATCH_SIZE.observe(len(events))
     WRITTEN.inc(result.inserted)
     DUPLICATES.inc(result.duplicates)
-    for event in events:
-        log(logger, logging.INFO, "purchase stored", eventId=event.event_id, userId=event.purchase.user_id)
+    if logger.isEnabledFor(logging.INFO):
+        for event in events:
+            log(logger, logging.INFO, "purchase stored", eventId=event.event_id, userId=event.purchase.user_id)
     return result
 
 
