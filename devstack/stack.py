@@ -88,9 +88,16 @@ def start_history(env: dict, port: int, log_dir: Path) -> Process:
     return _start_http_function("history", "history", env, port, log_dir)
 
 
-def _start_http_function(name: str, folder: str, env: dict, port: int, log_dir: Path) -> Process:
+def start_persist_cloudevent_endpoint(env: dict, port: int, log_dir: Path) -> Process:
+    """persist_purchase as a plain CloudEvent function over HTTP (e.g. behind a KafkaSource)."""
+    return _start_http_function("persist_purchase", "persist_purchase", env, port, log_dir,
+                                signature_type="cloudevent")
+
+
+def _start_http_function(name: str, folder: str, env: dict, port: int, log_dir: Path,
+                         signature_type: str = "http") -> Process:
     argv = [str(BIN / "functions-framework"), "--target", name, "--source", str(FUNCTIONS / folder / "main.py"),
-            "--host", "127.0.0.1", "--port", str(port)]
+            "--signature-type", signature_type, "--host", "127.0.0.1", "--port", str(port)]
     proc = spawn(name, argv, log_dir / f"{name}.log", env=env, cwd=FUNCTIONS / folder)
     wait_for_port(port, 60, proc, name)
     return Process(name, proc, port, log_dir / f"{name}.log")

@@ -194,6 +194,29 @@ def test_hundred_concurrent_buys_for_ten_users_land_exactly_once(pipeline):
     assert sorted(stored) == sorted(accepted)
 
 
+def test_cloudevent_function_stores_a_binary_mode_http_event(pipeline, tmp_path):
+    """The same handler, invoked by functions-framework with an HTTP CloudEvent (binary mode)."""
+    from devstack import stack as devstack
+    from devstack.servers import free_port
+
+    port = free_port()
+    process = devstack.start_persist_cloudevent_endpoint(pipeline.env, port, tmp_path)
+    try:
+        user = new_user()
+        event = build_event(Purchase("via http", user, 4200))
+        headers = {"ce-id": event["id"], "ce-type": event["type"], "ce-source": event["source"],
+                   "ce-specversion": "1.0", "ce-time": event["time"], "Content-Type": "application/json"}
+        for _ in range(2):  # a redelivery is a no-op
+            response = requests.post(f"http://127.0.0.1:{port}/", headers=headers,
+                                     data=json.dumps(event.data), timeout=10)
+            assert response.status_code == 200, response.text
+        stored = list(pipeline.collection().find({"userId": user}, {"_id": 0}))
+        assert [(doc["eventId"], doc["priceCents"], doc["username"]) for doc in stored] == [
+            (event["id"], 4200, "via http")]
+    finally:
+        process.stop()
+
+
 def test_readiness_and_metrics(pipeline):
     for base in (pipeline.buy, pipeline.history):
         assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
