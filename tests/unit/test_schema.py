@@ -109,3 +109,11 @@ def test_user_ids_accepted_only_from_the_safe_alphabet(text):
 
 def test_body_limit_constant_is_sane():
     assert 1024 <= MAX_BODY_BYTES <= 1024 * 1024
+
+
+def test_control_character_scan_matches_unicode_categories():
+    import unicodedata
+    from purchase_common.schema import _CONTROL_OR_SURROGATE
+    disagree = [cp for cp in range(0x110000)
+                if (unicodedata.category(chr(cp)) in ("Cc", "Cs")) != bool(_CONTROL_OR_SURROGATE.search(chr(cp)))]
+    assert disagree == []
