@@ -59,15 +59,15 @@ def test_consumer_sigkilled_mid_batch_repeatedly_loses_and_duplicates_nothing(sc
     assert load.statuses == {202: 2000}, load.statuses
     kills = 0
     for _ in range(4):
-        consumer = scenario.start_consumer()
-        # Let it get into the stream, then kill it without warning, mid-batch.
-        wait_until(lambda: scenario.collection().estimated_document_count() > kills * 150, 60, 0.05,
+        # Small batches keep the consumer mid-stream long enough to be killed in the middle of it.
+        consumer = scenario.start_consumer(CONSUMER_BATCH_MAX="10")
+        wait_until(lambda: scenario.collection().estimated_document_count() >= (kills + 1) * 300, 60, 0.02,
                    "consumer made progress")
-        time.sleep(0.3)
         os.killpg(consumer.proc.pid, signal.SIGKILL)
         consumer.proc.wait(timeout=10)
         kills += 1
     stored_before_last = scenario.collection().count_documents({})
+    assert stored_before_last < 2000, "the kills came after the consumer had finished"
     scenario.start_consumer()
     counts, duplicates = assert_exactly_once(scenario, load.accepted, timeout_s=120)
     assert len(counts) == 2000
