@@ -16,7 +16,6 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -182,22 +181,15 @@ class Runner:
             future.get(timeout=30)
         DEAD_LETTERED.inc(len(poison))
 
-    def write(self, events, in_flight: Future | None = None) -> bool:
-        """Write with capped, jittered exponential backoff. False: gave up, do not commit.
-
-        ``in_flight`` is a first attempt already running on the writer thread.
-        """
+    def write(self, events) -> bool:
+        """Write with capped, jittered exponential backoff. False: gave up, do not commit."""
         deadline = time.monotonic() + WRITE_RETRY_DEADLINE_S
         delay = BACKOFF_BASE_S
         paused = False
         try:
             while True:
                 try:
-                    if in_flight is not None:
-                        attempt, in_flight = in_flight, None
-                        attempt.result()
-                    else:
-                        main.persist_batch(events)
+                    main.persist_batch(events)
                     self.health.db_ready = True
                     return True
                 except PyMongoError as exc:
@@ -280,10 +272,6 @@ class Runner:
         if not self.connect():
             return 1
         log(logger, logging.INFO, "consumer started", topic=config.purchases_topic(), group=config.consumer_group())
-        # One batch at a time is written on this thread while the main thread polls and decodes
-        # the next one; offsets are still committed in order, each only after its batch is stored.
-        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mongo-writer")
-        pending = None
         try:
             while not self.stop.is_set():
                 self.health.beat()
@@ -291,32 +279,18 @@ class Runner:
                 if polled is None:
                     return 1
                 records = [record for tp in sorted(polled) for record in polled[tp]]
-                batch = None
-                if records:
-                    CONSUMED.inc(len(records))
-                    events, poison = self.split(records)
-                    self.dead_letter(poison)
-                    batch = (events, records)
-                if pending is not None:
-                    if not self.finish(*pending):
-                        return 1
-                    pending = None
-                if batch is not None:
-                    pending = (writer.submit(main.persist_batch, batch[0]), *batch)
-            # Stopping: the in-flight batch is written and committed before leaving the group.
-            if pending is not None and not self.finish(*pending):
-                return 1
+                if not records:
+                    continue
+                CONSUMED.inc(len(records))
+                events, poison = self.split(records)
+                self.dead_letter(poison)
+                if not self.write(events):
+                    return 1
+                self.commit(records)
+                self.update_lag()
             return 0
         finally:
-            writer.shutdown(wait=True)
             self.close()
-
-    def finish(self, in_flight: Future, events, records) -> bool:
-        if not self.write(events, in_flight):
-            return False
-        self.commit(records)
-        self.update_lag()
-        return True
 
     def close(self) -> None:
         if self.consumer is not None:
