@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 from cluster import control  # noqa: E402
 from cluster.kubelet_standin import StandIn  # noqa: E402
 from devstack import stack as devstack  # noqa: E402
+from support import wait_until  # noqa: E402
 
 K8S = ROOT / "k8s"
 DEPLOYMENT_FILE = K8S / "keda" / "persist-purchase-deployment.yaml"
@@ -169,11 +170,4 @@ def record_timeline(name: str, timeline: dict) -> Path:
 
 
 def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval_s)
-    raise AssertionError(f"{what} not reached within {timeout_s:.0f}s (last: {last!r})")
+    return wait_until(predicate, timeout_s, interval_s, what)
