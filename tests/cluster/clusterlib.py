@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import uuid
 from copy import deepcopy
 from dataclasses import dataclass, field
