@@ -587,13 +587,12 @@ class Bench:
             raw = f"GET /api/user/{user}/purchases{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
             started = time.perf_counter()
             try:
-                status, body = self._request_with_headers(conn, raw)
+                code, headers, payload = conn.request_with_headers(raw)
             except OSError:
                 conn.close()
                 statuses[0] = statuses.get(0, 0) + 1
                 break
             latencies.append(time.perf_counter() - started)
-            code, headers, payload = status
             statuses[code] = statuses.get(code, 0) + 1
             if code != 200:
                 break
@@ -616,23 +615,6 @@ class Bench:
         return {"function": {"pages": len(latencies), "items": items, "complete": cursor is None and items > 0,
                              **pct(latencies), "statuses": {str(k): v for k, v in statuses.items()}},
                 "raw": {"pages": len(raw_lat), "items": raw_items, **pct(raw_lat)}}
-
-    @staticmethod
-    def _request_with_headers(conn, raw):
-        # HttpConnection.request returns only the status and body; re-parse headers here.
-        if conn.sock is None:
-            conn._connect()
-        conn.sock.sendall(raw)
-        while b"\r\n\r\n" not in conn.buffer:
-            conn._read_more()
-        head, conn.buffer = conn.buffer.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        length = int(headers.get("content-length", "0"))
-        while len(conn.buffer) < length:
-            conn._read_more()
-        body, conn.buffer = conn.buffer[:length], conn.buffer[length:]
-        return (int(lines[0].split(" ", 2)[1]), headers, body), None
 
     def section_history(self) -> None:
         names = self.names("history")

@@ -59,7 +59,7 @@ def _sign(pki: Path, name: str, subject: str, sans: str | None) -> None:
     _openssl("genrsa", "-out", f"{name}.key", "2048", cwd=pki)
     _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=pki)
     usage = "serverAuth,clientAuth" if sans else "clientAuth"
-    ext = [f"keyUsage=critical,digitalSignature,keyEncipherment", f"extendedKeyUsage={usage}",
+    ext = ["keyUsage=critical,digitalSignature,keyEncipherment", f"extendedKeyUsage={usage}",
            "basicConstraints=critical,CA:FALSE"]
     if sans:
         ext.append(f"subjectAltName={sans}")

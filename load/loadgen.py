@@ -106,6 +106,11 @@ class HttpConnection:
         self.buffer += chunk
 
     def request(self, raw: bytes) -> tuple[int, bytes]:
+        status, _, body = self.request_with_headers(raw)
+        return status, body
+
+    def request_with_headers(self, raw: bytes) -> tuple[int, dict, bytes]:
+        """Send one request; the status, the headers (names lower-cased) and the body."""
         if self.sock is None:
             self._connect()
         self.sock.sendall(raw)
@@ -133,10 +138,10 @@ class HttpConnection:
                 pass
             body, self.buffer = self.buffer, b""
             self.close()
-            return status, body
+            return status, headers, body
         if headers.get("connection", "").lower() == "close":
             self.close()
-        return status, body
+        return status, headers, body
 
     def _read_chunked(self) -> bytes:
         body = b""

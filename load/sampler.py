@@ -134,12 +134,7 @@ class Sampler:
         except (KafkaError, LookupError, OSError) as exc:
             self.lag_error = f"{type(exc).__name__}: {exc}"
             sample.error = f"lag: {self.lag_error}"
-            if self._reader is not None:
-                try:
-                    self._reader.close()
-                except Exception:
-                    pass
-                self._reader = None
+            self._drop_reader()
             return
         decision = kafka_lag.evaluate(offsets, self.settings, previous_committed=self._previous)
         self._previous = {p.partition: p.committed for p in offsets if p.committed is not None}
@@ -153,6 +148,15 @@ class Sampler:
         sample.lag_total = sum(sample.lag_by_partition.values())
         sample.keda_lag, sample.keda_active = decision.keda_total_lag, decision.active
         sample.keda_desired = decision.desired_replicas
+
+    def _drop_reader(self) -> None:
+        """Close the broker connection (best effort); the next sample opens a fresh one."""
+        if self._reader is not None:
+            try:
+                self._reader.close()
+            except Exception:
+                pass
+            self._reader = None
 
     def sample_once(self) -> Sample:
         sample = Sample(t=round(time.monotonic() - self.started, 2), phase=self.phase)
@@ -198,9 +202,4 @@ class Sampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=KUBECTL_TIMEOUT_S * 2 + 10)
-        if self._reader is not None:
-            try:
-                self._reader.close()
-            except Exception:
-                pass
-            self._reader = None
+        self._drop_reader()

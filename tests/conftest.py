@@ -7,7 +7,6 @@ Each session uses its own topic, group and database, so it never sees other data
 """
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -19,8 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devstack import stack as devstack  # noqa: E402
-from devstack.servers import free_port  # noqa: E402
-from support import wait_until  # noqa: E402,F401  (re-exported for test modules)
+from support import isolated_env  # noqa: E402
 
 
 @dataclass
@@ -53,46 +51,20 @@ class Pipeline:
         return client[self.database]["purchases"]
 
 
-def make_isolated_env(stack: devstack.Stack, tag: str) -> tuple[dict, dict]:
-    run = uuid.uuid4().hex[:8]
-    names = {
-        "topic": f"purchases-{tag}-{run}",
-        "dead_letter_topic": f"purchases-{tag}-{run}.dlq",
-        "group": f"persist-{tag}-{run}",
-        "database": f"purchases_{tag}_{run}",
-    }
-    env = devstack.function_env(
-        stack,
-        PURCHASES_TOPIC=names["topic"], DEAD_LETTER_TOPIC=names["dead_letter_topic"],
-        CONSUMER_GROUP=names["group"], MONGODB_DATABASE=names["database"],
-        LOG_LEVEL=os.environ.get("TEST_FUNCTION_LOG_LEVEL", "INFO"),
-    )
-    return env, names
-
-
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("stack")
     stack = devstack.start_servers(data_dir, preferred_ports=False)
-    stack.data_dir = data_dir
     yield stack
     stack.stop()
 
 
 @pytest.fixture(scope="session")
 def pipeline(servers, tmp_path_factory):
-    env, names = make_isolated_env(servers, "e2e")
-    from devstack.servers import ensure_topics
-    from purchase_common import config
-    ensure_topics(servers.kafka_bootstrap, {names["topic"]: config.TOPIC_PARTITIONS, names["dead_letter_topic"]: 1})
+    env, names = isolated_env(servers, "e2e-" + uuid.uuid4().hex[:8])
     log_dir = tmp_path_factory.mktemp("logs")
-    ports = {name: free_port() for name in ("buy", "history", "persist-purchase", "gateway")}
-    processes = [
-        devstack.start_buy(env, ports["buy"], log_dir),
-        devstack.start_history(env, ports["history"], log_dir),
-        devstack.start_consumer(env, ports["persist-purchase"], log_dir),
-        devstack.start_gateway(ports["gateway"], ports["buy"], ports["history"], log_dir),
-    ]
-    yield Pipeline(servers, env, log_dir=log_dir, ports=ports, **names)
-    for process in reversed(processes):
-        process.stop()
+    # A Stack of its own, so these processes stop with this fixture, not with the servers.
+    functions = devstack.Stack(servers.kafka_bootstrap, servers.mongodb_uri)
+    devstack.start_functions(functions, log_dir, preferred_ports=False, env=env)
+    yield Pipeline(servers, env, log_dir=log_dir, ports=functions.ports, **names)
+    functions.stop()

@@ -1,12 +1,29 @@
 """Helpers shared by test modules (importable, unlike conftest.py)."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import requests
+
+from devstack import stack as devstack
+from devstack.servers import ensure_topics
+from purchase_common import config
+
+
+def isolated_env(stack: devstack.Stack, tag: str, **overrides: str) -> tuple[dict, dict]:
+    """Function env using a topic, dead-letter topic, group and database of this tag only
+    (the topics are created here); ``overrides`` set or replace variables."""
+    names = {"topic": f"purchases-{tag}", "dead_letter_topic": f"purchases-{tag}.dlq",
+             "group": f"persist-{tag}", "database": f"purchases_{tag}"}
+    ensure_topics(stack.kafka_bootstrap, {names["topic"]: config.TOPIC_PARTITIONS, names["dead_letter_topic"]: 1})
+    settings = {"PURCHASES_TOPIC": names["topic"], "DEAD_LETTER_TOPIC": names["dead_letter_topic"],
+                "CONSUMER_GROUP": names["group"], "MONGODB_DATABASE": names["database"],
+                "LOG_LEVEL": os.environ.get("TEST_FUNCTION_LOG_LEVEL", "INFO"), **overrides}
+    return devstack.function_env(stack, **settings), names
 
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.1, message: str = "condition"):

@@ -22,6 +22,7 @@ RETRY_AFTER_S = config.env_int("RETRY_AFTER_S", 2)
 # After a failed connect, answer 503 at once for this long instead of piling up waiters.
 CONNECT_RETRY_INTERVAL_S = 1.0
 KNOWN_FIELDS = {*FIELDS, "body", "Idempotency-Key"}
+TOPIC = config.purchases_topic()
 
 logger = get_logger("buy")
 ACCEPTED = Counter("purchases_accepted_total", "Purchases acknowledged by Kafka and answered 202")
@@ -136,7 +137,7 @@ def _accept_purchase(request) -> Response:
     key, value, headers = to_kafka_record(event)
     started = time.perf_counter()
     try:
-        future = get_producer().send(config.purchases_topic(), key=key, value=value, headers=headers)
+        future = get_producer().send(TOPIC, key=key, value=value, headers=headers)
         # One budget for connecting and acknowledgement together, so a 503 never takes longer.
         metadata = future.get(timeout=max(0.1, SEND_TIMEOUT_S - (time.perf_counter() - started)))
     except (KafkaUnavailable, KafkaError) as exc:

@@ -17,7 +17,6 @@ sys.path.insert(0, str(ROOT))
 
 from cluster import control  # noqa: E402
 from cluster.kubelet_standin import StandIn  # noqa: E402
-from devstack import stack as devstack  # noqa: E402
 from support import wait_until  # noqa: E402
 
 K8S = ROOT / "k8s"
@@ -149,16 +148,6 @@ class ScaledPipeline:
         finally:
             consumer.close()
             admin.close()
-
-
-def isolated_env(servers, tag: str) -> tuple[dict, dict]:
-    """Names of this test's own topic, group and database (as tests/conftest.py's make_isolated_env)."""
-    names = {"topic": f"purchases-{tag}", "dead_letter_topic": f"purchases-{tag}.dlq",
-             "group": f"persist-{tag}", "database": f"purchases_{tag}"}
-    env = devstack.function_env(servers, PURCHASES_TOPIC=names["topic"], DEAD_LETTER_TOPIC=names["dead_letter_topic"],
-                                CONSUMER_GROUP=names["group"], MONGODB_DATABASE=names["database"],
-                                LOG_LEVEL=os.environ.get("TEST_FUNCTION_LOG_LEVEL", "INFO"))
-    return env, names
 
 
 def record_timeline(name: str, timeline: dict) -> Path:

@@ -17,11 +17,12 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from clusterlib import Kube, ScaledPipeline, isolated_env  # noqa: E402
+from clusterlib import Kube, ScaledPipeline  # noqa: E402
+from support import isolated_env  # noqa: E402
 from cluster import control  # noqa: E402
 from cluster.kubelet_standin import StandIn  # noqa: E402
 from devstack import stack as devstack  # noqa: E402
-from devstack.servers import ensure_topics, free_port  # noqa: E402
+from devstack.servers import free_port  # noqa: E402
 
 ENABLED = os.environ.get("PURCHASE_CLUSTER_TESTS") == "1"
 
@@ -52,8 +53,6 @@ def scaled_pipeline(kube, servers, tmp_path_factory, request):
     """A namespace with the overlay applied, the stand-in playing its node, and the HTTP functions."""
     tag = "cl" + uuid.uuid4().hex[:6]
     env, names = isolated_env(servers, tag)
-    from purchase_common import config
-    ensure_topics(servers.kafka_bootstrap, {names["topic"]: config.TOPIC_PARTITIONS, names["dead_letter_topic"]: 1})
     log_dir = tmp_path_factory.mktemp(f"cluster-{tag}")
     namespace = f"purchase-{tag}"
     kube.run("create", "namespace", namespace)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from devstack import stack as devstack
-from devstack.servers import Process, ensure_topics, free_port, start_ferretdb, start_kafka, wait_for_kafka_ready
-from purchase_common import config, storage
+from devstack.servers import Process, free_port, start_ferretdb, start_kafka, wait_for_kafka_ready
+from purchase_common import storage
+from support import isolated_env
 
 
 @dataclass
@@ -109,14 +110,9 @@ class Scenario:
 
 @pytest.fixture
 def scenario(fault_stack, tmp_path):
-    run = uuid.uuid4().hex[:8]
-    names = {"topic": f"faults-{run}", "dead_letter_topic": f"faults-{run}.dlq", "group": f"faults-{run}",
-             "database": f"faults_{run}"}
-    ensure_topics(fault_stack.bootstrap, {names["topic"]: config.TOPIC_PARTITIONS, names["dead_letter_topic"]: 1})
     base = devstack.Stack(kafka_bootstrap=fault_stack.bootstrap, mongodb_uri=fault_stack.mongodb_uri)
-    env = devstack.function_env(
-        base, PURCHASES_TOPIC=names["topic"], DEAD_LETTER_TOPIC=names["dead_letter_topic"],
-        CONSUMER_GROUP=names["group"], MONGODB_DATABASE=names["database"], LOG_LEVEL="WARNING",
+    env, names = isolated_env(
+        base, "faults-" + uuid.uuid4().hex[:8], LOG_LEVEL="WARNING",
         # The broker's minimum: a SIGKILLed consumer's partitions move on after 6 s.
         CONSUMER_SESSION_TIMEOUT_MS="6000", CONSUMER_BATCH_MAX="100",
     )

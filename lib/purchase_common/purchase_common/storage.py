@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 
 import pymongo
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
 from . import config
 from .events import PurchaseEvent
@@ -92,28 +92,20 @@ def insert_purchases(collection, documents: list[dict]) -> WriteResult:
     """Insert a batch; documents whose eventId is already stored count as done.
 
     Any other write error propagates, so the caller does not commit the Kafka offsets.
+    pymongo adds an ``_id`` to each dict: build the documents anew for a retry (as
+    persist_batch does), so a retried batch never carries the first attempt's ids.
     """
     if not documents:
         return WriteResult(0, 0)
-    # insert_many adds _id to the dicts; copies keep a retried batch identical.
-    batch = [dict(doc) for doc in documents]
     try:
-        result = collection.insert_many(batch, ordered=False)
+        result = collection.insert_many(documents, ordered=False)
         return WriteResult(len(result.inserted_ids), 0)
     except BulkWriteError as exc:
         errors = exc.details.get("writeErrors", [])
         other = [err for err in errors if err.get("code") != DUPLICATE_KEY]
         if other or exc.details.get("writeConcernErrors"):
             raise
-        return WriteResult(exc.details.get("nInserted", len(batch) - len(errors)), len(errors))
-
-
-def insert_purchase(collection, document: dict) -> WriteResult:
-    try:
-        collection.insert_one(dict(document))
-        return WriteResult(1, 0)
-    except DuplicateKeyError:
-        return WriteResult(0, 1)
+        return WriteResult(exc.details.get("nInserted", len(documents) - len(errors)), len(errors))
 
 
 def isoformat_utc(value: dt.datetime) -> str:
