@@ -5,6 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Downloads and builds (Kafka, FerretDB, Kubernetes, KEDA, images) live outside the clone, so
+# every fresh clone on this machine reuses them (devstack/servers.py reads the same variable).
+PURCHASE_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/purchase-system
+export PURCHASE_CACHE_DIR
 
 .DEFAULT_GOAL := help
 .PHONY: help venv fetch run up down stack-status test test-unit test-faults dlq
@@ -20,7 +24,7 @@ $(STAMP): requirements-dev.txt functions/*/requirements.txt lib/purchase_common/
 
 venv: $(STAMP) ## Create the virtualenv with every function's pinned requirements
 
-fetch: venv ## Download Apache Kafka (Maven Central) and build FerretDB (Go proxy) into .cache/
+fetch: venv ## Download Apache Kafka (Maven Central) and build FerretDB (Go proxy) into $(PURCHASE_CACHE_DIR)
 	$(PY) -m devstack fetch
 
 run: venv ## Run the whole system locally: Kafka, FerretDB, 3 functions, gateway on :8080 (Ctrl-C stops)

@@ -1,4 +1,5 @@
-"""Build (once) the real control-plane binaries from the Go module proxy, cached under .cache/cluster/.
+"""Build (once) the real control-plane binaries from the Go module proxy, cached under <cache>/cluster/
+(devstack.servers.CACHE_DIR, outside the clone).
 
 - kube-apiserver, kube-controller-manager and kubectl: from k8s.io/kubernetes at
   KUBERNETES_VERSION through the wrapper module in cluster/kube/ (its go.mod pins every
@@ -21,15 +22,17 @@ import sys
 import time
 from pathlib import Path
 
+from devstack.servers import CACHE_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("PURCHASE_CACHE_DIR", ROOT / ".cache")) / "cluster"
+CACHE = CACHE_DIR / "cluster"
 BIN = CACHE / "bin"
 SRC = CACHE / "src"
 KUBE_MODULE_DIR = Path(__file__).resolve().parent / "kube"
 KUBERNETES_VERSION = "v1.37.2"
 KEDA_MODULE = "github.com/kedacore/keda/v2"
 KEDA_VERSION = "v2.20.1"
-KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
+KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet", "kubectl")
 
 
 def say(message: str) -> None:
@@ -160,6 +163,33 @@ def ensure_keda() -> dict[str, Path]:
     return {name: BIN / name for name in KEDA_COMMANDS}
 
 
+COREDNS_MODULE = "github.com/coredns/coredns"
+COREDNS_VERSION = "v1.15.0"
+
+
+def ensure_coredns() -> Path:
+    """CoreDNS, the cluster's DNS server (its module has no replace directives: `go install` works)."""
+    if _stamp_ok("coredns", COREDNS_VERSION):
+        return BIN / "coredns"
+    if shutil.which("go") is None:
+        raise RuntimeError("building CoreDNS needs 'go' (1.26+) on PATH")
+    BIN.mkdir(parents=True, exist_ok=True)
+    log = CACHE / "logs" / "build-coredns.log"
+    say(f"building CoreDNS {COREDNS_VERSION} from the Go module proxy (first run: ~3-5 min; log {log})")
+    started = time.monotonic()
+    out = BIN / "coredns.tmp"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    # `go install module@version` takes no -mod flag and writes to GOBIN.
+    _run(["env", "GOFLAGS=", f"GOBIN={out}", "nice", "-n", "19", "go", "install", "-p", _jobs(), "-ldflags=-s -w",
+          f"{COREDNS_MODULE}@{COREDNS_VERSION}"], cwd=ROOT, log=log, timeout_s=3600)
+    os.replace(out / "coredns", BIN / "coredns")
+    _stamp("coredns", COREDNS_VERSION)
+    out.rmdir()
+    say(f"built CoreDNS in {time.monotonic() - started:.0f}s")
+    return BIN / "coredns"
+
+
 def ensure_etcd() -> Path:
     """etcd from Debian's etcd-server package (installed here if missing and we are root)."""
     found = shutil.which("etcd")
@@ -180,4 +210,5 @@ def ensure_all() -> dict[str, Path]:
     paths = {"etcd": ensure_etcd()}
     paths.update(ensure_kube())
     paths.update(ensure_keda())
+    paths["coredns"] = ensure_coredns()
     return paths

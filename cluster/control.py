@@ -1,7 +1,9 @@
-"""Start and stop the loopback control plane: etcd, kube-apiserver, kube-controller-manager, KEDA's
-operator and metrics adapter.
+"""Start and stop the cluster: etcd, kube-apiserver, kube-controller-manager, the real node
+(cluster/node.py: containerd, kubelet, kube-proxy, kube-scheduler, CoreDNS), KEDA's operator
+and metrics adapter.
 
-Every process binds 127.0.0.1 only and is stopped by PID (state in .run/cluster/state.json).
+The control plane binds 127.0.0.1 only, the node its bridge address; every process is
+stopped by PID (state in .run/cluster/state.json).
 etcd starts on an empty data folder each time, so every `make cluster-up` is a fresh cluster;
 the certificates are kept and reused.
 """
@@ -17,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from . import build, pki
+from . import build, node, pki
 
 ROOT = build.ROOT
 sys.path.insert(0, str(ROOT))
@@ -148,6 +150,10 @@ def _start_apiserver(binary: Path, etcd_url: str, processes: list) -> int:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={PKI / 'front-proxy-client.crt'}",
             f"--proxy-client-key-file={PKI / 'front-proxy-client.key'}",
+            # kubectl logs/exec: the API server calls kubelet on the node's address with this identity.
+            f"--kubelet-client-certificate={PKI / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={PKI / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={PKI / 'ca.crt'}", "--kubelet-preferred-address-types=InternalIP",
             "--profiling=false", "--v=1"]
     proc = spawn("kube-apiserver", argv, log)
     processes.append({"name": "kube-apiserver", "binary": Path(argv[0]).name, "pid": proc.pid, "port": port,
@@ -215,8 +221,14 @@ def _start_keda(binary: Path, server: str, processes: list) -> None:
             f"--metrics-bind-address=127.0.0.1:{metrics}", f"--metrics-service-bind-address=127.0.0.1:{grpc}",
             f"--cert-dir={PKI / 'keda-certs'}", f"--ca-dir={ca_dir}", "--enable-cert-rotation=false",
             "--zap-log-level=info", "--zap-encoder=console"]
+    # KEDA's scaler dials the broker by its in-cluster name (kafka.purchase.svc.cluster.local and
+    # the per-pod advertised name): it runs with CoreDNS as its resolver, in a mount namespace of
+    # its own where /etc/resolv.conf is the cluster's, so the host's resolver is untouched.
+    resolv = node.Paths(RUN).dns_client_resolv
+    argv = ["unshare", "--mount", "--propagation=private", "--", "sh", "-c",
+            f'mount --bind "{resolv}" /etc/resolv.conf && exec "$0" "$@"', *argv]
     proc = spawn("keda-operator", argv, log, env=env)
-    processes.append({"name": "keda-operator", "binary": Path(argv[0]).name, "pid": proc.pid, "port": probe,
+    processes.append({"name": "keda-operator", "binary": binary.name, "pid": proc.pid, "port": probe,
                       "log": str(log),
                       "grpc_port": grpc, "metrics_port": metrics})
     _wait_http(f"http://127.0.0.1:{probe}/readyz", 120, proc, "keda-operator", log=log)
@@ -286,7 +298,8 @@ def up() -> dict:
     binaries = build.ensure_all()
     RUN.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
-    pki.ensure_pki(PKI)
+    pki.ensure_pki(PKI, extra=node.CERTS)
+    images = node_images()
     processes: list = []
     started = time.monotonic()
     state = {"processes": processes, "kubeconfig": str(KUBECONFIG), "kubectl": str(build.BIN / "kubectl")}
@@ -300,6 +313,8 @@ def up() -> dict:
         STATE.write_text(json.dumps(state, indent=2))
         _start_controller_manager(binaries["kube-controller-manager"], server, processes)
         STATE.write_text(json.dumps(state, indent=2))
+        node.start(node.Paths(RUN), binaries, server, PKI, kubectl, processes, LOGS, images["refs"],
+                   images["podman_env"], checkpoint=lambda: STATE.write_text(json.dumps(state, indent=2)))
         install_crds_and_rbac()
         _start_keda(binaries["keda-operator"], server, processes)
         STATE.write_text(json.dumps(state, indent=2))
@@ -310,24 +325,38 @@ def up() -> dict:
             install_metrics_api(adapter_port)
     except BaseException:
         say(f"start failed; logs in {LOGS}")
-        for entry in reversed(processes):
-            if _ours(entry):
-                stop_pid(entry["pid"], timeout_s=20)
-        STATE.unlink(missing_ok=True)
+        STATE.write_text(json.dumps(state, indent=2))
+        down(quiet=True)
         raise
     say(f"up in {time.monotonic() - started:.0f}s: {server}  (export KUBECONFIG={KUBECONFIG})")
     return state
 
 
+def node_images() -> dict:
+    """The images the node runs, built (or found cached) in podman's storage: the three
+    functions under the names the manifests use, and the local substitutes (pause, Kafka,
+    MongoDB) for upstream images that cannot be pulled here."""
+    sys.path.insert(0, str(ROOT))
+    from images import build as images_build
+    refs = [*images_build.build_function_images(), *images_build.build_substitutes().values()]
+    return {"refs": list(dict.fromkeys(refs)), "podman_env": images_build.podman_env()}
+
+
 def down(quiet: bool = False) -> list[str]:
     state = read_state()
     stopped = []
+    paths = node.Paths(RUN)
     if state:
-        for entry in reversed(state["processes"]):
+        entries = state["processes"]
+        node.stop(paths, entries, kubectl, _ours)
+        stopped += [f"{e['name']} (pid {e['pid']})" for e in entries if e["name"] in node.NODE_PROCESSES]
+        for entry in reversed([e for e in entries if e["name"] not in node.NODE_PROCESSES]):
             if _ours(entry):
                 stop_pid(entry["pid"], timeout_s=20)
                 stopped.append(f"{entry['name']} (pid {entry['pid']})")
         STATE.unlink()
+    else:
+        node.stop(paths, [], kubectl, _ours)  # host state left by a start that died early
     if not quiet:
         say("stopped " + (", ".join(stopped) if stopped else "nothing (no cluster running)"))
     return stopped

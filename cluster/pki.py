@@ -70,8 +70,9 @@ def _sign(pki: Path, name: str, subject: str, sans: str | None) -> None:
     (pki / f"{name}.ext").unlink()
 
 
-def ensure_pki(pki: Path) -> Path:
-    """Create (once) the CA, every certificate above and the service-account key pair."""
+def ensure_pki(pki: Path, extra: dict | None = None) -> Path:
+    """Create (once) the CA, every certificate above (and `extra`, same shape) and the
+    service-account key pair."""
     pki.mkdir(parents=True, exist_ok=True)
     pki.chmod(0o700)
     if not (pki / "ca.crt").exists():
@@ -79,7 +80,7 @@ def ensure_pki(pki: Path) -> Path:
         _openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=purchase-cluster-ca", "-days", DAYS,
                  "-sha256", "-addext", "basicConstraints=critical,CA:TRUE",
                  "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature", "-out", "ca.crt", cwd=pki)
-    for name, (subject, sans) in CERTS.items():
+    for name, (subject, sans) in {**CERTS, **(extra or {})}.items():
         _sign(pki, name, subject, sans)
     if not (pki / "sa.key").exists():
         _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)

@@ -1,7 +1,8 @@
 """Fetch, build, start and stop the real servers of the local stack.
 
-Downloads and builds are cached under .cache/ (PURCHASE_CACHE_DIR overrides), so only the
-first start pays for them. Every server binds 127.0.0.1 and is stopped by PID.
+Downloads and builds are cached outside the clone, in ~/.cache/purchase-system/
+(PURCHASE_CACHE_DIR overrides), so only the first start on a machine pays for them and
+every fresh clone reuses them. Every server binds 127.0.0.1 and is stopped by PID.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE_DIR = Path(os.environ.get("PURCHASE_CACHE_DIR", ROOT / ".cache"))
+# Outside the clone: a fresh clone (CI's, a second checkout) reuses every download and build.
+CACHE_DIR = Path(os.environ.get("PURCHASE_CACHE_DIR")
+                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "purchase-system")
 KAFKA_VERSION = "4.1.1"
 FERRETDB_VERSION = "v1.24.2"
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"

@@ -1,9 +1,11 @@
 # Cluster in a box (cluster/README.md): a real kube-apiserver, kube-controller-manager, etcd
-# and KEDA operator on 127.0.0.1, built from the registries and cached under .cache/cluster/.
+# and KEDA operator on 127.0.0.1 and a real node (containerd, kubelet, kube-proxy,
+# kube-scheduler, CoreDNS) on the bridge purchase0, built from the registries and cached under
+# $(PURCHASE_CACHE_DIR)/cluster/ (outside the clone).
 .PHONY: cluster-build cluster-up cluster-down cluster-status test-cluster
 
 CLUSTER_KUBECONFIG := $(CURDIR)/.run/cluster/kubeconfig
-CLUSTER_KUBECTL := $(CURDIR)/.cache/cluster/bin/kubectl
+CLUSTER_KUBECTL := $(PURCHASE_CACHE_DIR)/cluster/bin/kubectl
 CLEAN ?=
 
 cluster-build: venv ## Build/install etcd, kube-apiserver, kube-controller-manager, kubectl and KEDA (cached)

@@ -19,6 +19,11 @@ DEPLOY_WAIT ?= 1
 WAIT_TIMEOUT ?= 300s
 # Non-empty: KEDA logs in to Kafka with k8s/keda/optional/ (SASL/TLS); see k8s/README.md.
 KAFKA_AUTH ?=
+# Non-empty: another image for the Kafka / MongoDB StatefulSets (and the topic Job), swapped in
+# on the way to kubectl like the function images; the node in a box uses its local
+# substitutes (cluster/README.md) because apache/kafka and mongo cannot be pulled there.
+KAFKA_IMAGE ?=
+MONGODB_IMAGE ?=
 
 K8S_NS := purchase
 image = $(REGISTRY)/$(1):$(TAG)
@@ -60,7 +65,9 @@ deploy: deploy-infra ## Deploy everything: infra, then the three functions (REGI
 
 deploy-infra: ## Apply namespace, config, Kafka (KRaft), MongoDB, topic Job, Kourier gateway; wait for them
 	$(KUBECTL) apply -f k8s/namespace.yaml
-	$(KUBECTL) apply -f k8s/config/ -f k8s/mongodb/ -f k8s/kafka/ -f k8s/ingress/knative-gateway-service.yaml
+	$(RENDER) $(if $(KAFKA_IMAGE),--image kafka=$(KAFKA_IMAGE)) $(if $(MONGODB_IMAGE),--image mongo=$(MONGODB_IMAGE)) \
+	  k8s/config/*.yaml k8s/mongodb/*.yaml k8s/kafka/*.yaml k8s/ingress/knative-gateway-service.yaml \
+	  | $(KUBECTL) apply -f -
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) rollout status statefulset/kafka --timeout=$(WAIT_TIMEOUT))
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) rollout status statefulset/mongodb --timeout=$(WAIT_TIMEOUT))
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) wait job/kafka-create-topics \

@@ -1,0 +1,601 @@
+"""The real node: containerd + runc + the CNI bridge, kubelet, kube-proxy, kube-scheduler and
+CoreDNS, joined to the loopback control plane (cluster/README.md, "The node").
+
+Everything the node changes on the host is recorded before it is changed and put back by
+`down()`: sysctls, iptables chains, nft tables, the bridge, cgroups, mounts, network
+namespaces, /var/log/containers. The pod network is the bridge `purchase0` (10.244.0.0/24);
+its own address is the node's address, so nothing the control plane sends to the node leaves
+the machine, and a rule in the mangle table drops anything forwarded between the bridge and
+any other interface: pods reach each other, services and the node, never the outside.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import build, pki
+
+ROOT = build.ROOT
+from devstack.servers import free_port, spawn, stop_pid  # noqa: E402
+
+NODE_NAME = "purchase-node"
+BRIDGE = "purchase0"
+POD_SUBNET = "10.244.0.0/24"
+NODE_IP = "10.244.0.1"  # the bridge's own address: the node's InternalIP, kubelet and CoreDNS bind it
+SERVICE_CIDR = "10.96.0.0/24"
+CLUSTER_DOMAIN = "cluster.local"
+ISOLATION_CHAIN = "PURCHASE-NODE-ISOLATION"
+PAUSE_IMAGE = "localhost/purchase-substitute/pause:catatonit"
+CNI_BIN_DIR = "/usr/lib/cni"
+CONTAINER_LOGS_DIR = Path("/var/log/containers")  # kubelet's symlink folder: not configurable
+# What kubelet and kube-proxy set on the host (kubelet's kernel defaults; forwarding and
+# br_netfilter for service traffic across the bridge); restored on down.
+SYSCTLS = ("kernel.panic", "kernel.panic_on_oops", "vm.overcommit_memory", "net.ipv4.ip_forward",
+           "net.bridge.bridge-nf-call-iptables", "net.ipv4.conf.all.route_localnet",
+           "net.netfilter.nf_conntrack_max", "net.netfilter.nf_conntrack_tcp_timeout_established",
+           "net.netfilter.nf_conntrack_tcp_timeout_close_wait")
+CGROUP_ROOT = "purchase-node"  # kubelet's cgroupRoot, created in every v1 hierarchy
+# Certificates the node adds to the cluster's CA (cluster/pki.py): kubelet's client identity
+# (bound to system:node) and its serving certificate for the node's address; the API server's
+# client certificate towards kubelet (logs, exec); the scheduler, kube-proxy and CoreDNS as the
+# users RBAC names.
+CERTS = {
+    "node": (f"/O=system:nodes/CN=system:node:{NODE_NAME}", None),
+    "kubelet": (f"/CN={NODE_NAME}", f"IP:{NODE_IP},DNS:{NODE_NAME}"),
+    "apiserver-kubelet-client": ("/O=system:masters/CN=kube-apiserver-kubelet-client", None),
+    "scheduler": ("/CN=system:kube-scheduler", None),
+    "kube-proxy": ("/CN=system:kube-proxy", None),
+    "coredns": ("/CN=purchase:coredns", None),
+}
+
+
+def say(message: str) -> None:
+    print(f"[node] {message}", file=sys.stderr, flush=True)
+
+
+def _sh(*argv: str, check: bool = True, timeout_s: float = 60, input_text: str | None = None) -> str:
+    result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s, input=input_text)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout
+
+
+class Paths:
+    """The node's files, all under the cluster's run folder."""
+
+    def __init__(self, run: Path):
+        self.base = run / "node"
+        self.host_state = run / "node-host-state.json"
+        self.containerd_root = self.base / "containerd" / "root"
+        self.containerd_state = self.base / "containerd" / "state"
+        self.containerd_config = self.base / "containerd" / "config.toml"
+        self.containerd_sock = self.base / "containerd.sock"
+        self.cni_conf = self.base / "cni" / "net.d"
+        self.cni_ipam = self.base / "cni" / "ipam"
+        self.kubelet_root = self.base / "kubelet"
+        self.pod_logs = self.base / "pod-logs"
+        self.volumes = self.base / "volumes"
+        self.resolv_conf = self.base / "resolv.conf"
+        self.dns_client_resolv = self.base / "cluster-resolv.conf"
+        self.corefile = self.base / "Corefile"
+
+
+# --- host state: record, change, restore -------------------------------------------------
+
+def _sysctl_path(name: str) -> Path:
+    return Path("/proc/sys") / name.replace(".", "/")
+
+
+def _read_sysctls() -> dict:
+    values = {}
+    for name in SYSCTLS:
+        path = _sysctl_path(name)
+        if path.exists():
+            values[name] = path.read_text().strip()
+    return values
+
+
+def _netns_names() -> list[str]:
+    folder = Path("/var/run/netns")
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def _nft_tables() -> list[str]:
+    if shutil.which("nft") is None:
+        return []
+    out = _sh("nft", "list", "tables", check=False)
+    return sorted(line.strip() for line in out.splitlines() if line.startswith("table "))
+
+
+def record_host_state(paths: Paths) -> dict:
+    """What the host looked like before the node touched it (kept across a failed start)."""
+    if paths.host_state.exists():
+        return json.loads(paths.host_state.read_text())
+    state = {
+        "sysctls": _read_sysctls(),
+        "netns": _netns_names(),
+        "nft_tables": _nft_tables(),
+        "had_container_logs_dir": CONTAINER_LOGS_DIR.exists(),
+        "had_bridge": Path(f"/sys/class/net/{BRIDGE}").exists(),
+    }
+    paths.host_state.parent.mkdir(parents=True, exist_ok=True)
+    paths.host_state.write_text(json.dumps(state, indent=2))
+    return state
+
+
+def _write_sysctl(name: str, value: str) -> None:
+    try:
+        _sysctl_path(name).write_text(value + "\n")
+    except OSError as exc:
+        say(f"could not set {name}={value}: {exc}")
+
+
+def _iptables_tables_clean(binary: str) -> None:
+    """Remove every KUBE-* chain and the isolation chain (and the rules jumping to them) from
+    each table, leaving every other rule as it is."""
+    saver = f"{binary}-save"
+    if shutil.which(saver) is None:
+        return
+    dump = _sh(saver, check=False)
+    out, table, changed = [], None, False
+    ours = ("KUBE-", ISOLATION_CHAIN)
+    for line in dump.splitlines():
+        if line.startswith("*"):
+            table = line
+        if line.startswith(":") and line[1:].startswith(ours):
+            changed = True
+            continue
+        if line.startswith("-A ") and (line.split()[1].startswith(ours)
+                                       or any(f"-j {c}" in line or f"-g {c}" in line for c in ours)):
+            changed = True
+            continue
+        out.append(line)
+    if changed and table is not None:
+        _sh(f"{binary}-restore", input_text="\n".join(out) + "\n", check=False)
+
+
+def restore_host_state(paths: Paths) -> None:
+    if not paths.host_state.exists():
+        return
+    state = json.loads(paths.host_state.read_text())
+    for name, value in state["sysctls"].items():
+        if _sysctl_path(name).exists() and _sysctl_path(name).read_text().strip() != value:
+            _write_sysctl(name, value)
+    _iptables_tables_clean("iptables")
+    _iptables_tables_clean("ip6tables")
+    for table in _nft_tables():
+        if table not in state["nft_tables"]:
+            _sh("nft", "delete", *table.split()[1:], check=False)
+    for name in _netns_names():
+        if name not in state["netns"] and name.startswith("cni-"):
+            _sh("ip", "netns", "delete", name, check=False)
+    if not state["had_bridge"] and Path(f"/sys/class/net/{BRIDGE}").exists():
+        _sh("ip", "link", "delete", BRIDGE, check=False)
+    _sh("ip", "route", "delete", SERVICE_CIDR, check=False)
+    if not state["had_container_logs_dir"] and CONTAINER_LOGS_DIR.exists():
+        shutil.rmtree(CONTAINER_LOGS_DIR, ignore_errors=True)
+    _remove_cgroups()
+    paths.host_state.unlink()
+
+
+def _cgroup_hierarchies() -> list[Path]:
+    base = Path("/sys/fs/cgroup")
+    return [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()] if base.is_dir() else []
+
+
+def _create_cgroups() -> None:
+    for hierarchy in _cgroup_hierarchies():
+        (hierarchy / CGROUP_ROOT).mkdir(exist_ok=True)
+
+
+def _remove_cgroups() -> None:
+    for hierarchy in _cgroup_hierarchies():
+        top = hierarchy / CGROUP_ROOT
+        if not top.is_dir():
+            continue
+        # Deepest first; a cgroup with a process left in it stays (and is reported).
+        for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
+            try:
+                folder.rmdir()
+            except OSError as exc:
+                say(f"cgroup {folder} not removed: {exc}")
+
+
+def _unmount_under(folder: Path) -> None:
+    """Unmount everything mounted at or below folder (deepest first)."""
+    prefix = str(folder.resolve())
+    mounts = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == prefix or point.startswith(prefix + "/"):
+            mounts.append(point)
+    for point in sorted(set(mounts), key=lambda p: -p.count("/")):
+        _sh("umount", "-l", point, check=False)
+
+
+def setup_network(paths: Paths) -> None:
+    """The bridge with the node's address, forwarding for service traffic, and the isolation
+    rule: nothing forwarded between the bridge and another interface (no route or NAT out)."""
+    if not Path(f"/sys/class/net/{BRIDGE}").exists():
+        _sh("ip", "link", "add", BRIDGE, "type", "bridge")
+    addresses = _sh("ip", "-o", "-4", "addr", "show", "dev", BRIDGE)
+    if f" {NODE_IP}/" not in addresses:
+        _sh("ip", "addr", "add", f"{NODE_IP}/24", "dev", BRIDGE)
+    _sh("ip", "link", "set", BRIDGE, "up")
+    # ClusterIPs are reached from the host (KEDA, the tests) through the bridge, never through eth0.
+    _sh("ip", "route", "replace", SERVICE_CIDR, "dev", BRIDGE, "src", NODE_IP)
+    _write_sysctl("net.ipv4.ip_forward", "1")
+    # Replies between two pods on the bridge must pass conntrack for a ClusterIP's DNAT to be undone.
+    _write_sysctl("net.bridge.bridge-nf-call-iptables", "1")
+    # The mangle table's FORWARD runs before filter's, where kube-proxy and kubelet insert rules.
+    _sh("iptables", "-t", "mangle", "-N", ISOLATION_CHAIN, check=False)
+    _sh("iptables", "-t", "mangle", "-F", ISOLATION_CHAIN)
+    for rule in (["-i", BRIDGE, "-o", BRIDGE, "-j", "RETURN"], ["-i", BRIDGE, "-j", "DROP"],
+                 ["-o", BRIDGE, "-j", "DROP"]):
+        _sh("iptables", "-t", "mangle", "-A", ISOLATION_CHAIN, *rule)
+    if subprocess.run(["iptables", "-t", "mangle", "-C", "FORWARD", "-j", ISOLATION_CHAIN],
+                      capture_output=True, timeout=30).returncode != 0:
+        _sh("iptables", "-t", "mangle", "-I", "FORWARD", "1", "-j", ISOLATION_CHAIN)
+    paths.cni_conf.mkdir(parents=True, exist_ok=True)
+    paths.cni_ipam.mkdir(parents=True, exist_ok=True)
+    (paths.cni_conf / "10-purchase.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": "purchase-pods",
+        "plugins": [{
+            "type": "bridge", "bridge": BRIDGE, "isGateway": True,
+            # No masquerade: pod traffic is never translated to leave the machine.
+            "ipMasq": False,
+            # A pod reaching itself through its own Service.
+            "hairpinMode": True,
+            "ipam": {"type": "host-local", "dataDir": str(paths.cni_ipam),
+                     "ranges": [[{"subnet": POD_SUBNET, "gateway": NODE_IP}]],
+                     "routes": [{"dst": "0.0.0.0/0"}]},
+        }],
+    }, indent=2))
+
+
+# --- containerd ----------------------------------------------------------------------------
+
+def containerd_config(paths: Paths) -> str:
+    return f"""version = 2
+root = "{paths.containerd_root}"
+state = "{paths.containerd_state}"
+oom_score = 0
+
+[grpc]
+  address = "{paths.containerd_sock}"
+
+[ttrpc]
+  address = "{paths.containerd_sock}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{paths.base / 'containerd' / 'opt'}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  # root here lacks CAP_SYS_RESOURCE: containerd may only raise a container's oom_score_adj.
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  disable_apparmor = true
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  # crun fails on this kernel; runc works. No systemd as PID 1: cgroupfs.
+  BinaryName = "{shutil.which('runc') or '/usr/sbin/runc'}"
+  SystemdCgroup = false
+
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "{CNI_BIN_DIR}"
+  conf_dir = "{paths.cni_conf}"
+"""
+
+
+def ctr(paths: Paths, *args: str, timeout_s: float = 300, check: bool = True) -> str:
+    return _sh("ctr", f"--address={paths.containerd_sock}", "--namespace=k8s.io", *args,
+               timeout_s=timeout_s, check=check)
+
+
+def start_containerd(paths: Paths, processes: list, logs: Path) -> None:
+    for folder in (paths.containerd_root, paths.containerd_state):
+        folder.mkdir(parents=True, exist_ok=True)
+    paths.containerd_config.write_text(containerd_config(paths))
+    log = logs / "containerd.log"
+    proc = spawn("containerd", ["containerd", f"--config={paths.containerd_config}"], log)
+    processes.append({"name": "containerd", "binary": "containerd", "pid": proc.pid, "port": 0, "log": str(log)})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"containerd exited ({proc.returncode}); log {log}:\n{log.read_text()[-3000:]}")
+        if paths.containerd_sock.exists() and subprocess.run(
+                ["ctr", f"--address={paths.containerd_sock}", "version"], capture_output=True,
+                timeout=10).returncode == 0:
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"containerd did not answer on {paths.containerd_sock} within 60s; log {log}")
+
+
+def load_images(paths: Paths, refs: list[str], podman_env: dict) -> None:
+    """Copy images from podman's storage into the node's containerd (what `minikube image load`
+    does), skipping those whose podman image ID was already loaded."""
+    stamp_file = paths.base / "loaded-images.json"
+    loaded = json.loads(stamp_file.read_text()) if stamp_file.exists() else {}
+    present = set(ctr(paths, "images", "list", "--quiet").split())
+    for ref in refs:
+        image_id = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", ref], env=podman_env,
+                                  capture_output=True, text=True, timeout=60)
+        if image_id.returncode != 0:
+            raise RuntimeError(f"image {ref} is not in podman's storage: {image_id.stderr.strip()}")
+        if loaded.get(ref) == image_id.stdout.strip() and ref in present:
+            continue
+        started = time.monotonic()
+        archive = paths.base / "image.tar"
+        subprocess.run(["podman", "save", "--format=docker-archive", "-o", str(archive), ref], env=podman_env,
+                       check=True, capture_output=True, timeout=600)
+        ctr(paths, "images", "import", str(archive), timeout_s=600)
+        archive.unlink()
+        loaded[ref] = image_id.stdout.strip()
+        stamp_file.write_text(json.dumps(loaded, indent=2))
+        say(f"loaded {ref} into containerd in {time.monotonic() - started:.1f}s")
+
+
+# --- the Kubernetes node processes ---------------------------------------------------------
+
+def install_rbac(kubectl) -> None:
+    """No Node authorizer here: the node's certificate user gets the system:node role; CoreDNS
+    gets the read access its kubernetes plugin needs."""
+    kubectl("create", "clusterrolebinding", "purchase-node", "--clusterrole=system:node",
+            f"--user=system:node:{NODE_NAME}", check=False)
+    kubectl("apply", "-f", "-", input_text=json.dumps({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "purchase:coredns"},
+        "rules": [{"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
+                   "verbs": ["list", "watch"]},
+                  {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                   "verbs": ["list", "watch"]}]}))
+    kubectl("create", "clusterrolebinding", "purchase:coredns", "--clusterrole=purchase:coredns",
+            "--user=purchase:coredns", check=False)
+
+
+def _wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen, what: str, log: Path) -> None:
+    import urllib.request
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited ({proc.returncode}); log {log}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=3) as resp:
+                if resp.status == 200:
+                    return
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.3)
+    raise TimeoutError(f"{what} not healthy at {url} within {timeout_s:.0f}s ({last}); log {log}")
+
+
+def _register(processes: list, name: str, proc: subprocess.Popen, binary: str, port: int, log: Path) -> None:
+    processes.append({"name": name, "binary": binary, "pid": proc.pid, "port": port, "log": str(log)})
+
+
+def start_coredns(paths: Paths, binary: Path, kubeconfig: Path, processes: list, logs: Path) -> None:
+    """CoreDNS on the node's address serving cluster.local from the API server; nothing is
+    forwarded anywhere else (a name outside the cluster is refused)."""
+    health, ready = free_port(), free_port()
+    paths.corefile.write_text(f"""{CLUSTER_DOMAIN}:53 in-addr.arpa:53 {{
+    bind {NODE_IP}
+    errors
+    health 127.0.0.1:{health}
+    ready 127.0.0.1:{ready}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa {{
+        kubeconfig {kubeconfig} purchase-local
+        pods insecure
+    }}
+    cache 5
+}}
+""")
+    log = logs / "coredns.log"
+    proc = spawn("coredns", [str(binary), "-conf", str(paths.corefile)], log)
+    _register(processes, "coredns", proc, binary.name, 53, log)
+    _wait_http_ok(f"http://127.0.0.1:{ready}/ready", 60, proc, "coredns", log)
+    # The resolver for host processes that must find in-cluster names (KEDA's operator).
+    paths.dns_client_resolv.write_text(
+        f"nameserver {NODE_IP}\nsearch svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\noptions ndots:5\n")
+
+
+def start_kubelet(paths: Paths, binary: Path, server: str, pki_dir: Path, processes: list, logs: Path) -> None:
+    kubeconfig = pki.write_kubeconfig(paths.base / "kubelet.kubeconfig", server, pki_dir, "node")
+    port, healthz = free_port(), free_port()
+    for folder in (paths.kubelet_root, paths.pod_logs):
+        folder.mkdir(parents=True, exist_ok=True)
+    # Pods with dnsPolicy Default get this; ClusterFirst pods get CoreDNS. No outside resolver.
+    paths.resolv_conf.write_text(f"nameserver {NODE_IP}\n")
+    _create_cgroups()
+    config = paths.base / "kubelet-config.json"
+    config.write_text(json.dumps({
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        "address": NODE_IP, "port": port, "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1", "healthzPort": healthz,
+        # The API server's kubelet-client certificate (and only certificates of this CA) may call it.
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
+                           "x509": {"clientCAFile": str(pki_dir / "ca.crt")}},
+        "authorization": {"mode": "AlwaysAllow"},
+        "tlsCertFile": str(pki_dir / "kubelet.crt"), "tlsPrivateKeyFile": str(pki_dir / "kubelet.key"),
+        # cgroup v1 and no systemd here; containerd 1.6 cannot report its cgroup driver, so
+        # kubelet uses this one (1.37 warns that the fallback goes away in 1.38).
+        "cgroupDriver": "cgroupfs", "failCgroupV1": False, "cgroupRoot": f"/{CGROUP_ROOT}",
+        "containerRuntimeEndpoint": f"unix://{paths.containerd_sock}",
+        "clusterDNS": [NODE_IP], "clusterDomain": CLUSTER_DOMAIN, "resolvConf": str(paths.resolv_conf),
+        "podLogsDir": str(paths.pod_logs), "failSwapOn": False, "maxPods": 60,
+        "registerNode": True, "nodeStatusUpdateFrequency": "5s",
+        # A shared machine's disk: evict only when it is really full.
+        "evictionHard": {"memory.available": "200Mi", "nodefs.available": "2%", "imagefs.available": "2%"},
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+        "serializeImagePulls": False,
+    }, indent=2))
+    log = logs / "kubelet.log"
+    argv = [str(binary), f"--config={config}", f"--kubeconfig={kubeconfig}", f"--root-dir={paths.kubelet_root}",
+            f"--hostname-override={NODE_NAME}", f"--node-ip={NODE_IP}", "--v=1"]
+    proc = spawn("kubelet", argv, log)
+    _register(processes, "kubelet", proc, binary.name, port, log)
+    _wait_http_ok(f"http://127.0.0.1:{healthz}/healthz", 120, proc, "kubelet", log)
+
+
+def start_kube_proxy(paths: Paths, binary: Path, server: str, pki_dir: Path, processes: list, logs: Path) -> None:
+    kubeconfig = pki.write_kubeconfig(paths.base / "kube-proxy.kubeconfig", server, pki_dir, "kube-proxy")
+    healthz, metrics = free_port(), free_port()
+    config = paths.base / "kube-proxy-config.json"
+    config.write_text(json.dumps({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "hostnameOverride": NODE_NAME, "bindAddress": NODE_IP,
+        "healthzBindAddress": f"127.0.0.1:{healthz}", "metricsBindAddress": f"127.0.0.1:{metrics}",
+        "mode": "iptables", "clusterCIDR": POD_SUBNET,
+        # NodePorts only on the node's own bridge address, never on eth0.
+        "nodePortAddresses": [f"{NODE_IP}/32"],
+        # 0: leave the machine's conntrack sysctls alone.
+        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+    }, indent=2))
+    log = logs / "kube-proxy.log"
+    proc = spawn("kube-proxy", [str(binary), f"--config={config}", "--v=1"], log)
+    _register(processes, "kube-proxy", proc, binary.name, healthz, log)
+    _wait_http_ok(f"http://127.0.0.1:{healthz}/healthz", 60, proc, "kube-proxy", log)
+
+
+def start_scheduler(paths: Paths, binary: Path, server: str, pki_dir: Path, processes: list, logs: Path) -> None:
+    kubeconfig = pki.write_kubeconfig(paths.base / "scheduler.kubeconfig", server, pki_dir, "scheduler")
+    port = free_port()
+    log = logs / "kube-scheduler.log"
+    argv = [str(binary), f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}", "--bind-address=127.0.0.1", f"--secure-port={port}",
+            "--leader-elect=false", "--v=1"]
+    proc = spawn("kube-scheduler", argv, log)
+    _register(processes, "kube-scheduler", proc, binary.name, port, log)
+
+
+def wait_node_ready(kubectl, timeout_s: float = 120) -> None:
+    kubectl("wait", "--for=condition=Ready", f"--timeout={int(timeout_s)}s", f"node/{NODE_NAME}",
+            timeout_s=timeout_s + 30)
+
+
+def install_volumes(paths: Paths, kubectl, count: int = 6, size: str = "2Gi") -> None:
+    """The node's storage, as minikube's hostpath provisioner gives it: PersistentVolumes on the
+    node's disk for the StatefulSets' claims (no storage class: claims without one bind them)."""
+    shutil.rmtree(paths.volumes, ignore_errors=True)
+    items = []
+    for index in range(count):
+        folder = paths.volumes / f"pv{index}"
+        folder.mkdir(parents=True)
+        folder.chmod(0o777)  # any pod user may write, like the hostpath provisioner's folders
+        items.append({"apiVersion": "v1", "kind": "PersistentVolume",
+                      "metadata": {"name": f"{NODE_NAME}-pv{index}",
+                                   "labels": {"app.kubernetes.io/part-of": "purchase-node"}},
+                      "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
+                               "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                               "hostPath": {"path": str(folder), "type": "Directory"}}})
+    kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+
+
+def drain_pods(kubectl, timeout_s: float = 90) -> None:
+    """Delete every pod so kubelet tears sandboxes down properly (CNI DEL, netns, mounts)."""
+    kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=5", "--wait=false",
+            check=False, timeout_s=60)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        out = kubectl("get", "pods", "--all-namespaces", "-o", "name", check=False, timeout_s=30)
+        if out.returncode == 0 and not out.stdout.strip():
+            return
+        time.sleep(1)
+    say("pods still present after the drain; stopping the runtime anyway")
+
+
+def _our_shims(paths: Paths) -> list[int]:
+    pids = []
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            argv = (proc_dir / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and str(paths.containerd_sock).encode() in argv:
+            pids.append(int(proc_dir.name))
+    return pids
+
+
+def stop_runtime(paths: Paths) -> None:
+    """Kill what is left of the pods (tasks, shims), then unmount and forget them."""
+    if paths.containerd_sock.exists():
+        tasks = ctr(paths, "tasks", "list", "--quiet", check=False, timeout_s=30).split()
+        for task in tasks:
+            ctr(paths, "tasks", "kill", "--all", "--signal=SIGKILL", task, check=False, timeout_s=30)
+        time.sleep(0.5)
+        for task in tasks:
+            ctr(paths, "tasks", "delete", "--force", task, check=False, timeout_s=30)
+    for pid in _our_shims(paths):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+
+def start(paths: Paths, binaries: dict, server: str, pki_dir: Path, kubectl, processes: list, logs: Path,
+          images: list[str], podman_env: dict, checkpoint) -> None:
+    """Bring the node up in order; `checkpoint()` saves the process list after each start so a
+    failure part-way is still stopped by PID."""
+    started = time.monotonic()
+    record_host_state(paths)
+    setup_network(paths)
+    start_containerd(paths, processes, logs)
+    checkpoint()
+    load_images(paths, [PAUSE_IMAGE, *images], podman_env)
+    install_rbac(kubectl)
+    start_coredns(paths, binaries["coredns"], pki.write_kubeconfig(paths.base / "coredns.kubeconfig", server,
+                                                                  pki_dir, "coredns"), processes, logs)
+    checkpoint()
+    start_kubelet(paths, binaries["kubelet"], server, pki_dir, processes, logs)
+    checkpoint()
+    start_kube_proxy(paths, binaries["kube-proxy"], server, pki_dir, processes, logs)
+    checkpoint()
+    start_scheduler(paths, binaries["kube-scheduler"], server, pki_dir, processes, logs)
+    checkpoint()
+    wait_node_ready(kubectl)
+    install_volumes(paths, kubectl)
+    say(f"node {NODE_NAME} Ready at {NODE_IP} in {time.monotonic() - started:.0f}s")
+
+
+NODE_PROCESSES = ("kube-scheduler", "kube-proxy", "kubelet", "coredns", "containerd")
+
+
+def stop(paths: Paths, entries: list[dict], kubectl, alive) -> None:
+    """Drain, stop the node's processes by PID, kill leftovers, and put the host back."""
+    running = {e["name"]: e for e in entries if alive(e)}
+    if "kubelet" in running and "kube-apiserver" in running:
+        drain_pods(kubectl)
+    for name in ("kube-scheduler", "kube-proxy", "kubelet", "coredns"):
+        if name in running:
+            stop_pid(running[name]["pid"], timeout_s=20)
+    stop_runtime(paths)
+    if "containerd" in running:
+        stop_pid(running["containerd"]["pid"], timeout_s=20)
+    _unmount_under(paths.base)
+    restore_host_state(paths)
