@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 
@@ -15,9 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     down.add_argument("--clean", action="store_true", help="also delete .run/cluster (certificates, etcd data)")
     sub.add_parser("status", help="show the processes, ports and KUBECONFIG")
     sub.add_parser("env", help="print `export KUBECONFIG=... KUBECTL=...` for a shell")
+    sub.add_parser("load", help="build (if changed) the images and load them into the node's containerd")
+    run = sub.add_parser("run", help="run a command with the cluster's DNS (CoreDNS) as its resolver")
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="the command (after --)")
     args = parser.parse_args(argv)
 
-    from . import build, control
+    from . import build, control, node
     if args.command == "build":
         for name, path in build.ensure_all().items():
             print(f"{name:<26} {path}")
@@ -32,6 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return control.status()
+    if args.command == "load":
+        images = control.node_images()
+        node.load_images(node.Paths(control.RUN), images["refs"], images["podman_env"])
+        return 0
+    if args.command == "run":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not argv:
+            parser.error("run needs a command")
+        os.execvp("unshare", node.with_cluster_dns(node.Paths(control.RUN), argv))
     if args.command == "env":
         print(f"export KUBECONFIG={control.KUBECONFIG} KUBECTL={build.BIN / 'kubectl'}")
         return 0

@@ -221,12 +221,8 @@ def _start_keda(binary: Path, server: str, processes: list) -> None:
             f"--metrics-bind-address=127.0.0.1:{metrics}", f"--metrics-service-bind-address=127.0.0.1:{grpc}",
             f"--cert-dir={PKI / 'keda-certs'}", f"--ca-dir={ca_dir}", "--enable-cert-rotation=false",
             "--zap-log-level=info", "--zap-encoder=console"]
-    # KEDA's scaler dials the broker by its in-cluster name (kafka.purchase.svc.cluster.local and
-    # the per-pod advertised name): it runs with CoreDNS as its resolver, in a mount namespace of
-    # its own where /etc/resolv.conf is the cluster's, so the host's resolver is untouched.
-    resolv = node.Paths(RUN).dns_client_resolv
-    argv = ["unshare", "--mount", "--propagation=private", "--", "sh", "-c",
-            f'mount --bind "{resolv}" /etc/resolv.conf && exec "$0" "$@"', *argv]
+    # KEDA's Kafka scaler dials the broker by its in-cluster names, as it does in a pod.
+    argv = node.with_cluster_dns(node.Paths(RUN), argv)
     proc = spawn("keda-operator", argv, log, env=env)
     processes.append({"name": "keda-operator", "binary": binary.name, "pid": proc.pid, "port": probe,
                       "log": str(log),

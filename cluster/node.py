@@ -259,6 +259,14 @@ def setup_network(paths: Paths) -> None:
     }, indent=2))
 
 
+def with_cluster_dns(paths: Paths, argv: list[str]) -> list[str]:
+    """argv run with CoreDNS as its resolver: in a mount namespace of its own where
+    /etc/resolv.conf is the cluster's, so in-cluster names (kafka.purchase.svc.cluster.local,
+    the broker's per-pod advertised name) resolve while the host's resolver stays untouched."""
+    return ["unshare", "--mount", "--propagation=private", "--", "sh", "-c",
+            f'mount --bind "{paths.dns_client_resolv}" /etc/resolv.conf && exec "$@"', "sh", *argv]
+
+
 # --- containerd ----------------------------------------------------------------------------
 
 def containerd_config(paths: Paths) -> str:

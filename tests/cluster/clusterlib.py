@@ -1,9 +1,17 @@
-"""Helpers of the loopback-cluster tests (importable by the test modules, unlike conftest.py)."""
+"""Helpers of the node tests (importable by the test modules, unlike conftest.py).
+
+Everything here talks to the real cluster: kubectl against the API server, HTTP to pod IPs on
+the node's bridge, pymongo and kafka-python to the in-cluster Services by their cluster DNS
+names (`make test-cluster` runs pytest with CoreDNS as its resolver: `python -m cluster run`).
+"""
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import json
 import os
 import sys
+import time
 import uuid
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -15,26 +23,37 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from cluster import control  # noqa: E402
-from cluster.kubelet_standin import StandIn  # noqa: E402
+from cluster import control, node  # noqa: E402
 from support import wait_until  # noqa: E402
 
 K8S = ROOT / "k8s"
+NAMESPACE = "purchase"
+CONSUMER = "persist-purchase"
 DEPLOYMENT_FILE = K8S / "keda" / "persist-purchase-deployment.yaml"
 SCALEDOBJECT_FILE = K8S / "keda" / "persist-purchase-scaledobject.yaml"
-# KEDA resolves the scale target's container env (for *FromEnv trigger parameters), so the
-# ConfigMap and Secret the Deployment names must exist or the ScaledObject is not Ready.
-ENV_SOURCE_FILES = (K8S / "config" / "purchase-config.yaml", K8S / "mongodb" / "mongodb-secret.yaml")
-# The test overlay: short enough for a test, long enough that KEDA's own loop is what is measured.
+KNATIVE_FILES = {"buy": K8S / "knative" / "buy.yaml", "history": K8S / "knative" / "history.yaml"}
+# The test overlay's KEDA timings: short enough for a test, long enough that KEDA's own loop is
+# what is measured. Thresholds, offsetResetPolicy and replica bounds stay as shipped.
 POLLING_INTERVAL_S = int(os.environ.get("CLUSTER_TEST_POLLING_INTERVAL", "3"))
 COOLDOWN_S = int(os.environ.get("CLUSTER_TEST_COOLDOWN", "15"))
-# Slack on top of KEDA's own periods for a loaded 2-core machine (API round trips, process start).
-MARGIN_S = float(os.environ.get("CLUSTER_TEST_MARGIN", "5"))
+# Slack on top of KEDA's own periods for a loaded 2-core machine (API round trips, pod start).
+MARGIN_S = float(os.environ.get("CLUSTER_TEST_MARGIN", "10"))
+HPA_SYNC_S = 15  # kube-controller-manager's --horizontal-pod-autoscaler-sync-period (cluster default)
 RESULTS = ROOT / ".run" / "cluster" / "results"
+# Labels of the plain test pods that run the function images until Knative runs here (issue 9).
+TEST_POD_LABEL = "purchase.test/role"
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
+    return wait_until(predicate, timeout_s, interval_s, what)
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 class Kube:
-    """kubectl against the loopback cluster, plus the few reads the tests repeat."""
+    """kubectl against the cluster, plus the few reads the tests repeat."""
 
     def __init__(self, state: dict):
         self.state = state
@@ -45,7 +64,7 @@ class Kube:
         return control.kubectl(*args, input_text=input_text, check=check, timeout_s=timeout_s,
                                kubeconfig=self.kubeconfig)
 
-    def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
+    def get(self, kind: str, name: str, namespace: str | None = NAMESPACE) -> dict | None:
         args = ["get", kind, name, "-o", "json"] + ([f"--namespace={namespace}"] if namespace else [])
         result = self.run(*args, check=False)
         if result.returncode != 0:
@@ -54,19 +73,33 @@ class Kube:
             raise RuntimeError(result.stderr)
         return json.loads(result.stdout)
 
-    def apply(self, documents: list[dict]) -> str:
-        text = yaml.safe_dump_all(documents, sort_keys=False)
-        return self.run("apply", "-f", "-", input_text=text).stdout
+    def items(self, kind: str, selector: str | None = None, namespace: str = NAMESPACE) -> list[dict]:
+        args = ["get", kind, f"--namespace={namespace}", "-o", "json"] + ([f"--selector={selector}"] if selector else [])
+        return json.loads(self.run(*args).stdout)["items"]
 
-    def condition(self, obj: dict | None, kind: str) -> str | None:
+    def apply(self, documents: list[dict]) -> str:
+        return self.run("apply", "-f", "-", input_text=yaml.safe_dump_all(documents, sort_keys=False)).stdout
+
+    @staticmethod
+    def condition(obj: dict | None, kind: str) -> str | None:
         for cond in (obj or {}).get("status", {}).get("conditions", []) or []:
             if cond.get("type") == kind:
                 return cond.get("status")
         return None
 
-    def replicas(self, namespace: str, name: str = "persist-purchase") -> int | None:
-        obj = self.get("deployment", name, namespace)
+    def replicas(self, name: str = CONSUMER) -> int | None:
+        obj = self.get("deployment", name)
         return None if obj is None else int(obj["spec"].get("replicas", 1))
+
+    def consumer_pods(self) -> list[dict]:
+        return self.items("pods", f"app.kubernetes.io/name={CONSUMER}")
+
+    def running_consumers(self) -> list[dict]:
+        return [p for p in self.consumer_pods()
+                if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+
+    def secret_value(self, name: str, key: str) -> str:
+        return base64.b64decode(self.get("secret", name)["data"][key]).decode()
 
 
 def load_manifest(path: Path) -> dict:
@@ -75,72 +108,102 @@ def load_manifest(path: Path) -> dict:
     return documents[0]
 
 
-def overlay(namespace: str, bootstrap: str, topic: str, group: str, polling_s: int = POLLING_INTERVAL_S,
-            cooldown_s: int = COOLDOWN_S) -> list[dict]:
-    """The real Deployment and ScaledObject (and the ConfigMap/Secret the Deployment's env names),
-    moved to `namespace`, with test timings and local names.
+def function_test_pod(function: str, image: str) -> dict:
+    """A plain Pod with exactly the container the Knative Service ships (image, env, probes,
+    securityContext, volumes); only what Knative itself would fill in is added: the probe
+    ports, which queue-proxy supplies under Knative."""
+    ksvc = load_manifest(KNATIVE_FILES[function])
+    template = deepcopy(ksvc["spec"]["template"])
+    spec = {k: v for k, v in template["spec"].items() if k not in ("containerConcurrency", "timeoutSeconds")}
+    container = spec["containers"][0]
+    container["image"] = image
+    port = container["ports"][0]["containerPort"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        if "httpGet" in container.get(probe, {}):
+            container[probe]["httpGet"]["port"] = port
+    labels = {**template["metadata"].get("labels", {}), TEST_POD_LABEL: f"{function}-pod"}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{function}-pod", "namespace": NAMESPACE, "labels": labels},
+            "spec": spec}
 
-    Changed: namespace; pollingInterval/cooldownPeriod; the trigger's bootstrapServers (the
-    in-cluster DNS name does not resolve here), topic and consumerGroup (per-test isolation).
-    Everything else - thresholds, offsetResetPolicy, min/max replicas, HPA behaviour - is as
-    in k8s/keda/.
-    """
-    env_sources = [deepcopy(load_manifest(path)) for path in ENV_SOURCE_FILES]
-    deployment = deepcopy(load_manifest(DEPLOYMENT_FILE))
-    scaled = deepcopy(load_manifest(SCALEDOBJECT_FILE))
-    for obj in (*env_sources, deployment, scaled):
-        obj["metadata"]["namespace"] = namespace
-    scaled["spec"]["pollingInterval"] = polling_s
-    scaled["spec"]["cooldownPeriod"] = cooldown_s
-    kafka = [t for t in scaled["spec"]["triggers"] if t["type"] == "kafka"]
-    assert len(kafka) == 1, "the ScaledObject should have exactly one kafka trigger"
-    kafka[0]["metadata"].update(bootstrapServers=bootstrap, topic=topic, consumerGroup=group)
-    return [*env_sources, deployment, scaled]
+
+def pod_timeline(pod: dict) -> dict:
+    """created -> scheduled -> container started -> ready, in seconds after creation."""
+    created = parse_time(pod["metadata"]["creationTimestamp"])
+    conditions = {c["type"]: parse_time(c.get("lastTransitionTime")) for c in pod["status"].get("conditions", [])}
+    started = None
+    for status in pod["status"].get("containerStatuses", []):
+        started = parse_time(((status.get("state") or {}).get("running") or {}).get("startedAt")) or started
+
+    def since(t):
+        return None if t is None else round((t - created).total_seconds(), 1)
+    return {"scheduled_s": since(conditions.get("PodScheduled")), "started_s": since(started),
+            "ready_s": since(conditions.get("Ready") if pod["status"].get("phase") == "Running" else None)}
 
 
 @dataclass
-class ScaledPipeline:
-    """buy + history + gateway on local processes; persist-purchase only through KEDA and the stand-in."""
+class NodeStack:
+    """The deployed system on the node: the buy/history test pods, MongoDB and Kafka by their
+    Service names, and KEDA's objects in the `purchase` namespace."""
     kube: Kube
-    namespace: str
-    names: dict
-    env: dict
-    gateway: str
-    standin: StandIn
+    buy_url: str
+    history_url: str
     mongodb_uri: str
-    log_dir: Path
-    processes: list = field(default_factory=list)
+    bootstrap: str
+    names: dict = field(default_factory=dict)
 
-    def scaled_object(self) -> dict | None:
-        return self.kube.get("scaledobject", "persist-purchase", self.namespace)
-
-    def buy(self, count: int, user: str | None = None) -> list[str]:
+    def buy(self, count: int, user: str | None = None, retry_503_s: float = 0.0) -> list[str]:
+        """POST `count` purchases for one user; each with its own Idempotency-Key, so a 503
+        retried (for up to retry_503_s) stays one purchase."""
         user = user or "u" + uuid.uuid4().hex[:10]
         ids = []
         with requests.Session() as session:
             for index in range(count):
-                response = session.post(f"{self.gateway}/api/buy", timeout=10, headers={"Host": "purchase.local"},
-                                        json={"username": f"cluster {index}", "userId": user, "price": 1 + index})
+                key = uuid.uuid4().hex
+                deadline = time.monotonic() + retry_503_s
+                while True:
+                    try:
+                        response = session.post(f"{self.buy_url}/api/buy", timeout=10,
+                                                headers={"Idempotency-Key": key},
+                                                json={"username": f"node {index}", "userId": user, "price": 1 + index})
+                    except requests.RequestException:
+                        if time.monotonic() >= deadline:
+                            raise
+                        time.sleep(0.5)
+                        continue
+                    if response.status_code == 503 and time.monotonic() < deadline:
+                        time.sleep(float(response.headers.get("Retry-After", "1")))
+                        continue
+                    break
                 assert response.status_code == 202, response.text
                 ids.append(response.json()["id"])
         return ids
 
-    def stored_event_ids(self) -> list[str]:
-        from purchase_common import storage
+    def stored_ids(self, user: str) -> list[str]:
+        """Event ids stored for one user, duplicates kept (the unique index should make none)."""
+        from purchase_common import config, storage
         client = storage.connect(self.mongodb_uri)
         try:
-            return [d["eventId"] for d in client[self.names["database"]]["purchases"].find({}, {"eventId": 1})]
+            docs = client[config.DATABASE_NAME][config.COLLECTION_NAME].find({"userId": user}, {"eventId": 1})
+            return [d["eventId"] for d in docs]
         finally:
             client.close()
 
-    def consumer_group_lag(self) -> int | None:
-        """Total lag of the group on the topic, as Kafka reports it (None: no committed offsets)."""
+    def history(self, user: str) -> list[dict]:
+        response = requests.get(f"{self.history_url}/api/user/{user}/purchases?limit=500", timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def group_lag(self) -> int | None:
+        """Total lag of the consumer group on the topic as Kafka reports it (None: never committed)."""
         from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-        admin = KafkaAdminClient(bootstrap_servers=self.env["KAFKA_BOOTSTRAP_SERVERS"])
-        consumer = KafkaConsumer(bootstrap_servers=self.env["KAFKA_BOOTSTRAP_SERVERS"], enable_auto_commit=False)
+        from purchase_common import config
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         try:
-            committed = admin.list_group_offsets({self.names["group"]: None}).get(self.names["group"], {})
-            parts = [TopicPartition(self.names["topic"], p) for p in consumer.partitions_for_topic(self.names["topic"])]
+            committed = admin.list_group_offsets({config.CONSUMER_GROUP: None}).get(config.CONSUMER_GROUP, {})
+            parts = [TopicPartition(config.PURCHASES_TOPIC, p)
+                     for p in consumer.partitions_for_topic(config.PURCHASES_TOPIC)]
             ends = consumer.end_offsets(parts)
             if not committed:
                 return None
@@ -149,13 +212,25 @@ class ScaledPipeline:
             consumer.close()
             admin.close()
 
+    def scaled_object(self) -> dict | None:
+        return self.kube.get("scaledobject.keda.sh", CONSUMER)
+
+    def wait_idle_at_zero(self, timeout_s: float) -> None:
+        """No lag, replicas 0 and no consumer pod left: the start state of every scaling test."""
+        wait_for(lambda: self.kube.replicas() == 0 and not self.kube.consumer_pods(), timeout_s,
+                 "persist-purchase idle at 0 replicas with no pod")
+
+
+def kill_container(pod: dict, signal_name: str = "SIGKILL") -> str:
+    """Signal a pod's container through the node's runtime (containerd), as an OOM kill or a
+    crash would: kubelet sees the exit and restarts it."""
+    container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    node.ctr(node.Paths(control.RUN), "tasks", "kill", f"--signal={signal_name}", container_id)
+    return container_id
+
 
 def record_timeline(name: str, timeline: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(timeline, indent=2))
+    path.write_text(json.dumps(timeline, indent=2, default=str))
     return path
-
-
-def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
-    return wait_until(predicate, timeout_s, interval_s, what)

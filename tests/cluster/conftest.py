@@ -1,15 +1,16 @@
-"""Fixtures for the tests against the loopback cluster (cluster/README.md).
+"""Fixtures for the tests on the real node (cluster/README.md).
 
 They run only through `make test-cluster` (PURCHASE_CLUSTER_TESTS=1, after `make cluster-up`);
 anywhere else every test here is skipped, and under `make test-cluster` a cluster that is not
-up is a failure, not a skip. Kafka and FerretDB are the session's own (the `servers` fixture
-of tests/conftest.py); each scaling test gets its own namespace, topic, group and database.
+up is a failure, not a skip. The whole system is deployed once per session with the real
+`make deploy` (substitute images for Kafka and MongoDB only); every test then works with its
+own users, so counts are exact per test.
 """
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -17,19 +18,16 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from clusterlib import Kube, ScaledPipeline  # noqa: E402
-from support import isolated_env  # noqa: E402
+from clusterlib import (CONSUMER, COOLDOWN_S, NAMESPACE, POLLING_INTERVAL_S, ROOT, Kube, NodeStack,  # noqa: E402
+                        function_test_pod, wait_for)
 from cluster import control  # noqa: E402
-from cluster.kubelet_standin import StandIn  # noqa: E402
-from devstack import stack as devstack  # noqa: E402
-from devstack.servers import free_port  # noqa: E402
 
 ENABLED = os.environ.get("PURCHASE_CLUSTER_TESTS") == "1"
+REGISTRY, TAG = "dev.local/purchase", "dev"  # mk/deploy.mk's defaults: the names the manifests carry
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers",
-                            "cluster: needs the loopback cluster (make cluster-up; run by make test-cluster)")
+    config.addinivalue_line("markers", "cluster: needs the cluster in a box (make cluster-up; make test-cluster)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -37,42 +35,51 @@ def pytest_collection_modifyitems(config, items):
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.cluster)
             if not ENABLED:
-                item.add_marker(pytest.mark.skip(
-                    reason="needs the loopback cluster: make cluster-up && make test-cluster"))
+                item.add_marker(pytest.mark.skip(reason="needs the cluster: make cluster-up && make test-cluster"))
 
 
 @pytest.fixture(scope="session")
 def kube() -> Kube:
     if not control.is_up():
-        pytest.fail("the loopback cluster is not up: run `make cluster-up` before `make test-cluster`")
+        pytest.fail("the cluster is not up: run `make cluster-up` before `make test-cluster`")
     return Kube(control.read_state())
 
 
-@pytest.fixture
-def scaled_pipeline(kube, servers, tmp_path_factory, request):
-    """A namespace with the overlay applied, the stand-in playing its node, and the HTTP functions."""
-    tag = "cl" + uuid.uuid4().hex[:6]
-    env, names = isolated_env(servers, tag)
-    log_dir = tmp_path_factory.mktemp(f"cluster-{tag}")
-    namespace = f"purchase-{tag}"
-    kube.run("create", "namespace", namespace)
-    processes = []
-    standin = None
-    try:
-        ports = {name: free_port() for name in ("buy", "history", "gateway")}
-        processes.append(devstack.start_buy(env, ports["buy"], log_dir))
-        processes.append(devstack.start_history(env, ports["history"], log_dir))
-        processes.append(devstack.start_gateway(ports["gateway"], ports["buy"], ports["history"], log_dir))
-        standin = StandIn(namespace, "persist-purchase", env, log_dir, api=None, max_replicas=6,
-                          events_file=log_dir / "standin-events.jsonl").start()
-        pipeline = ScaledPipeline(kube, namespace, names, env, f"http://127.0.0.1:{ports['gateway']}", standin,
-                                  servers.mongodb_uri, log_dir, processes)
-        yield pipeline
-    finally:
-        if standin is not None:
-            standin.stop()
-        for process in reversed(processes):
-            process.stop()
-        kube.run("delete", "namespace", namespace, "--wait=false", check=False)
+def make_deploy(kube: Kube) -> subprocess.CompletedProcess:
+    """The real `make deploy`, as a minikube user runs it, with the node's substitutes for the
+    two upstream images that cannot be pulled here."""
+    from images import build as images_build
+    substitutes = images_build.build_substitutes()
+    env = dict(os.environ, KUBECONFIG=str(kube.kubeconfig))
+    argv = ["make", "--no-print-directory", "deploy", f"KUBECTL={kube.kubectl_path}", "WAIT_TIMEOUT=300s",
+            f"KAFKA_IMAGE={substitutes['kafka']}", f"MONGODB_IMAGE={substitutes['mongodb']}",
+            f"PYTHON={sys.executable}"]
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
 
 
+@pytest.fixture(scope="session")
+def deployed(kube) -> subprocess.CompletedProcess:
+    result = make_deploy(kube)
+    assert result.returncode == 0, f"make deploy failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def stack(kube, deployed) -> NodeStack:
+    """The deployed system, plus buy and history as plain pods of their images (the same
+    container as their Knative Services) until Knative Serving runs here, and the test overlay
+    of KEDA's timings on the deployed ScaledObject."""
+    kube.run("patch", "scaledobject.keda.sh", CONSUMER, f"--namespace={NAMESPACE}", "--type=merge", "-p",
+             f'{{"spec": {{"pollingInterval": {POLLING_INTERVAL_S}, "cooldownPeriod": {COOLDOWN_S}}}}}')
+    pods = [function_test_pod(name, f"{REGISTRY}/{name}:{TAG}") for name in ("buy", "history")]
+    kube.apply(pods)
+    kube.run("wait", "--for=condition=Ready", f"--namespace={NAMESPACE}", "--timeout=120s",
+             *(f"pod/{p['metadata']['name']}" for p in pods), timeout_s=150)
+    ips = {p["metadata"]["name"]: kube.get("pod", p["metadata"]["name"])["status"]["podIP"] for p in pods}
+    mongodb_uri = kube.secret_value("mongodb-credentials", "MONGODB_URI")
+    bootstrap = kube.get("configmap", "purchase-config")["data"]["KAFKA_BOOTSTRAP_SERVERS"]
+    result = NodeStack(kube, f"http://{ips['buy-pod']}:8080", f"http://{ips['history-pod']}:8080",
+                       mongodb_uri, bootstrap)
+    wait_for(lambda: kube.condition(result.scaled_object(), "Ready") == "True", 120, "ScaledObject Ready=True")
+    yield result
+    kube.run("delete", "pod", "buy-pod", "history-pod", f"--namespace={NAMESPACE}", "--wait=false", check=False)

@@ -1,16 +1,12 @@
-"""Issue 6, test 1: `make deploy` against the loopback API server; the real KEDA operator takes the ScaledObject."""
+"""`make deploy` on the real node: every object applied, every pod of the project running for
+real on kubelet + containerd, the topic Job complete, and KEDA taking the ScaledObject."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-import pytest
 import yaml
 
-from clusterlib import K8S, ROOT, wait_for
+from clusterlib import CONSUMER, K8S, NAMESPACE, pod_timeline, record_timeline, wait_for
+from cluster import node
 
-NAMESPACE = "purchase"
 # What `make deploy` applies (mk/deploy.mk): everything under k8s/ except the optional SASL/TLS objects.
 DEPLOYED_FILES = sorted(
     [K8S / "namespace.yaml"]
@@ -30,63 +26,90 @@ def manifest_objects() -> list[tuple[str, str, str | None]]:
     return objects
 
 
-@pytest.fixture(scope="module")
-def deployed(kube):
-    """Run the real `make deploy` once, with KUBECONFIG and KUBECTL naming the loopback cluster.
-
-    DEPLOY_WAIT= skips deploy-infra's waits for the Kafka/MongoDB StatefulSets and the topic
-    Job: their pods never run here (no kubelet), so those waits could only time out.
-    """
-    env = dict(os.environ, KUBECONFIG=str(kube.kubeconfig))
-    argv = ["make", "--no-print-directory", "deploy", f"KUBECTL={kube.kubectl_path}", "DEPLOY_WAIT=",
-            "WAIT_TIMEOUT=5s", f"PYTHON={sys.executable}"]
-    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    return result
+def test_the_node_is_ready_and_runs_on_the_bridge_address(kube):
+    nodes = kube.run("get", "nodes", "-o", "json")
+    import json
+    items = json.loads(nodes.stdout)["items"]
+    assert [n["metadata"]["name"] for n in items] == [node.NODE_NAME]
+    addresses = {a["type"]: a["address"] for a in items[0]["status"]["addresses"]}
+    assert addresses["InternalIP"] == node.NODE_IP
+    assert kube.condition(items[0], "Ready") == "True"
+    info = items[0]["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == "v1.37.2" and info["containerRuntimeVersion"].startswith("containerd://")
 
 
 def test_make_deploy_applies_every_object(deployed, kube):
-    assert deployed.returncode == 0, f"make deploy failed:\n{deployed.stdout[-4000:]}\n{deployed.stderr[-4000:]}"
-    objects = manifest_objects()
-    kinds = {kind for kind, _, _ in objects}
-    assert {"namespace", "configmap", "secret", "statefulset.apps", "job.batch", "service", "ingress.networking.k8s.io",
-            "service.serving.knative.dev", "deployment.apps", "scaledobject.keda.sh"} <= kinds, kinds
-    missing = [(kind, name, ns) for kind, name, ns in objects if kube.get(kind, name, ns) is None]
+    missing = [(kind, name, ns) for kind, name, ns in manifest_objects() if kube.get(kind, name, ns) is None]
     assert not missing, f"applied by make deploy but not in the API server: {missing}"
     # The consumer starts at zero: KEDA, not the manifest, decides when it runs.
-    assert kube.replicas(NAMESPACE) == 0
+    assert kube.replicas() == 0
+
+
+def test_kafka_and_mongodb_run_as_real_pods_and_the_topic_job_completes(deployed, kube, capsys):
+    timings = {}
+    for name in ("kafka-0", "mongodb-0"):
+        pod = kube.get("pod", name)
+        assert pod["status"]["phase"] == "Running" and kube.condition(pod, "Ready") == "True", pod["status"]
+        assert pod["spec"]["nodeName"] == node.NODE_NAME
+        assert pod["status"]["podIP"].startswith(node.NODE_IP.rsplit(".", 1)[0] + ".")
+        timings[name] = pod_timeline(pod)
+    # The volumes are the node's: the claims are Bound.
+    claims = kube.items("pvc")
+    assert {c["metadata"]["name"] for c in claims} >= {"data-kafka-0", "data-mongodb-0"}
+    assert all(c["status"]["phase"] == "Bound" for c in claims)
+    job = kube.get("job.batch", "kafka-create-topics")
+    assert kube.condition(job, "Complete") == "True", job["status"]
+    log = kube.run("logs", f"--namespace={NAMESPACE}", "job/kafka-create-topics").stdout
+    assert "topic purchases: 6 partitions wanted" in log, log
+    record_timeline("infra-pods", timings)
+    with capsys.disabled():
+        print(f"\n[node] infra pods, seconds after creation: {timings}")
+
+
+def test_functions_run_non_root_with_a_read_only_root_and_passing_probes(stack, kube, capsys):
+    timings = {}
+    for name in ("buy-pod", "history-pod"):
+        pod = kube.get("pod", name)
+        assert kube.condition(pod, "Ready") == "True"
+        status = pod["status"]["containerStatuses"][0]
+        assert status["ready"] and status["restartCount"] == 0, status
+        identity = kube.run("exec", f"--namespace={NAMESPACE}", name, "--", "id", "-u").stdout.strip()
+        assert identity == "10001"
+        write = kube.run("exec", f"--namespace={NAMESPACE}", name, "--", "sh", "-c", "touch /app/x",
+                         check=False)
+        assert write.returncode != 0 and "Read-only file system" in write.stderr, write
+        log = kube.run("logs", f"--namespace={NAMESPACE}", name).stdout
+        assert "Control server error" not in log and "Read-only file system" not in log, log[-2000:]
+        timings[name] = pod_timeline(pod)
+    record_timeline("function-pods", timings)
+    with capsys.disabled():
+        print(f"\n[node] function pods, seconds after creation: {timings}")
+
+
+def test_keda_takes_the_scaledobject_ready_with_the_in_cluster_broker(stack, kube):
+    scaled = stack.scaled_object()
+    # The shipped bootstrap name, resolved by CoreDNS and routed by kube-proxy: nothing patched.
+    assert scaled["spec"]["triggers"][0]["metadata"]["bootstrapServers"] == "kafka.purchase.svc.cluster.local:9092"
+    assert kube.condition(scaled, "Ready") == "True"
+    assert scaled["status"]["scaleTargetKind"] == "apps/v1.Deployment"
+    hpa = wait_for(lambda: kube.get("horizontalpodautoscaler.autoscaling", scaled["status"]["hpaName"]), 60,
+                   "KEDA's HPA")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": CONSUMER}
+    assert hpa["spec"]["minReplicas"] == 1 and hpa["spec"]["maxReplicas"] == scaled["spec"]["maxReplicaCount"]
+    assert hpa["metadata"]["ownerReferences"][0]["kind"] == "ScaledObject"
 
 
 def test_knative_services_are_stored_with_the_real_crd(deployed, kube):
-    assert deployed.returncode == 0
     for name in ("buy", "history"):
-        ksvc = kube.get("service.serving.knative.dev", name, NAMESPACE)
+        ksvc = kube.get("service.serving.knative.dev", name)
         assert ksvc["spec"]["template"]["spec"]["containers"][0]["image"].endswith(f"/{name}:dev")
 
 
-def test_keda_takes_the_scaledobject_ready_and_creates_its_hpa(deployed, kube, servers):
-    assert deployed.returncode == 0
-    # The real operator reconciles the object as deployed: it writes status conditions.
-    wait_for(lambda: kube.condition(kube.get("scaledobject.keda.sh", "persist-purchase", NAMESPACE), "Ready"),
-             60, "KEDA status conditions on the deployed ScaledObject")
-    # kafka.purchase.svc.cluster.local has no DNS here (no cluster networking): point the one
-    # field at the session's local broker, as a cluster's DNS would, and KEDA must go Ready.
-    kube.run("patch", "scaledobject.keda.sh", "persist-purchase", f"--namespace={NAMESPACE}", "--type=json", "-p",
-             '[{"op": "replace", "path": "/spec/triggers/0/metadata/bootstrapServers", '
-             f'"value": "{servers.kafka_bootstrap}"}}]')
-    scaled = wait_for(
-        lambda: (lambda so: so if kube.condition(so, "Ready") == "True" else None)(
-            kube.get("scaledobject.keda.sh", "persist-purchase", NAMESPACE)), 90, "ScaledObject Ready=True")
-    assert kube.condition(scaled, "Active") != "True"  # nothing waits in the topic (Unknown until the first poll)
-    assert scaled["status"]["scaleTargetKind"] == "apps/v1.Deployment"
-    hpa_name = scaled["status"]["hpaName"]
-    hpa = wait_for(lambda: kube.get("horizontalpodautoscaler.autoscaling", hpa_name, NAMESPACE), 60, "KEDA's HPA")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "persist-purchase"}
-    assert hpa["spec"]["minReplicas"] == 1 and hpa["spec"]["maxReplicas"] == scaled["spec"]["maxReplicaCount"]
-    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["External"]
-    assert hpa["metadata"]["ownerReferences"][0]["kind"] == "ScaledObject"
-    # What a person would look at: `kubectl get scaledobject` shows READY True.
-    table = kube.run("get", "scaledobject", f"--namespace={NAMESPACE}").stdout
-    header, row = table.splitlines()[:2]
-    columns = dict(zip(header.split(), row.split()))
-    assert columns["READY"] == "True", table
-    assert kube.replicas(NAMESPACE) == 0
+def test_a_purchase_goes_through_the_pods_end_to_end(stack, kube):
+    """buy pod -> Kafka pod -> persist-purchase pods (KEDA) -> MongoDB pod -> history pod."""
+    user = "e2e" + __import__("uuid").uuid4().hex[:8]
+    ids = stack.buy(3, user=user)
+    wait_for(lambda: sorted(stack.stored_ids(user)) == sorted(ids), 120, "3 purchases stored")
+    answered = stack.history(user)
+    assert sorted(p["id"] for p in answered) == sorted(ids)
+    assert [p["price"] for p in answered] == [3, 2, 1]  # newest first
