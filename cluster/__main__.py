@@ -4,18 +4,22 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+from pathlib import Path
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="build/install etcd, kube-apiserver, kube-controller-manager, kubectl, KEDA")
+    sub.add_parser("build", help="build/install etcd, Kubernetes, KEDA, CoreDNS and the node's images")
     sub.add_parser("up", help="start the control plane and KEDA's operator on 127.0.0.1")
     down = sub.add_parser("down", help="stop everything `up` started, by PID")
     down.add_argument("--clean", action="store_true", help="also delete .run/cluster (certificates, etcd data)")
     sub.add_parser("status", help="show the processes, ports and KUBECONFIG")
     sub.add_parser("env", help="print `export KUBECONFIG=... KUBECTL=...` for a shell")
+    check = sub.add_parser("hostcheck", help="save, or compare with, what the node changes on the host")
+    check.add_argument("--save", metavar="FILE", help="write the host's state to FILE (before cluster-up)")
+    check.add_argument("--compare", metavar="FILE", help="fail if the host differs from FILE (after cluster-down)")
     sub.add_parser("load", help="build (if changed) the images and load them into the node's containerd")
     run = sub.add_parser("run", help="run a command with the cluster's DNS (CoreDNS) as its resolver")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="the command (after --)")
@@ -25,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         for name, path in build.ensure_all().items():
             print(f"{name:<26} {path}")
+        for ref in control.node_images()["refs"]:
+            print(f"{'image':<26} {ref}")
         return 0
     if args.command == "up":
         control.up()
@@ -36,6 +42,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return control.status()
+    if args.command == "hostcheck":
+        import json
+        now = node.host_fingerprint(node.Paths(control.RUN))
+        if args.save:
+            Path(args.save).write_text(json.dumps(now, indent=2))
+            return 0
+        before = json.loads(Path(args.compare).read_text())
+        changed = {k: (before.get(k), now[k]) for k in now if before.get(k) != now[k]}
+        for key, (was, is_now) in changed.items():
+            print(f"host state changed: {key}: before {was!r}, now {is_now!r}", file=sys.stderr)
+        print("host state as before cluster-up" if not changed else "host state NOT restored")
+        return 1 if changed else 0
     if args.command == "load":
         images = control.node_images()
         node.load_images(node.Paths(control.RUN), images["refs"], images["podman_env"])

@@ -34,6 +34,10 @@ ISOLATION_CHAIN = "PURCHASE-NODE-ISOLATION"
 PAUSE_IMAGE = "localhost/purchase-substitute/pause:catatonit"
 CNI_BIN_DIR = "/usr/lib/cni"
 CONTAINER_LOGS_DIR = Path("/var/log/containers")  # kubelet's symlink folder: not configurable
+# Host folders the node's programs create whatever their configuration says (kubelet's log
+# symlinks, containerd's shim sockets, CRI's network namespaces): removed on down if the node
+# created them.
+HOST_FOLDERS = (CONTAINER_LOGS_DIR, Path("/run/containerd"), Path("/var/run/netns"))
 # What kubelet and kube-proxy set on the host (kubelet's kernel defaults; forwarding and
 # br_netfilter for service traffic across the bridge); restored on down.
 SYSCTLS = ("kernel.panic", "kernel.panic_on_oops", "vm.overcommit_memory", "net.ipv4.ip_forward",
@@ -121,7 +125,7 @@ def record_host_state(paths: Paths) -> dict:
         "sysctls": _read_sysctls(),
         "netns": _netns_names(),
         "nft_tables": _nft_tables(),
-        "had_container_logs_dir": CONTAINER_LOGS_DIR.exists(),
+        "host_folders": {str(folder): folder.exists() for folder in HOST_FOLDERS},
         "had_bridge": Path(f"/sys/class/net/{BRIDGE}").exists(),
     }
     paths.host_state.parent.mkdir(parents=True, exist_ok=True)
@@ -178,8 +182,9 @@ def restore_host_state(paths: Paths) -> None:
     if not state["had_bridge"] and Path(f"/sys/class/net/{BRIDGE}").exists():
         _sh("ip", "link", "delete", BRIDGE, check=False)
     _sh("ip", "route", "delete", SERVICE_CIDR, check=False)
-    if not state["had_container_logs_dir"] and CONTAINER_LOGS_DIR.exists():
-        shutil.rmtree(CONTAINER_LOGS_DIR, ignore_errors=True)
+    for folder, existed in state["host_folders"].items():
+        if not existed and Path(folder).exists():
+            shutil.rmtree(folder, ignore_errors=True)
     _remove_cgroups()
     paths.host_state.unlink()
 
@@ -192,6 +197,10 @@ def _cgroup_hierarchies() -> list[Path]:
 def _create_cgroups() -> None:
     for hierarchy in _cgroup_hierarchies():
         (hierarchy / CGROUP_ROOT).mkdir(exist_ok=True)
+        # A new v1 cpuset starts with no CPUs and no memory nodes: give it its parent's.
+        for knob in ("cpuset.cpus", "cpuset.mems"):
+            if (hierarchy / knob).exists() and not (hierarchy / CGROUP_ROOT / knob).read_text().strip():
+                (hierarchy / CGROUP_ROOT / knob).write_text((hierarchy / knob).read_text())
 
 
 def _remove_cgroups() -> None:
@@ -607,3 +616,27 @@ def stop(paths: Paths, entries: list[dict], kubectl, alive) -> None:
         stop_pid(running["containerd"]["pid"], timeout_s=20)
     _unmount_under(paths.base)
     restore_host_state(paths)
+
+
+def host_fingerprint(paths: Paths) -> dict:
+    """The host state the node touches, for `python -m cluster hostcheck`: equal before
+    `cluster-up` and after `cluster-down`, or something was left behind."""
+    chains = []
+    for binary in ("iptables-save", "ip6tables-save"):
+        if shutil.which(binary):
+            chains += sorted({line.split()[0][1:] for line in _sh(binary, check=False).splitlines()
+                              if line.startswith(":") and line[1:].startswith(("KUBE-", ISOLATION_CHAIN))})
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+              if line.split()[4].startswith(str(paths.base.resolve()))]
+    return {
+        "sysctls": _read_sysctls(),
+        "iptables_chains": chains,
+        "nft_tables": _nft_tables(),
+        "netns": [n for n in _netns_names() if n.startswith("cni-")],
+        "bridge": Path(f"/sys/class/net/{BRIDGE}").exists(),
+        "service_route": bool(_sh("ip", "route", "show", SERVICE_CIDR, check=False).strip()),
+        "cgroups": sorted(str(h / CGROUP_ROOT) for h in _cgroup_hierarchies() if (h / CGROUP_ROOT).exists()),
+        "host_folders": {str(folder): folder.exists() for folder in HOST_FOLDERS},
+        "mounts": mounts,
+        "shims": len(_our_shims(paths)),
+    }
