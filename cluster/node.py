@@ -30,7 +30,9 @@ POD_SUBNET = "10.244.0.0/24"
 NODE_IP = "10.244.0.1"  # the bridge's own address: the node's InternalIP, kubelet and CoreDNS bind it
 SERVICE_CIDR = "10.96.0.0/24"
 CLUSTER_DOMAIN = "cluster.local"
-ISOLATION_CHAIN = "PURCHASE-NODE-ISOLATION"
+CHAIN_PREFIX = "PURCHASE-NODE-"  # the node's own iptables chains (mangle table), removed on down
+FORWARD_CHAIN = CHAIN_PREFIX + "FORWARD"
+INGRESS_CHAIN = CHAIN_PREFIX + "INGRESS"
 PAUSE_IMAGE = "localhost/purchase-substitute/pause:catatonit"
 CNI_BIN_DIR = "/usr/lib/cni"
 CONTAINER_LOGS_DIR = Path("/var/log/containers")  # kubelet's symlink folder: not configurable
@@ -117,6 +119,12 @@ def _nft_tables() -> list[str]:
     return sorted(line.strip() for line in out.splitlines() if line.startswith("table "))
 
 
+def _nft_table_is_empty(table: str) -> bool:
+    listing = _sh("nft", "list", *table.split(), check=False)
+    return all(not line.strip() or line.strip().startswith(("table ", "chain ", "type ", "}"))
+               for line in listing.splitlines())
+
+
 def record_host_state(paths: Paths) -> dict:
     """What the host looked like before the node touched it (kept across a failed start)."""
     if paths.host_state.exists():
@@ -141,14 +149,14 @@ def _write_sysctl(name: str, value: str) -> None:
 
 
 def _iptables_tables_clean(binary: str) -> None:
-    """Remove every KUBE-* chain and the isolation chain (and the rules jumping to them) from
+    """Remove every KUBE-* chain and the node's own chains (and the rules jumping to them) from
     each table, leaving every other rule as it is."""
     saver = f"{binary}-save"
     if shutil.which(saver) is None:
         return
     dump = _sh(saver, check=False)
     out, table, changed = [], None, False
-    ours = ("KUBE-", ISOLATION_CHAIN)
+    ours = ("KUBE-", CHAIN_PREFIX)
     for line in dump.splitlines():
         if line.startswith("*"):
             table = line
@@ -173,9 +181,10 @@ def restore_host_state(paths: Paths) -> None:
             _write_sysctl(name, value)
     _iptables_tables_clean("iptables")
     _iptables_tables_clean("ip6tables")
+    # iptables-nft leaves the tables it created; drop those that are new and now hold no rule.
     for table in _nft_tables():
-        if table not in state["nft_tables"]:
-            _sh("nft", "delete", *table.split()[1:], check=False)
+        if table not in state["nft_tables"] and _nft_table_is_empty(table):
+            _sh("nft", "delete", *table.split(), check=False)
     for name in _netns_names():
         if name not in state["netns"] and name.startswith("cni-"):
             _sh("ip", "netns", "delete", name, check=False)
@@ -242,15 +251,22 @@ def setup_network(paths: Paths) -> None:
     _write_sysctl("net.ipv4.ip_forward", "1")
     # Replies between two pods on the bridge must pass conntrack for a ClusterIP's DNAT to be undone.
     _write_sysctl("net.bridge.bridge-nf-call-iptables", "1")
-    # The mangle table's FORWARD runs before filter's, where kube-proxy and kubelet insert rules.
-    _sh("iptables", "-t", "mangle", "-N", ISOLATION_CHAIN, check=False)
-    _sh("iptables", "-t", "mangle", "-F", ISOLATION_CHAIN)
-    for rule in (["-i", BRIDGE, "-o", BRIDGE, "-j", "RETURN"], ["-i", BRIDGE, "-j", "DROP"],
-                 ["-o", BRIDGE, "-j", "DROP"]):
-        _sh("iptables", "-t", "mangle", "-A", ISOLATION_CHAIN, *rule)
-    if subprocess.run(["iptables", "-t", "mangle", "-C", "FORWARD", "-j", ISOLATION_CHAIN],
-                      capture_output=True, timeout=30).returncode != 0:
-        _sh("iptables", "-t", "mangle", "-I", "FORWARD", "1", "-j", ISOLATION_CHAIN)
+    # The mangle table runs before filter, where kube-proxy and kubelet insert their rules.
+    # FORWARD: pods reach each other (and, DNAT'd, services); nothing else crosses the bridge.
+    # PREROUTING: nothing arriving on another interface reaches the node's, pods' or services' addresses.
+    rules = {FORWARD_CHAIN: [["-i", BRIDGE, "-o", BRIDGE, "-j", "RETURN"], ["-i", BRIDGE, "-j", "DROP"],
+                             ["-o", BRIDGE, "-j", "DROP"]],
+             # (the host's own traffic to those addresses arrives on lo)
+             INGRESS_CHAIN: [["-i", "lo", "-j", "RETURN"], ["-i", BRIDGE, "-j", "RETURN"],
+                             *(["-d", cidr, "-j", "DROP"] for cidr in (POD_SUBNET, SERVICE_CIDR))]}
+    for (chain, chain_rules), hook in zip(rules.items(), ("FORWARD", "PREROUTING")):
+        _sh("iptables", "-t", "mangle", "-N", chain, check=False)
+        _sh("iptables", "-t", "mangle", "-F", chain)
+        for rule in chain_rules:
+            _sh("iptables", "-t", "mangle", "-A", chain, *rule)
+        if subprocess.run(["iptables", "-t", "mangle", "-C", hook, "-j", chain],
+                          capture_output=True, timeout=30).returncode != 0:
+            _sh("iptables", "-t", "mangle", "-I", hook, "1", "-j", chain)
     paths.cni_conf.mkdir(parents=True, exist_ok=True)
     paths.cni_ipam.mkdir(parents=True, exist_ok=True)
     (paths.cni_conf / "10-purchase.conflist").write_text(json.dumps({
@@ -625,7 +641,7 @@ def host_fingerprint(paths: Paths) -> dict:
     for binary in ("iptables-save", "ip6tables-save"):
         if shutil.which(binary):
             chains += sorted({line.split()[0][1:] for line in _sh(binary, check=False).splitlines()
-                              if line.startswith(":") and line[1:].startswith(("KUBE-", ISOLATION_CHAIN))})
+                              if line.startswith(":") and line[1:].startswith(("KUBE-", CHAIN_PREFIX))})
     mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
               if line.split()[4].startswith(str(paths.base.resolve()))]
     return {
