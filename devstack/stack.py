@@ -57,8 +57,8 @@ def start_servers(data_dir: Path, preferred_ports: bool, topic: str | None = Non
             stack.mongodb_uri = f"mongodb://127.0.0.1:{ferretdb.port}/"
         wait_for_kafka_ready(stack.kafka_bootstrap)
         ensure_topics(stack.kafka_bootstrap, {
-            topic or config.purchases_topic(): config.TOPIC_PARTITIONS,
-            dead_letter_topic or config.dead_letter_topic(): DEAD_LETTER_PARTITIONS,
+            topic or config.settings().purchases_topic: config.TOPIC_PARTITIONS,
+            dead_letter_topic or config.settings().dead_letter_topic: DEAD_LETTER_PARTITIONS,
         })
     except BaseException:
         stack.stop()

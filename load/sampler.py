@@ -9,18 +9,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from purchase_common import config  # noqa: E402
-from tools import kafka_lag  # noqa: E402
+from purchase_common import config
+from tools import keda_scaler, lag_reader
 
 KUBECTL_TIMEOUT_S = 3
 
@@ -111,14 +105,14 @@ class Kube:
 
 
 class Sampler:
-    def __init__(self, bootstrap: str, topic: str, group: str, settings: kafka_lag.ScalerSettings,
+    def __init__(self, bootstrap: str, topic: str, group: str, settings: keda_scaler.ScalerSettings,
                  kube: Kube | None, interval_s: float = 1.0, on_sample=None):
         self.bootstrap, self.topic, self.group, self.settings = bootstrap, topic, group, settings
         self.kube, self.interval_s, self.on_sample = kube, interval_s, on_sample
         self.samples: list[Sample] = []
         self.phase = "load"
         self.started = time.monotonic()
-        self._reader: kafka_lag.LagReader | None = None
+        self._reader: lag_reader.LagReader | None = None
         self._previous: dict = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -129,14 +123,14 @@ class Sampler:
 
         try:
             if self._reader is None:
-                self._reader = kafka_lag.LagReader(self.bootstrap, timeout_ms=2000)
+                self._reader = lag_reader.LagReader(self.bootstrap, timeout_ms=2000)
             offsets = self._reader.read(self.topic, self.group)
         except (KafkaError, LookupError, OSError) as exc:
             self.lag_error = f"{type(exc).__name__}: {exc}"
             sample.error = f"lag: {self.lag_error}"
             self._drop_reader()
             return
-        decision = kafka_lag.evaluate(offsets, self.settings, previous_committed=self._previous)
+        decision = keda_scaler.evaluate(offsets, self.settings, previous_committed=self._previous)
         self._previous = {p.partition: p.committed for p in offsets if p.committed is not None}
         # What the consumer still has to read: its lag, or for a partition it never committed
         # (it starts there at auto_offset_reset) every retained record, or nothing with "latest".

@@ -9,8 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from load import loadgen
+from load.sampler import Kube, Sampler
+from purchase_common import config
+from tools import keda_scaler, lag_reader
+
 DEFAULT_URL = "http://localhost:8080"
 DEFAULT_HOST = "purchase.local"
 
@@ -81,9 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def default_url() -> str:
-    from tools import kafka_lag
-
-    state = kafka_lag.read_state()
+    state = lag_reader.read_state()
     for process in state.get("processes", []):
         if process.get("name") == "gateway" and process.get("port"):
             return f"http://localhost:{process['port']}"
@@ -119,9 +120,7 @@ def per_sample_load(samples, records, offset: float) -> list[dict]:
 def summarize(samples, load_rows, result, load_offset: float, load_end_t: float, kube, settings) -> dict:
     counts = result.counts()
     accepted_latencies = [lat for _, lat, status in result.records if 200 <= status < 300]
-    from loadgen import percentiles
-
-    lat = percentiles(accepted_latencies)
+    lat = loadgen.percentiles(accepted_latencies)
     lag_samples = [s for s in samples if s.lag_total is not None]
     peak = max(lag_samples, key=lambda s: (s.lag_total, -s.t), default=None)
     drained = next((s for s in samples if s.t >= load_end_t and s.lag_total is not None and s.drained), None)
@@ -226,25 +225,18 @@ def write_outputs(args, samples, load_rows, summary, config: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    sys.path[:0] = [str(HERE), str(ROOT)]
-    import loadgen
-    from sampler import Kube, Sampler
-
-    from purchase_common import config
-    from tools import kafka_lag
-
     target = loadgen.Target(args.url or default_url(), args.host or None, args.path)
     if not args.allow_remote and not target.is_loopback():
         print(f"scale.sh: {target.host} is not a loopback address; pass --allow-remote to load a remote target",
               file=sys.stderr)
         return 2
     try:
-        settings = kafka_lag.load_settings(args.manifest)
+        settings = keda_scaler.load_settings(args.manifest)
     except ValueError as exc:
         print(f"scale.sh: {exc}; using KEDA's defaults for the verdict", file=sys.stderr)
-        settings = kafka_lag.ScalerSettings()
-    bootstrap = args.bootstrap or kafka_lag.default_bootstrap()
-    topic, group = args.topic or config.purchases_topic(), args.group or config.consumer_group()
+        settings = keda_scaler.ScalerSettings()
+    bootstrap = args.bootstrap or lag_reader.default_bootstrap()
+    topic, group = args.topic or config.settings().purchases_topic, args.group or config.settings().consumer_group
     kube = Kube(args.namespace, args.deployment, args.context)
     zero_timeout = args.zero_timeout
     if zero_timeout is None:

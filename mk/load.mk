@@ -8,7 +8,7 @@ lag: venv ## Per-partition committed/end offsets and lag of the consumer group, 
 	$(PY) -m tools.kafka_lag $(LAG_ARGS)
 
 load: venv ## Bounded purchase load via :8080 (Host: purchase.local) with a lag/replica timeline (LOAD_ARGS=--help)
-	PYTHON=$(PY) load/scale.sh $(LOAD_ARGS)
+	$(PY) -m load.scale $(LOAD_ARGS)
 
 bench: venv ## Benchmark on its own local servers vs raw baselines (minutes; not in make test) -> bench-results.json
 	$(PY) -m bench.run $(BENCH_ARGS)

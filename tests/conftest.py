@@ -7,18 +7,14 @@ Each session uses its own topic, group and database, so it never sees other data
 """
 from __future__ import annotations
 
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from devstack import stack as devstack  # noqa: E402
-from support import isolated_env  # noqa: E402
+from devstack import stack as devstack
+from support import isolated_env
 
 
 @dataclass

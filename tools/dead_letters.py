@@ -22,7 +22,7 @@ STATE = Path(__file__).resolve().parent.parent / ".run" / "state.json"
 def default_bootstrap() -> str:
     if STATE.exists() and "KAFKA_BOOTSTRAP_SERVERS" not in __import__("os").environ:
         return json.loads(STATE.read_text())["kafka_bootstrap"]
-    return ",".join(config.kafka_bootstrap_servers())
+    return config.settings().kafka_bootstrap_servers
 
 
 def read_dead_letters(bootstrap: str, topic: str, limit: int, timeout_s: float = 10) -> list[dict]:
@@ -59,7 +59,7 @@ def read_dead_letters(bootstrap: str, topic: str, limit: int, timeout_s: float =
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: the local stack)")
-    parser.add_argument("--topic", default=config.dead_letter_topic())
+    parser.add_argument("--topic", default=config.settings().dead_letter_topic)
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args()

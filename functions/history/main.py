@@ -5,33 +5,24 @@ import logging
 import urllib.parse
 
 import functions_framework
-from flask import Response, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram
 from pymongo.errors import PyMongoError
 
-from purchase_common import storage
+from purchase_common import answers, config, probes, storage
 from purchase_common.logs import get_logger, log
 from purchase_common.schema import ValidationError, validate_user_id
 
+settings = config.settings()
 logger = get_logger("history")
 REQUESTS = Counter("history_requests_total", "History requests by outcome", ["outcome"])
 QUERY_LATENCY = Histogram(
     "history_query_seconds", "MongoDB query time per history request",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
 )
-
-get_collection = storage.shared_collection
-
-
-def _error(status: int, field: str | None, message: str, outcome: str, headers: dict | None = None) -> Response:
-    REQUESTS.labels(outcome=outcome).inc()
-    body = {"error": message}
-    if field is not None:
-        body["field"] = field
-    response = jsonify(body)
-    response.status_code = status
-    response.headers.update(headers or {})
-    return response
+# Ready only while MongoDB answers: a history pod that cannot read is taken out of rotation.
+PROBES = probes.app(ready=lambda: {"mongodb": storage.reachable()})
+# The API's path, and the original system's two, kept for its clients.
+USER_PATH, LEGACY_PATH, LEGACY_QUERY_PATH = ("/api/user/", "/purchases"), "/api/getAllUserBuys/", "/api/purchases"
 
 
 def _single_param(args, name: str) -> str | None:
@@ -41,48 +32,40 @@ def _single_param(args, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _parse_limit(raw: str | None) -> int:
+def _limit(raw: str | None) -> int:
     if raw is None:
         return storage.HISTORY_DEFAULT_LIMIT
-    if not raw.isdigit() or len(raw) > 6:
+    if not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= storage.HISTORY_MAX_LIMIT:
         raise ValidationError("limit", f"limit must be an integer from 1 to {storage.HISTORY_MAX_LIMIT}")
-    limit = int(raw)
-    if not 1 <= limit <= storage.HISTORY_MAX_LIMIT:
-        raise ValidationError("limit", f"limit must be an integer from 1 to {storage.HISTORY_MAX_LIMIT}")
-    return limit
+    return int(raw)
 
 
-def _user_id_from(request) -> str:
+def _user_id(request) -> str:
     path = request.path  # already percent-decoded by werkzeug
-    if path.startswith("/api/user/") and path.endswith("/purchases"):
-        raw = path[len("/api/user/"):-len("/purchases")]
-    elif path.startswith("/api/getAllUserBuys/"):
-        raw = path[len("/api/getAllUserBuys/"):].rstrip("/")
-    else:
-        raw = _single_param(request.args, "userId")
-    return validate_user_id(raw)
+    if path.startswith(USER_PATH[0]) and path.endswith(USER_PATH[1]):
+        return validate_user_id(path[len(USER_PATH[0]):-len(USER_PATH[1])])
+    if path.startswith(LEGACY_PATH):
+        return validate_user_id(path[len(LEGACY_PATH):].rstrip("/"))
+    return validate_user_id(_single_param(request.args, "userId"))
 
 
-def _list_purchases(request) -> Response:
+def list_purchases(request):
     try:
-        user_id = _user_id_from(request)
-        limit = _parse_limit(_single_param(request.args, "limit"))
+        user_id, limit = _user_id(request), _limit(_single_param(request.args, "limit"))
         before = _single_param(request.args, "before")
         if before is not None:
             storage.decode_cursor(before)
-    except ValidationError as exc:
-        return _error(exc.status, exc.field, exc.message, "invalid")
-    except storage.InvalidCursor as exc:
-        return _error(400, "before", str(exc), "invalid")
-    try:
         with QUERY_LATENCY.time():
-            documents = storage.find_user_purchases(get_collection(), user_id, limit, before)
+            documents = storage.find_user_purchases(storage.shared_collection(), user_id, limit, before)
+    except ValidationError as exc:
+        return _answered("invalid", answers.invalid(exc))
+    except storage.InvalidCursor as exc:
+        return _answered("invalid", answers.error(400, str(exc), "before"))
     except PyMongoError as exc:
         log(logger, logging.WARNING, "database unavailable", userId=user_id, error=type(exc).__name__)
-        return _error(503, None, "purchase history temporarily unavailable; retry later", "db_unavailable",
-                      {"Retry-After": "2"})
-    REQUESTS.labels(outcome="ok").inc()
-    response = jsonify([storage.to_api(doc) for doc in documents])
+        return _answered("db_unavailable", answers.unavailable("purchase history temporarily unavailable; "
+                                                               "retry later", settings))
+    response = _answered("ok", answers.json_answer([storage.to_api(doc) for doc in documents]))
     if len(documents) == limit:
         # The body stays a plain array (the original API); the next page travels in headers.
         cursor = storage.encode_cursor(documents[-1])
@@ -92,29 +75,19 @@ def _list_purchases(request) -> Response:
     return response
 
 
-def _is_history_path(path: str) -> bool:
-    return (
-        (path.startswith("/api/user/") and path.endswith("/purchases"))
-        or path == "/api/purchases"
-        or path.startswith("/api/getAllUserBuys/")
-    )
+def _answered(outcome: str, response):
+    REQUESTS.labels(outcome=outcome).inc()
+    return response
 
 
 @functions_framework.http
 def history(request):
     path = request.path
-    if _is_history_path(path):
+    if (path.startswith(USER_PATH[0]) and path.endswith(USER_PATH[1])) or path == LEGACY_QUERY_PATH \
+            or path.startswith(LEGACY_PATH):
         if request.method not in ("GET", "HEAD"):
-            return _error(405, None, "method not allowed; use GET", "method", {"Allow": "GET, HEAD"})
-        return _list_purchases(request)
-    if path == "/healthz":
-        return jsonify({"status": "ok"})
-    if path == "/readyz":
-        try:
-            get_collection().database.client.admin.command("ping")
-        except PyMongoError:
-            return _error(503, None, "database unreachable", "not_ready")
-        return jsonify({"status": "ready"})
-    if path == "/metrics":
-        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
-    return _error(404, None, "not found", "not_found")
+            return _answered("method", answers.error(405, "method not allowed; use GET", headers={"Allow": "GET, HEAD"}))
+        return list_purchases(request)
+    if path in probes.PATHS:
+        return answers.probe(PROBES, request)
+    return _answered("not_found", answers.error(404, "not found"))

@@ -8,61 +8,12 @@ import pytest
 import requests
 from kafka import KafkaConsumer, TopicPartition
 
+from http_cases import BAD_BUYS, BAD_HISTORY
 from support import wait_until
 from devstack import stack as devstack
 from devstack.servers import free_port
 
 pytestmark = pytest.mark.integration
-JSON = {"Content-Type": "application/json"}
-
-BAD_BUYS = [
-    # (description, body bytes, headers, expected status, expected field)
-    ("missing username", b'{"userId":"u1","price":1}', JSON, 400, "username"),
-    ("missing userId", b'{"username":"a","price":1}', JSON, 400, "userId"),
-    ("missing price", b'{"username":"a","userId":"u1"}', JSON, 400, "price"),
-    ("null username", b'{"username":null,"userId":"u1","price":1}', JSON, 400, "username"),
-    ("null userId", b'{"username":"a","userId":null,"price":1}', JSON, 400, "userId"),
-    ("null price", b'{"username":"a","userId":"u1","price":null}', JSON, 400, "price"),
-    ("extra field", b'{"username":"a","userId":"u1","price":1,"isAdmin":true}', JSON, 400, "isAdmin"),
-    ("numeric userId", b'{"username":"a","userId":555,"price":1}', JSON, 400, "userId"),
-    ("numeric username", b'{"username":7,"userId":"u1","price":1}', JSON, 400, "username"),
-    ("price as string", b'{"username":"a","userId":"u1","price":"12"}', JSON, 400, "price"),
-    ("price true", b'{"username":"a","userId":"u1","price":true}', JSON, 400, "price"),
-    ("price list", b'{"username":"a","userId":"u1","price":[]}', JSON, 400, "price"),
-    ("price object", b'{"username":"a","userId":"u1","price":{}}', JSON, 400, "price"),
-    ("price NaN", b'{"username":"a","userId":"u1","price":NaN}', JSON, 400, "price"),
-    ("price Infinity", b'{"username":"a","userId":"u1","price":Infinity}', JSON, 400, "price"),
-    ("price -Infinity", b'{"username":"a","userId":"u1","price":-Infinity}', JSON, 400, "price"),
-    ("negative price", b'{"username":"a","userId":"u1","price":-1}', JSON, 400, "price"),
-    ("huge price", b'{"username":"a","userId":"u1","price":1e308}', JSON, 400, "price"),
-    ("overflowing price", b'{"username":"a","userId":"u1","price":1e999}', JSON, 400, "price"),
-    ("three decimals", b'{"username":"a","userId":"u1","price":1.005}', JSON, 400, "price"),
-    ("empty username", b'{"username":"","userId":"u1","price":1}', JSON, 400, "username"),
-    ("blank userId", b'{"username":"a","userId":"   ","price":1}', JSON, 400, "userId"),
-    ("operator userId", b'{"username":"a","userId":{"$ne":null},"price":1}', JSON, 400, "userId"),
-    ("dollar in userId", b'{"username":"a","userId":"$where","price":1}', JSON, 400, "userId"),
-    ("dot in userId", b'{"username":"a","userId":"a.b","price":1}', JSON, 400, "userId"),
-    ("long username", b'{"username":"' + b"x" * 5000 + b'","userId":"u1","price":1}', JSON, 400, "username"),
-    ("long userId", b'{"username":"a","userId":"' + b"u" * 65 + b'","price":1}', JSON, 400, "userId"),
-    ("control char", b'{"username":"a\\u0007","userId":"u1","price":1}', JSON, 400, "username"),
-    ("array body", b'[{"username":"a","userId":"u1","price":1}]', JSON, 400, "body"),
-    ("string body", b'"buy"', JSON, 400, "body"),
-    ("empty body", b"", JSON, 400, "body"),
-    ("whitespace body", b"   ", JSON, 400, "body"),
-    ("truncated JSON", b'{"username":"a",', JSON, 400, "body"),
-    ("invalid UTF-8", b'{"username":"\xff\xfe","userId":"u1","price":1}', JSON, 400, "body"),
-    ("deeply nested", b"[" * 100000 + b"]" * 100000, JSON, 413, "body"),
-    ("nested within limit", b'{"username":"a","userId":"u1","price":1,"x":' + b"[" * 50 + b"]" * 50 + b"}",
-     JSON, 400, "body"),
-    ("1 MB body", b'{"username":"' + b"a" * (1024 * 1024) + b'","userId":"u1","price":1}', JSON, 413, "body"),
-    ("text/plain", b'{"username":"a","userId":"u1","price":1}', {"Content-Type": "text/plain"}, 415,
-     "Content-Type"),
-    ("form encoded", b"username=a&userId=u1&price=1", {"Content-Type": "application/x-www-form-urlencoded"},
-     415, "Content-Type"),
-    ("no content type", b'{"username":"a","userId":"u1","price":1}', {}, 415, "Content-Type"),
-    ("bad idempotency key", b'{"username":"a","userId":"u1","price":1}',
-     {**JSON, "Idempotency-Key": "x" * 300}, 400, "Idempotency-Key"),
-]
 
 
 def end_offsets(bootstrap, topic) -> int:
@@ -97,23 +48,6 @@ def test_other_methods_on_buy_are_405(pipeline, produced_nothing, method):
     assert response.status_code == 405
     assert "POST" in response.headers["Allow"]
     assert response.json()["error"]
-
-
-BAD_HISTORY = [
-    ("/api/purchases?userId[$ne]=x", "userId"),
-    ("/api/purchases?userId=a&userId=b", "userId"),
-    ("/api/purchases", "userId"),
-    ("/api/purchases?userId=%24ne", "userId"),
-    ("/api/user/a.b/purchases", "userId"),
-    ("/api/user/a%2Fb/purchases", "userId"),
-    ("/api/getAllUserBuys/" + "x" * 65, "userId"),
-    ("/api/user/u1/purchases?limit=100000000000", "limit"),
-    ("/api/user/u1/purchases?limit=501", "limit"),
-    ("/api/user/u1/purchases?limit=-1", "limit"),
-    ("/api/user/u1/purchases?limit=0", "limit"),
-    ("/api/user/u1/purchases?limit=ten", "limit"),
-    ("/api/user/u1/purchases?before=garbage", "before"),
-]
 
 
 @pytest.mark.parametrize("path,field", BAD_HISTORY, ids=[case[0] for case in BAD_HISTORY])

@@ -9,11 +9,11 @@ import uuid
 
 import pytest
 
-from tools import kafka_lag
+from tools import keda_scaler, lag_reader
 
 pytestmark = pytest.mark.integration
 
-ROOT = kafka_lag.ROOT
+ROOT = keda_scaler.ROOT
 PER_PARTITION = {0: 30, 1: 20, 2: 10}
 DELETED_FROM_P2 = 4  # records removed by retention (DeleteRecords) from partition 2
 MANIFEST = textwrap.dedent("""
@@ -57,7 +57,7 @@ def lag_topic(servers):
 
 @pytest.fixture(scope="module")
 def reader(servers):
-    reader = kafka_lag.LagReader(servers.kafka_bootstrap, timeout_ms=10000)
+    reader = lag_reader.LagReader(servers.kafka_bootstrap, timeout_ms=10000)
     yield reader
     reader.close()
 
@@ -66,7 +66,7 @@ def reader(servers):
 def scaler(tmp_path_factory):
     path = tmp_path_factory.mktemp("manifest") / "scaledobject.yaml"
     path.write_text(MANIFEST)
-    return path, kafka_lag.load_settings(str(path))
+    return path, keda_scaler.load_settings(str(path))
 
 
 def new_group() -> str:
@@ -85,14 +85,14 @@ def test_brand_new_group(reader, lag_topic, scaler):
     offsets = reader.read(lag_topic, new_group())
     assert [(p.partition, p.committed, p.end) for p in offsets] == [(0, None, 30), (1, None, 20), (2, None, 10)]
     assert offsets[2].start == DELETED_FROM_P2
-    decision = kafka_lag.evaluate(offsets, settings)
+    decision = keda_scaler.evaluate(offsets, settings)
     # KEDA <= 2.20 with earliest: an uncommitted partition counts its whole end offset.
     assert decision.keda_total_lag == 60 and decision.total_lag is None and decision.uncommitted_partitions == 3
     assert decision.active and decision.metric == 30 and decision.desired_replicas == 3  # capped at 3 partitions
-    settings_latest = kafka_lag.ScalerSettings(**{**settings.__dict__, "offset_reset_policy": "latest"})
-    assert kafka_lag.evaluate(offsets, settings_latest).keda_total_lag == 3
-    settings_retained = kafka_lag.ScalerSettings(**{**settings.__dict__, "earliest_lag": "retained"})
-    assert kafka_lag.evaluate(offsets, settings_retained).keda_total_lag == 30 + 20 + (10 - DELETED_FROM_P2)
+    settings_latest = keda_scaler.ScalerSettings(**{**settings.__dict__, "offset_reset_policy": "latest"})
+    assert keda_scaler.evaluate(offsets, settings_latest).keda_total_lag == 3
+    settings_retained = keda_scaler.ScalerSettings(**{**settings.__dict__, "earliest_lag": "retained"})
+    assert keda_scaler.evaluate(offsets, settings_retained).keda_total_lag == 30 + 20 + (10 - DELETED_FROM_P2)
 
 
 def test_partly_consumed_then_fully_consumed(servers, reader, lag_topic, scaler):
@@ -109,7 +109,7 @@ def test_partly_consumed_then_fully_consumed(servers, reader, lag_topic, scaler)
 
         offsets = reader.read(lag_topic, group)
         assert [(p.committed, p.end) for p in offsets] == [(12, 30), (20, 20), (None, 10)]
-        decision = kafka_lag.evaluate(offsets, settings)
+        decision = keda_scaler.evaluate(offsets, settings)
         assert [p.lag for p in decision.partitions] == [18, 0, None]
         assert decision.total_lag == 18 and decision.keda_total_lag == 18 + 0 + 10
         assert decision.active and decision.desired_replicas == 3
@@ -141,7 +141,7 @@ def test_partly_consumed_then_fully_consumed(servers, reader, lag_topic, scaler)
 
     offsets = reader.read(lag_topic, group)
     assert [(p.committed, p.end) for p in offsets] == [(30, 30), (20, 20), (10, 10)]
-    decision = kafka_lag.evaluate(offsets, settings)
+    decision = keda_scaler.evaluate(offsets, settings)
     assert decision.total_lag == 0 and decision.keda_total_lag == 0
     assert not decision.active and decision.desired_replicas == 0
 

@@ -2,15 +2,10 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # k8s_helpers; devstack and the repository root
-
-import k8s_helpers as h  # noqa: E402
+import k8s_helpers as h  # pytest puts this conftest's folder on sys.path (prepend import mode)
 
 
 def pytest_configure(config):
@@ -18,6 +13,11 @@ def pytest_configure(config):
         "markers",
         "venv_install: builds a fresh virtualenv per function from PyPI (as the image build does); "
         "part of `make test`, about a minute with a warm pip cache",
+    )
+    config.addinivalue_line(
+        "markers",
+        "podman: runs the real images under podman (built or found cached by images/build.py); "
+        "skipped where podman is missing",
     )
 
 

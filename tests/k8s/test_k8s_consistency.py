@@ -1,5 +1,5 @@
 """The manifests agree with each other, with the code (lib/purchase_common/config.py,
-consumer.py, devstack/gateway.py) and with what `make build-*` produces."""
+batch_consumer.py, devstack/gateway.py) and with what `make build-*` produces."""
 from __future__ import annotations
 
 import ast
@@ -71,9 +71,9 @@ def service_for_host(host: str, port: int) -> h.Doc:
 
 
 def consumer_call() -> ast.Call:
-    tree = ast.parse((h.ROOT / "functions/persist_purchase/consumer.py").read_text())
+    tree = ast.parse((h.ROOT / "lib/purchase_common/purchase_common/batch_consumer.py").read_text())
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "KafkaConsumer"]
-    assert len(calls) == 1, "consumer.py should create its KafkaConsumer in one place"
+    assert len(calls) == 1, "the consumer should create its KafkaConsumer in one place"
     return calls[0]
 
 
@@ -94,9 +94,9 @@ def test_configmap_matches_config_constants():
 def test_consumer_code_uses_the_config_constants():
     call = consumer_call()
     keywords = {k.arg: ast.unparse(k.value) for k in call.keywords if k.arg}
-    assert keywords["group_id"] == "config.consumer_group()"
+    assert keywords["group_id"] == "settings.consumer_group"
     assert keywords["auto_offset_reset"] == "config.AUTO_OFFSET_RESET"
-    assert ast.unparse(call.args[0]) == "config.purchases_topic()"
+    assert ast.unparse(call.args[0]) == "settings.purchases_topic"
 
 
 def test_scaledobject_matches_consumer_and_config():
@@ -356,7 +356,7 @@ def test_optional_kafka_auth_reads_keys_of_its_secret():
         assert ref["name"] == "purchase-kafka-client" and ref["key"] in secret
     assert {r["parameter"] for r in auth["spec"]["secretTargetRef"]} <= {"sasl", "username", "password", "tls", "ca",
                                                                           "cert", "key", "keyPassword"}
-    # The functions read the same user: the keys config.kafka_client_options() looks up.
+    # The functions read the same user: the keys config.Settings reads for kafka_client_options().
     client_keys = {"KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"}
     assert client_keys <= set(secret)
     # Off by default: the ScaledObject references no TriggerAuthentication.

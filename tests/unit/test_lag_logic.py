@@ -1,4 +1,4 @@
-"""tools/kafka_lag.py's pure logic: KEDA's kafka-scaler arithmetic on plain offsets."""
+"""tools/keda_scaler.py (the pure logic behind tools/kafka_lag.py): KEDA's kafka-scaler arithmetic on plain offsets."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from tools import kafka_lag
-from tools.kafka_lag import PartitionOffsets as P
-from tools.kafka_lag import ScalerSettings, evaluate
+from tools import kafka_lag, keda_scaler
+from tools.keda_scaler import PartitionOffsets as P
+from tools.keda_scaler import ScalerSettings, evaluate
 
 
 def settings(**overrides) -> ScalerSettings:
@@ -172,7 +172,7 @@ SCALED_OBJECT = textwrap.dedent("""
 def test_settings_are_read_from_a_scaled_object_manifest(tmp_path):
     path = tmp_path / "so.yaml"
     path.write_text(SCALED_OBJECT)
-    s = kafka_lag.load_settings(str(path))
+    s = keda_scaler.load_settings(str(path))
     assert (s.lag_threshold, s.activation_lag_threshold, s.offset_reset_policy) == (50, 3, "latest")
     assert s.allow_idle_consumers and not s.scale_to_zero_on_invalid_offset
     assert (s.min_replica_count, s.max_replica_count, s.cooldown_period_s) == (1, 4, 60)
@@ -184,15 +184,15 @@ def test_a_file_without_scaled_object_is_an_error(tmp_path):
     path = tmp_path / "x.yaml"
     path.write_text("kind: ConfigMap\n")
     with pytest.raises(ValueError):
-        kafka_lag.load_settings(str(path))
+        keda_scaler.load_settings(str(path))
 
 
 def test_the_project_manifest_parses_when_present():
-    candidates = sorted(p for pattern in kafka_lag.MANIFEST_GLOBS for p in kafka_lag.ROOT.glob(pattern))
-    found = kafka_lag.find_scaled_object(candidates)
+    candidates = sorted(p for pattern in keda_scaler.MANIFEST_GLOBS for p in keda_scaler.ROOT.glob(pattern))
+    found = keda_scaler.find_scaled_object(candidates)
     if found is None:
         pytest.skip("no ScaledObject under k8s/keda yet")
-    s = kafka_lag.settings_from_scaled_object(found[0])
+    s = keda_scaler.settings_from_scaled_object(found[0])
     assert s.lag_threshold > 0 and s.max_replica_count >= 1
 
 

@@ -1,1 +1,8 @@
-"""Shared definitions of the purchase system: one place for each fact."""
+"""The small runtime the purchase functions stand on: one place for each fact.
+
+config (every setting, read once), schema, events, storage, logs; and the plumbing each
+function would otherwise rebuild: answers (JSON errors, 503 + Retry-After), probes
+(/healthz, /readyz, /metrics), retry (backoff), producer (buy's Kafka producer) and
+batch_consumer (persist-purchase's Kafka side). producer and batch_consumer need the
+``kafka`` extra, answers the ``http`` one; history's image installs neither Kafka client.
+"""

@@ -1,9 +1,16 @@
-"""Names and settings shared by every function, each read from the environment once.
+"""Every setting of the purchase system, each with its default and its reason, in one place.
 
-The defaults match the local stack started by ``make run`` (devstack), which prefers
-these ports; Kubernetes manifests set the same variables from a ConfigMap.
+``settings()`` reads the environment once per process into one frozen ``Settings``; the
+functions take what they need from it, nobody else reads os.environ. The defaults match
+the local stack started by ``make run`` (devstack), which prefers these ports; Kubernetes
+manifests set the same variables from a ConfigMap. README's configuration table is checked
+against this file by tests/unit/test_config.py.
 """
+from __future__ import annotations
+
+import functools
 import os
+from dataclasses import dataclass, field, fields
 
 # The fixed names that the Kubernetes manifests (ScaledObject, topic Job) must agree with;
 # tests/k8s compare the manifests against these constants.
@@ -17,80 +24,105 @@ TOPIC_PARTITIONS = 6
 DATABASE_NAME = "purchases"
 COLLECTION_NAME = "purchases"
 
-DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
-DEFAULT_MONGODB_URI = "mongodb://127.0.0.1:27017/"
+
+def _env(name: str, default, why: str, secret: bool = False):
+    return field(default=default, repr=not secret, metadata={"env": name, "why": why})
 
 
-def env_str(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap_servers: str = _env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "comma-separated; the local stack's broker")
+    mongodb_uri: str = _env("MONGODB_URI", "mongodb://127.0.0.1:27017/", "the local stack's FerretDB")
+    purchases_topic: str = _env("PURCHASES_TOPIC", PURCHASES_TOPIC, "tests and benches isolate themselves by topic")
+    dead_letter_topic: str = _env("DEAD_LETTER_TOPIC", DEAD_LETTER_TOPIC, "where poison records go, bytes intact")
+    consumer_group: str = _env("CONSUMER_GROUP", CONSUMER_GROUP, "the group KEDA's ScaledObject watches")
+    mongodb_database: str = _env("MONGODB_DATABASE", DATABASE_NAME, "tests and benches isolate themselves by database")
+    mongodb_collection: str = _env("MONGODB_COLLECTION", COLLECTION_NAME, "one document per purchase event")
+    mongodb_timeout_ms: int = _env("MONGODB_TIMEOUT_MS", 3000, "a dead database answers 503 within a request budget")
+    host: str = _env("HOST", "127.0.0.1", "loopback by default; images set 0.0.0.0 so probes can reach them")
+    port: int = _env("PORT", 8080, "read by functions-framework itself; Knative injects it")
+    health_port: int = _env("HEALTH_PORT", 8081, "the consumer's /healthz, /readyz and /metrics")
+    log_level: str = _env("LOG_LEVEL", "INFO", "JSON log lines carrying eventId from buy through persist")
+    # buy
+    kafka_send_timeout_s: float = _env("KAFKA_SEND_TIMEOUT_S", 3.0,
+                                       "whole-request budget for the broker's ack: a 503 comes well under 5 s")
+    retry_after_s: int = _env("RETRY_AFTER_S", 2, "what every 503 asks the client to wait")
+    kafka_linger_ms: int = _env("KAFKA_LINGER_MS", 2, "a short wait lets concurrent requests share one batch")
+    kafka_enable_idempotence: bool = _env(
+        "KAFKA_ENABLE_IDEMPOTENCE", False,
+        "off: kafka-python 3.0's idempotent producer stays wedged after a broker restart (tests/faults); "
+        "a retried duplicate is absorbed by the unique eventId")
+    kafka_producer_reset_after_s: float = _env(
+        "KAFKA_PRODUCER_RESET_AFTER_S", 15.0,
+        "a producer failing every send this long is replaced: client states that never recover by themselves")
+    kafka_client_id: str = _env("KAFKA_CLIENT_ID", "purchase", "names the functions in broker logs")
+    kafka_security_protocol: str = _env("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "SASL/TLS to a managed Kafka")
+    kafka_sasl_mechanism: str = _env("KAFKA_SASL_MECHANISM", "PLAIN", "with a SASL protocol")
+    kafka_sasl_username: str = _env("KAFKA_SASL_USERNAME", "", "with a SASL protocol")
+    kafka_sasl_password: str = _env("KAFKA_SASL_PASSWORD", "", "with a SASL protocol; never logged", secret=True)
+    kafka_ssl_cafile: str = _env("KAFKA_SSL_CAFILE", "", "with SSL or SASL_SSL and a private CA")
+    # persist-purchase consumer
+    consumer_batch_max: int = _env("CONSUMER_BATCH_MAX", 500, "records per poll and per insert_many")
+    consumer_poll_timeout_ms: int = _env("CONSUMER_POLL_TIMEOUT_MS", 500, "how long one poll waits for records")
+    consumer_session_timeout_ms: int = _env("CONSUMER_SESSION_TIMEOUT_MS", 10000,
+                                            "a killed replica's partitions move on after this, not after 45 s")
+    consumer_heartbeat_ms: int = _env("CONSUMER_HEARTBEAT_MS", 2000, "well inside the session timeout")
+    consumer_startup_deadline_s: float = _env("CONSUMER_STARTUP_DEADLINE_S", 120.0,
+                                              "a broker missing this long at start is a failed start")
+    write_retry_deadline_s: float = _env("WRITE_RETRY_DEADLINE_S", 600.0,
+                                         "a dead database is waited out this long, then exit non-zero, "
+                                         "nothing committed, nothing lost")
+    kafka_outage_deadline_s: float = _env("KAFKA_OUTAGE_DEADLINE_S", 600.0,
+                                          "a broker gone this long mid-run: exit non-zero, let the orchestrator decide")
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [part.strip() for part in self.kafka_bootstrap_servers.split(",") if part.strip()]
 
 
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
+def _parse(name: str, raw: str, default):
+    kind = type(default)
+    if kind is bool:
+        if raw.lower() not in ("true", "false"):
+            raise ValueError(f"environment variable {name} must be true or false, got {raw!r}")
+        return raw.lower() == "true"
     try:
-        return int(value)
+        return kind(raw)
     except ValueError as exc:
-        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from exc
+        raise ValueError(f"environment variable {name} must be {'an integer' if kind is int else 'a number'}, "
+                         f"got {raw!r}") from exc
 
 
-def env_float(name: str, default: float) -> float:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        return float(value)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name} must be a number, got {value!r}") from exc
+def load(environ=os.environ) -> Settings:
+    """Settings from an environment mapping; an unset or blank variable keeps its default."""
+    values = {}
+    for setting in fields(Settings):
+        name = setting.metadata["env"]
+        raw = environ.get(name, "").strip()
+        if raw:
+            values[setting.name] = _parse(name, raw, setting.default)
+    return Settings(**values)
 
 
-def kafka_bootstrap_servers() -> list[str]:
-    raw = env_str("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_KAFKA_BOOTSTRAP)
-    return [part.strip() for part in raw.split(",") if part.strip()]
+@functools.cache
+def settings() -> Settings:
+    """This process's settings, read from the environment on first use."""
+    return load()
 
 
-def mongodb_uri() -> str:
-    return env_str("MONGODB_URI", DEFAULT_MONGODB_URI)
+def variables() -> dict[str, tuple[object, str]]:
+    """Environment variable -> (default, why): what README's configuration table documents."""
+    return {f.metadata["env"]: (f.default, f.metadata["why"]) for f in fields(Settings)}
 
 
-def purchases_topic() -> str:
-    return env_str("PURCHASES_TOPIC", PURCHASES_TOPIC)
-
-
-def dead_letter_topic() -> str:
-    return env_str("DEAD_LETTER_TOPIC", DEAD_LETTER_TOPIC)
-
-
-def consumer_group() -> str:
-    return env_str("CONSUMER_GROUP", CONSUMER_GROUP)
-
-
-def database_name() -> str:
-    return env_str("MONGODB_DATABASE", DATABASE_NAME)
-
-
-def collection_name() -> str:
-    return env_str("MONGODB_COLLECTION", COLLECTION_NAME)
-
-
-def bind_host() -> str:
-    # Loopback by default; container images set HOST=0.0.0.0 so probes can reach them.
-    return env_str("HOST", "127.0.0.1")
-
-
-def kafka_client_options() -> dict:
+def kafka_client_options(s: Settings) -> dict:
     """Connection options every Kafka client shares; SASL/TLS only when configured."""
-    options: dict = {"bootstrap_servers": kafka_bootstrap_servers(), "client_id": env_str("KAFKA_CLIENT_ID", "purchase")}
-    protocol = env_str("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
-    options["security_protocol"] = protocol
+    protocol = s.kafka_security_protocol.upper()
+    options: dict = {"bootstrap_servers": s.bootstrap_servers, "client_id": s.kafka_client_id,
+                     "security_protocol": protocol}
     if protocol.startswith("SASL"):
-        options["sasl_mechanism"] = env_str("KAFKA_SASL_MECHANISM", "PLAIN")
-        options["sasl_plain_username"] = env_str("KAFKA_SASL_USERNAME", "")
-        options["sasl_plain_password"] = env_str("KAFKA_SASL_PASSWORD", "")
-    if protocol.endswith("SSL"):
-        cafile = env_str("KAFKA_SSL_CAFILE", "")
-        if cafile:
-            options["ssl_cafile"] = cafile
+        options.update(sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
+                       sasl_plain_password=s.kafka_sasl_password)
+    if protocol.endswith("SSL") and s.kafka_ssl_cafile:
+        options["ssl_cafile"] = s.kafka_ssl_cafile
     return options

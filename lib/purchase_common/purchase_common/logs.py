@@ -4,8 +4,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import sys
+
+from .config import settings
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,7 +33,7 @@ def get_logger(service: str) -> logging.Logger:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter(service))
         logger.addHandler(handler)
-        logger.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
+        logger.setLevel(settings().log_level.upper())
         logger.propagate = False
     return logger
 

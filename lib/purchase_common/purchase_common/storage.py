@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 
 import pymongo
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from . import config
 from .events import PurchaseEvent
@@ -26,9 +26,9 @@ HISTORY_INDEX = "userId_timestamp_desc"
 
 
 def connect(uri: str | None = None, timeout_ms: int | None = None) -> pymongo.MongoClient:
-    timeout_ms = timeout_ms or config.env_int("MONGODB_TIMEOUT_MS", 3000)
+    timeout_ms = timeout_ms or config.settings().mongodb_timeout_ms
     return pymongo.MongoClient(
-        uri or config.mongodb_uri(),
+        uri or config.settings().mongodb_uri,
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,
         socketTimeoutMS=max(timeout_ms, 10000),
@@ -38,7 +38,8 @@ def connect(uri: str | None = None, timeout_ms: int | None = None) -> pymongo.Mo
 
 
 def purchases_collection(client: pymongo.MongoClient):
-    return client[config.database_name()][config.collection_name()]
+    settings = config.settings()
+    return client[settings.mongodb_database][settings.mongodb_collection]
 
 
 _shared = None
@@ -59,6 +60,15 @@ def shared_collection():
                 ensure_indexes(collection)
                 _shared = collection
     return _shared
+
+
+def reachable() -> bool:
+    """Whether the shared collection answers a ping (connecting, and ensuring the indexes, first)."""
+    try:
+        shared_collection().database.client.admin.command("ping")
+    except PyMongoError:
+        return False
+    return True
 
 
 def ensure_indexes(collection) -> None:

@@ -1,0 +1,50 @@
+"""What every benchmark section shares: targets, sizes, output, and how purchases are made up."""
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from load import loadgen
+from purchase_common.events import build_event, to_kafka_record
+from purchase_common.schema import validate_purchase
+
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT_DIR = ROOT / ".run" / "bench"
+TARGETS = {
+    "persist_ratio": 0.90, "buy_rps": 2000, "buy_p99_ms": 50, "e2e_p99_ms": 1000, "e2e_rate": 1000,
+    "history_p99_ms": 20,
+}
+FULL = dict(level_s=8, levels=(1, 16, 64), prefill=100_000, e2e_rate=1000, e2e_s=10, e2e_threads=96,
+            history_docs=1_000_000, history_users=10_000, heavy_docs=10_000, history_checkpoints=(10_000, 100_000),
+            history_budget_s=90, history_samples=200)
+QUICK = dict(level_s=2, levels=(1, 16, 64), prefill=10_000, e2e_rate=200, e2e_s=4, e2e_threads=32,
+             history_docs=20_000, history_users=1_000, heavy_docs=1_000, history_checkpoints=(5_000,),
+             history_budget_s=20, history_samples=50)
+
+
+def say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def pct(values, points=(50, 99)) -> dict:
+    result = loadgen.percentiles(list(values), points)
+    return {k: (None if v is None else round(v * 1000, 2)) for k, v in result.items()}
+
+
+def purchase_record(index: int, users: int = 1000) -> tuple[bytes, bytes, list]:
+    purchase = validate_purchase({"username": f"bench user {index % users}", "userId": f"bench-{index % users}",
+                                  "price": round(1 + (index % 9999) / 100, 2)})
+    return to_kafka_record(build_event(purchase))
+
+
+def bench_docs(start: int, count: int, users: int, heavy_every: int, base: dt.datetime) -> list[dict]:
+    docs = []
+    for i in range(start, start + count):
+        user = "heavy-user" if heavy_every and i % heavy_every == 0 else f"u{i % users:05d}"
+        docs.append({"eventId": f"{i:012d}-{uuid.uuid4().hex[:8]}", "username": f"user {user}", "userId": user,
+                     "priceCents": 100 + i % 10000, "timestamp": base + dt.timedelta(milliseconds=i)})
+    return docs

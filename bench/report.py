@@ -1,0 +1,65 @@
+"""The benchmark's table: each measure beside its raw baseline and target."""
+from __future__ import annotations
+
+from bench.common import TARGETS
+
+
+def verdict(ok) -> str:
+    return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+
+def table(results: dict) -> str:
+    rows = [("measure", "function", "raw baseline", "ratio", "target")]
+    produce = results.get("produce")
+    if produce:
+        for fn, raw in zip(produce["buy"], produce["raw"]):
+            ratio = round(fn["per_s"] / raw["per_s"], 2) if raw["per_s"] else None
+            ok = None
+            if fn["concurrency"] == max(l["concurrency"] for l in produce["buy"]):
+                ok = fn["per_s"] >= TARGETS["buy_rps"] and (fn["p99"] or 1e9) < TARGETS["buy_p99_ms"]
+            rows.append((f"buy c={fn['concurrency']} req/s (p50/p99 ms)",
+                         f"{fn['per_s']:.0f} ({fn['p50']}/{fn['p99']})",
+                         f"{raw['per_s']:.0f} ({raw['p50']}/{raw['p99']})", ratio,
+                         f">=2000/s p99<50ms: {verdict(ok)}" if ok is not None else ""))
+        rows.append(("raw produce pipelined msgs/s", "", f"{produce['raw_pipelined']['per_s']:.0f}", "", ""))
+    persist = results.get("persist")
+    if persist:
+        ok = persist["ratio"] >= TARGETS["persist_ratio"] if persist["ratio"] is not None else None
+        rows.append((f"persist docs/s ({persist['records']} records)", persist["function"]["per_s"],
+                     persist["raw"]["per_s"], persist["ratio"], f">=0.90 of raw: {verdict(ok)}"))
+    e2e = results.get("e2e")
+    if e2e:
+        s = e2e["stored"]
+        ok = (s["p99"] or 1e9) < TARGETS["e2e_p99_ms"] and e2e["offered_rate"] >= TARGETS["e2e_rate"] \
+            and e2e["achieved_rate"] >= 0.95 * e2e["offered_rate"]
+        rows.append((f"e2e buy->stored p50/p99 ms @{e2e['offered_rate']}/s offered ({e2e['achieved_rate']}/s done)",
+                     f"{s['p50']}/{s['p99']} (n={s['count']}, missing {s['missing']})", "", "",
+                     f"p99<1s at 1000/s: {verdict(ok)}"))
+        h = e2e["history_probes"]
+        rows.append(("e2e buy->visible in history p50/p99 ms (probes)", f"{h['p50']}/{h['p99']} (n={h['found']}/{h['count']})",
+                     "", "", ""))
+    history = results.get("history")
+    if history:
+        for step in history["steps"]:
+            fn, raw = step["function"], step["raw"]
+            ratio = round(fn["p50"] / raw["p50"], 2) if fn.get("p50") and raw.get("p50") else None
+            ok = (fn["p99"] or 1e9) < TARGETS["history_p99_ms"] if step is history["steps"][-1] else None
+            rows.append((f"history p50/p99 ms, {step['documents']:,} docs",
+                         f"{fn['p50']}/{fn['p99']} (n={fn['n']}, {fn['statuses']})", f"{raw['p50']}/{raw['p99']} (n={raw['n']})",
+                         ratio, f"p99<20ms: {verdict(ok)}" if ok is not None else ""))
+        paged = history["heavy_paged"]
+        rows.append((f"history heavy user ({history['heavy_user_docs']:,}) paged p50/p99 ms",
+                     f"{paged['function']['p50']}/{paged['function']['p99']} ({paged['function']['pages']} pages, "
+                     f"{paged['function']['items']} items)",
+                     f"{paged['raw']['p50']}/{paged['raw']['p99']} ({paged['raw']['pages']} pages)", "", ""))
+        rows.append(("FerretDB plan for the history query", str(history["server_plan"]), "", "", ""))
+    for name, rss in results.get("rss", {}).items():
+        rows.append((f"peak RSS {name} MiB (max process / tree)", f"{rss['max_process_mib']} / {rss['tree_sum_mib']}",
+                     "", "", ""))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+    lines = []
+    for index, row in enumerate(rows):
+        lines.append(" | ".join(str("" if v is None else v).ljust(widths[i]) for i, v in enumerate(row)).rstrip())
+        if index == 0:
+            lines.append("-+-".join("-" * w for w in widths))
+    return "\n".join(lines)

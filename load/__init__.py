@@ -1,0 +1,1 @@
+"""Bounded purchase load with a lag/replica timeline: `python -m load.scale` (or load/scale.sh)."""

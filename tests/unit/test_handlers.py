@@ -1,0 +1,208 @@
+"""The three handlers in process, as functions-framework serves them
+(``create_app(target, source).test_client()``): no Kafka, no MongoDB, milliseconds per case.
+The same refusal tables run against the real servers in tests/integration/test_http_contract.py."""
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import functions_framework
+import pytest
+from pymongo.errors import ServerSelectionTimeoutError
+
+from http_cases import BAD_BUYS, BAD_HISTORY
+from purchase_common import batch_consumer, config, storage
+from purchase_common.events import PurchaseEvent, build_event, to_kafka_record
+from purchase_common.producer import KafkaUnavailable
+from purchase_common.schema import Purchase
+
+ROOT = Path(__file__).resolve().parents[2]
+RETRY_AFTER = str(config.settings().retry_after_s)
+
+
+def load(function: str, signature_type: str = "http"):
+    """The function's Flask app and its main module (each main.py loads once per session:
+    its Prometheus metrics register globally)."""
+    app = functions_framework.create_app(function, str(ROOT / "functions" / function / "main.py"), signature_type)
+    return app.test_client(), sys.modules["main"]
+
+
+@pytest.fixture(scope="session")
+def buy():
+    return load("buy")
+
+
+@pytest.fixture(scope="session")
+def history():
+    return load("history")
+
+
+@pytest.fixture(scope="session")
+def persist():
+    return load("persist_purchase", "cloudevent")
+
+
+class FakeProducer:
+    def __init__(self, fail: bool = False):
+        self.fail, self.sent = fail, []
+
+    def send(self, topic, key, value, headers):
+        if self.fail:
+            raise KafkaUnavailable("KafkaTimeoutError")
+        self.sent.append((topic, key, value, headers))
+        return SimpleNamespace(partition=0, offset=len(self.sent))
+
+
+@pytest.fixture
+def producer(buy, monkeypatch):
+    fake = FakeProducer()
+    monkeypatch.setattr(buy[1], "producer", fake)
+    return fake
+
+
+# --- buy ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", BAD_BUYS, ids=[case[0] for case in BAD_BUYS])
+def test_bad_buy_is_refused_before_kafka(buy, producer, case):
+    _, body, headers, status, field = case
+    response = buy[0].post("/api/buy", data=body, headers=headers)
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json["field"] == field and response.json["error"]
+    assert producer.sent == []
+
+
+def test_valid_buy_is_sent_and_answered_202(buy, producer):
+    response = buy[0].post("/api/buy", json={"username": "elad", "userId": "555", "price": 12.0},
+                           headers={"Idempotency-Key": "k-1"})
+    assert response.status_code == 202
+    assert response.json == {"message": "Purchase accepted", "id": response.json["id"]}
+    ((topic, key, _, headers),) = producer.sent
+    assert topic == config.settings().purchases_topic and key == b"555"
+    assert dict(headers)["ce_id"] == response.json["id"].encode()
+
+
+def test_unacknowledged_buy_is_503_with_retry_after_from_settings(buy, monkeypatch):
+    monkeypatch.setattr(buy[1], "producer", FakeProducer(fail=True))
+    response = buy[0].post("/api/buy", json={"username": "a", "userId": "u1", "price": 1})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == RETRY_AFTER
+    assert response.json["error"]
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_other_methods_on_buy_are_405(buy, producer, method):
+    response = buy[0].open("/api/buy", method=method)
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
+
+
+def test_buy_probes_and_metrics(buy):
+    client = buy[0]
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200, "Kafka down still means serving (503s)"
+    assert b"purchases_rejected_total" in client.get("/metrics").data
+    assert client.get("/nope").status_code == 404
+
+
+# --- history ------------------------------------------------------------------------------
+
+def unreachable_database():
+    raise ServerSelectionTimeoutError("no server")
+
+
+@pytest.mark.parametrize("path,field", BAD_HISTORY, ids=[case[0] for case in BAD_HISTORY])
+def test_bad_history_query_is_refused(history, monkeypatch, path, field):
+    monkeypatch.setattr(storage, "shared_collection", unreachable_database)
+    response = history[0].get(path)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.json["field"] == field
+
+
+def test_history_pages_through_headers(history, monkeypatch):
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    documents = [storage.to_document(PurchaseEvent(f"e{i}", when, Purchase("a", "u1", 100 + i))) for i in range(2)]
+    monkeypatch.setattr(storage, "shared_collection", lambda: None)
+    monkeypatch.setattr(storage, "find_user_purchases", lambda collection, user, limit, before: documents[:limit])
+    response = history[0].get("/api/user/u1/purchases?limit=2")
+    assert response.status_code == 200
+    assert [p["price"] for p in response.json] == [1.0, 1.01]
+    assert response.headers["X-Next-Cursor"] == storage.encode_cursor(documents[-1])
+    assert "X-Next-Cursor" not in history[0].get("/api/getAllUserBuys/u1?limit=3").headers
+
+
+def test_history_with_the_database_down_is_503_and_not_ready(history, monkeypatch):
+    monkeypatch.setattr(storage, "shared_collection", unreachable_database)
+    response = history[0].get("/api/purchases?userId=u1")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == RETRY_AFTER
+    assert history[0].get("/readyz").status_code == 503
+    assert history[0].get("/healthz").status_code == 200
+
+
+def test_history_refuses_writes(history):
+    assert history[0].post("/api/user/u1/purchases", json={}).status_code == 405
+
+
+# --- persist_purchase ---------------------------------------------------------------------
+
+def test_cloudevent_is_stored(persist, monkeypatch):
+    stored = []
+    monkeypatch.setattr(storage, "shared_collection", lambda: None)
+    monkeypatch.setattr(storage, "insert_purchases",
+                        lambda collection, docs: stored.extend(docs) or storage.WriteResult(len(docs), 0))
+    event = build_event(Purchase("via http", "u1", 4200))
+    headers = {"ce-id": event["id"], "ce-type": event["type"], "ce-source": event["source"],
+               "ce-specversion": "1.0", "ce-time": event["time"]}
+    response = persist[0].post("/", json=event.data, headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert [(d["eventId"], d["priceCents"]) for d in stored] == [(event["id"], 4200)]
+
+
+class FakeBatches:
+    """Records what the consumer loop asks of its BatchConsumer, one batch then stop."""
+
+    def __init__(self, records, write_fails: bool = False):
+        self.records, self.write_fails, self.calls = records, write_fails, []
+
+    @property
+    def running(self):
+        return bool(self.records)
+
+    def poll(self):
+        records, self.records = self.records, []
+        return records
+
+    def dead_letter(self, poison):
+        self.calls.append(("dead_letter", [reason for _, reason in poison]))
+
+    def write(self, store, events):
+        if self.write_fails:
+            raise batch_consumer.GaveUp("mongodb write abandoned")
+        self.calls.append(("write", [e.event_id for e in events]))
+
+    def commit(self, records):
+        self.calls.append(("commit", len(records)))
+
+
+def kafka_record(offset, key, value, headers):
+    return SimpleNamespace(topic="t", partition=0, offset=offset, key=key, value=value, headers=headers)
+
+
+def test_consumer_loop_dead_letters_writes_then_commits(persist):
+    event = build_event(Purchase("a", "u1", 100))
+    good = kafka_record(0, *to_kafka_record(event))
+    poison = kafka_record(1, b"k", b"not an event", [])
+    batches = FakeBatches([good, poison])
+    persist[1].consume(batches)
+    assert [name for name, _ in batches.calls] == ["dead_letter", "write", "commit"]
+    assert batches.calls[1] == ("write", [event["id"]]) and batches.calls[2] == ("commit", 2)
+
+
+def test_consumer_loop_never_commits_a_batch_it_could_not_write(persist):
+    batches = FakeBatches([kafka_record(0, *to_kafka_record(build_event(Purchase("a", "u1", 100))))],
+                          write_fails=True)
+    with pytest.raises(batch_consumer.GaveUp):
+        persist[1].consume(batches)
+    assert ("commit", 1) not in batches.calls
