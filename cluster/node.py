@@ -23,6 +23,7 @@ from . import build, pki
 
 ROOT = build.ROOT
 from devstack.servers import free_port, spawn, stop_pid  # noqa: E402
+from images.build import PAUSE_IMAGE  # noqa: E402  (containerd's sandbox image)
 
 NODE_NAME = "purchase-node"
 BRIDGE = "purchase0"
@@ -33,7 +34,6 @@ CLUSTER_DOMAIN = "cluster.local"
 CHAIN_PREFIX = "PURCHASE-NODE-"  # the node's own iptables chains (mangle table), removed on down
 FORWARD_CHAIN = CHAIN_PREFIX + "FORWARD"
 INGRESS_CHAIN = CHAIN_PREFIX + "INGRESS"
-PAUSE_IMAGE = "localhost/purchase-substitute/pause:catatonit"
 CNI_BIN_DIR = "/usr/lib/cni"
 CONTAINER_LOGS_DIR = Path("/var/log/containers")  # kubelet's symlink folder: not configurable
 # Host folders the node's programs create whatever their configuration says (kubelet's log

@@ -24,25 +24,47 @@ KAFKA_AUTH ?=
 # substitutes (cluster/README.md) because apache/kafka and mongo cannot be pulled there.
 KAFKA_IMAGE ?=
 MONGODB_IMAGE ?=
+# Empty: the Dockerfiles' own base, python:3.11-slim. Where Docker Hub is out of reach,
+# `make base-image` builds a local stand-in and prints how to build on it, e.g.
+#   make build DOCKER=podman PYTHON_IMAGE=localhost/purchase/python-base:3.11-bookworm \
+#     DOCKER_BUILD_FLAGS="$$(.venv/bin/python -m images flags)"
+PYTHON_IMAGE ?=
+# Extra `$(DOCKER) build` flags (podman on this kind of machine: runtime, ulimits, network).
+DOCKER_BUILD_FLAGS ?=
+BUILD_FLAGS = $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) $(DOCKER_BUILD_FLAGS)
 
 K8S_NS := purchase
 image = $(REGISTRY)/$(1):$(TAG)
 RENDER = set -o pipefail; $(PYTHON) k8s/render.py
 
-.PHONY: build build-buy build-history build-persist-purchase \
+.PHONY: build build-buy build-history build-persist-purchase lock base-image images \
         push push-buy push-history push-persist-purchase minikube-load \
         deploy deploy-infra deploy-buy deploy-history deploy-persist-purchase undeploy status
 
 build: build-buy build-history build-persist-purchase ## Build the three function images
 
 build-buy: ## Build the buy image, $(REGISTRY)/buy:$(TAG) (context: repository root)
-	$(DOCKER) build -f functions/buy/Dockerfile -t $(call image,buy) .
+	$(DOCKER) build $(BUILD_FLAGS) -f functions/buy/Dockerfile -t $(call image,buy) .
 
 build-history: ## Build the history image, $(REGISTRY)/history:$(TAG)
-	$(DOCKER) build -f functions/history/Dockerfile -t $(call image,history) .
+	$(DOCKER) build $(BUILD_FLAGS) -f functions/history/Dockerfile -t $(call image,history) .
 
 build-persist-purchase: ## Build the persist-purchase consumer image, $(REGISTRY)/persist-purchase:$(TAG)
-	$(DOCKER) build -f functions/persist_purchase/Dockerfile -t $(call image,persist-purchase) .
+	$(DOCKER) build $(BUILD_FLAGS) -f functions/persist_purchase/Dockerfile -t $(call image,persist-purchase) .
+
+lock: venv ## Recompile functions/*/requirements.lock (every transitive pin, with sha256) from requirements.txt
+	@for fn in buy history persist_purchase; do \
+	  $(PY) -m uv pip compile --quiet --generate-hashes --no-header --python-version 3.11 \
+	    --python-platform x86_64-manylinux_2_28 functions/$$fn/requirements.txt -o functions/$$fn/requirements.lock \
+	    || exit 1; \
+	done
+
+base-image: venv ## Build (or find cached) the local python:3.11-slim stand-in with podman (mmdebstrap, no Docker Hub)
+	@$(PY) -m images base
+	@echo "build on it: make build DOCKER=podman PYTHON_IMAGE=localhost/purchase/python-base:3.11-bookworm DOCKER_BUILD_FLAGS=\"$$($(PY) -m images flags)\""
+
+images: venv ## Build (cached) with podman the function images on the local base and the node's substitutes (images/)
+	$(PY) -m images all
 
 push: push-buy push-history push-persist-purchase ## Build and push the three images to $(REGISTRY)
 

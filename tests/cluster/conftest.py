@@ -48,11 +48,10 @@ def kube() -> Kube:
 def make_deploy(kube: Kube) -> subprocess.CompletedProcess:
     """The real `make deploy`, as a minikube user runs it, with the node's substitutes for the
     two upstream images that cannot be pulled here."""
-    from images import build as images_build
-    substitutes = images_build.build_substitutes()
+    from images import build as images_build  # cluster-up built and loaded them
     env = dict(os.environ, KUBECONFIG=str(kube.kubeconfig))
     argv = ["make", "--no-print-directory", "deploy", f"KUBECTL={kube.kubectl_path}", "WAIT_TIMEOUT=300s",
-            f"KAFKA_IMAGE={substitutes['kafka']}", f"MONGODB_IMAGE={substitutes['mongodb']}",
+            f"KAFKA_IMAGE={images_build.KAFKA_IMAGE}", f"MONGODB_IMAGE={images_build.MONGODB_IMAGE}",
             f"PYTHON={sys.executable}"]
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
 

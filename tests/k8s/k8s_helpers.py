@@ -190,7 +190,8 @@ with open(os.environ["SHIM_LOG"], "a") as log:
 
 # Variables a caller's environment (or an outer `make test REGISTRY=...`) could leak in.
 MAKE_ENV_NOISE = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "REGISTRY", "TAG", "KUBECTL",
-                  "DOCKER", "MINIKUBE", "KAFKA_AUTH", "WAIT_TIMEOUT", "DEPLOY_WAIT", "PYTHON")
+                  "DOCKER", "MINIKUBE", "KAFKA_AUTH", "WAIT_TIMEOUT", "DEPLOY_WAIT", "PYTHON",
+                  "PYTHON_IMAGE", "DOCKER_BUILD_FLAGS")
 
 
 def clean_make_env() -> dict:

@@ -55,10 +55,12 @@ def test_dockerfile_is_multistage_slim_and_non_root(function):
 def test_dockerfile_installs_pinned_requirements_and_the_shared_package(function):
     build = stages(function)[-2]
     copies = [i.args for i in build if i.op == "COPY"]
-    assert f"{FOLDERS[function]}/requirements.txt requirements.txt" in copies
+    assert f"{FOLDERS[function]}/requirements.lock requirements.lock" in copies
     assert "lib/purchase_common lib/purchase_common" in copies
     runs = " ".join(i.args for i in build if i.op == "RUN")
-    assert "pip install -r requirements.txt ./lib/purchase_common" in runs
+    # The lock (test_k8s_locks.py) pins requirements.txt and everything beneath it, with hashes.
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in runs
+    assert "pip install --no-deps ./lib/purchase_common" in runs
     requirements = (h.ROOT / FOLDERS[function] / "requirements.txt").read_text().splitlines()
     pins = [line for line in requirements if line.strip() and not line.startswith("#")]
     assert pins and all("==" in line for line in pins), f"unpinned: {[p for p in pins if '==' not in p]}"
@@ -176,7 +178,10 @@ def build_image_like_venv(function: str, root: Path) -> Path:
     venv = root / "venv"
     steps = [
         [h.python(), "-m", "venv", str(venv)],
-        [str(venv / "bin/pip"), "install", "--quiet", "-r", str(h.ROOT / folder / "requirements.txt"), str(lib)],
+        [str(venv / "bin/pip"), "install", "--quiet", "--require-hashes", "--no-deps",
+         "-r", str(h.ROOT / folder / "requirements.lock")],
+        [str(venv / "bin/pip"), "install", "--quiet", "--no-deps", str(lib)],
+        [str(venv / "bin/pip"), "check"],
         [str(venv / "bin/pip"), "uninstall", "--quiet", "--yes", "pip", "setuptools"],
     ]
     for argv in steps:

@@ -152,6 +152,18 @@ def test_build_and_push(function, make):
                                           ["push", image]]
 
 
+@pytest.mark.parametrize("function", list(h.FUNCTIONS))
+def test_build_on_another_base_image_with_extra_flags(function, make):
+    """Where python:3.11-slim cannot be pulled: PYTHON_IMAGE and DOCKER_BUILD_FLAGS reach the build."""
+    folder, image_name, _ = h.FUNCTIONS[function]
+    base = "localhost/purchase/python-base:3.11-bookworm"
+    _, calls = make(f"build-{function}", "DOCKER_BUILD_FLAGS=--network host --ulimit nofile=20000:20000",
+                    f"PYTHON_IMAGE={base}")
+    assert [c["argv"] for c in calls] == [["build", "--build-arg", f"PYTHON_IMAGE={base}", "--network", "host",
+                                           "--ulimit", "nofile=20000:20000", "-f", f"{folder}/Dockerfile",
+                                           "-t", f"dev.local/purchase/{image_name}:dev", "."]]
+
+
 def test_build_push_and_minikube_load_cover_all_images(make):
     images = {f"{REGISTRY}/{image}:{TAG}" for _, image, _ in h.FUNCTIONS.values()}
     _, calls = make("push", f"REGISTRY={REGISTRY}", f"TAG={TAG}")

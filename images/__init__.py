@@ -1,0 +1,1 @@
+"""Container images built locally with podman (images/build.py)."""
