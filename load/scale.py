@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from load import loadgen
+from load import chart, loadgen
 from load.sampler import Kube, Sampler
 from purchase_common import config
 from tools import keda_scaler, lag_reader
@@ -27,8 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             "persist-purchase consumer scale: each second it samples requests sent/accepted/failed,\n"
             "the consumer group's lag per partition (from the broker) with KEDA's verdict on it, and,\n"
             "when kubectl reaches a cluster, the deployment's replicas and pod phases. It ends with a\n"
-            "timeline and a summary. Against the local stack (`make run`) it reports throughput and lag\n"
-            "drain, and says that replica counts need a cluster."),
+            "timeline, a summary and a PNG chart of the timeline (--chart). Against the local stack\n"
+            "(`make run`) it reports throughput and lag drain, and says that replica counts need a cluster."),
         epilog=(
             "examples:\n"
             "  load/scale.sh                                  # 2000 requests, 16 at a time, via :8080\n"
@@ -75,6 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--csv", default=None, metavar="FILE", help="write the per-second samples as CSV")
     out.add_argument("--json", default=None, metavar="FILE", help="write samples and summary as JSON")
     out.add_argument("-q", "--quiet", action="store_true", help="no per-second lines, only the summary")
+    out.add_argument("--chart", default=None, metavar="FILE",
+                     help="write the timeline as a PNG chart here (default .run/scale-<date>-<time>.png)")
+    out.add_argument("--no-chart", action="store_true", help="do not draw the chart")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1 or args.duration <= 0:
         parser.error("--requests, --concurrency and --duration must be positive")
@@ -223,6 +226,20 @@ def write_outputs(args, samples, load_rows, summary, config: dict) -> None:
         print(f"samples and summary written to {args.json}")
 
 
+def draw_chart(args, samples, load_rows, result, load_offset, summary, target, tool) -> str | None:
+    """The timeline as a PNG; a missing matplotlib or a drawing error costs the chart, not the run."""
+    path = Path(args.chart) if args.chart else chart.default_path()
+    title = (f"load/scale.sh: {summary['sent']} requests ({tool}, concurrency {args.concurrency}) to "
+             f"{target.full_url}; {summary['accepted']} accepted")
+    try:
+        return str(chart.write_chart(path, samples, load_rows, result, load_offset, summary, title))
+    except ImportError as exc:
+        print(f"scale.sh: no chart ({exc}); `make venv` installs matplotlib", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"scale.sh: chart not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     target = loadgen.Target(args.url or default_url(), args.host or None, args.path)
@@ -297,12 +314,16 @@ def main(argv=None) -> int:
     samples = list(sampler.samples)
     load_rows = per_sample_load(samples, result.records, load_offset)
     summary = summarize(samples, load_rows, result, load_offset, load_end_t, kube, settings)
+    summary["chart"] = None if args.no_chart else draw_chart(args, samples, load_rows, result, load_offset,
+                                                             summary, target, generator.tool)
     print_summary(summary, samples)
     write_outputs(args, samples, load_rows, summary, {
         "url": target.full_url, "host": target.header_host, "requests": args.requests,
         "concurrency": args.concurrency, "duration_s": args.duration, "rate": args.rate, "tool": generator.tool,
         "bootstrap": bootstrap, "topic": topic, "group": group, "namespace": args.namespace,
         "deployment": args.deployment})
+    if summary["chart"]:
+        print(f"chart written to {summary['chart']}")
     return 0 if summary["accepted"] > 0 else 1
 
 

@@ -65,14 +65,24 @@ def _unmarshal(raw: bytes):
 
 
 def to_kafka_record(event: CloudEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    """Binary content mode: attributes as ce_* headers, data as the value, partitionkey as key."""
+    """Binary content mode: every attribute as a ce_* header (datacontenttype as content-type),
+    data as the value, and partitionkey both as the key and as ce_partitionkey."""
     message = to_binary(event, data_marshaller=_marshal)
     key = message.key.encode("utf-8") if isinstance(message.key, str) else message.key
-    return key, message.value, list(message.headers.items())
+    headers = list(message.headers.items())
+    if key is not None:
+        # The Kafka binding v1.0.2 maps every attribute to a ce_ header (§3.2.3) and a key
+        # mapper must not modify the event (§3.1), but the Python SDK's to_binary drops
+        # partitionkey from the headers and has no option to keep it: consumers that read
+        # attributes only from headers (the Go SDK) would lose it. Same bytes as the key.
+        headers.append(("ce_partitionkey", key))
+    return key, message.value, headers
 
 
 def from_kafka_record(key, value, headers) -> CloudEvent:
-    """Decode a consumed record; anything that is not a binary-mode CloudEvent is poison."""
+    """Decode a consumed record; anything that is not a binary-mode CloudEvent is poison.
+    Records with and without a ce_partitionkey header (older ones) both decode: the SDK
+    takes partitionkey from the key when there is one."""
     header_map = {}
     for name, raw in headers or []:
         header_map[name] = raw
