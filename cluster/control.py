@@ -17,6 +17,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+
+import yaml
 from pathlib import Path
 
 from . import build, node, pki
@@ -35,7 +37,7 @@ CRDS_DIR = Path(os.environ.get("PURCHASE_CRDS_DIR", ROOT.parent / "shared" / "cr
 # ../shared/crds has ScaledObject and TriggerAuthentication, the module has the other four.
 KEDA_MODULE_CRDS = ("keda.sh_scaledjobs.yaml", "keda.sh_clustertriggerauthentications.yaml",
                     "eventing.keda.sh_cloudeventsources.yaml", "eventing.keda.sh_clustercloudeventsources.yaml")
-SERVICE_CIDR = "10.96.0.0/24"  # ClusterIPs are only numbers in etcd here: nothing routes them
+SERVICE_CIDR = node.SERVICE_CIDR  # routed by kube-proxy on the node
 KEDA_NAMESPACE = "keda"
 
 
@@ -135,15 +137,15 @@ def _start_etcd(etcd: Path, processes: list) -> str:
 def _start_apiserver(binary: Path, etcd_url: str, processes: list) -> int:
     port = pick_port(int(os.environ.get("CLUSTER_APISERVER_PORT", "6443")))
     log = LOGS / "kube-apiserver.log"
-    argv = [str(binary), "--bind-address=127.0.0.1", f"--secure-port={port}", "--advertise-address=127.0.0.1",
+    # Listens on 127.0.0.1; advertised (the `kubernetes` Service's endpoint) at the node's
+    # address, where cluster/node.py relays to it for pods.
+    argv = [str(binary), "--bind-address=127.0.0.1", f"--secure-port={port}", f"--advertise-address={node.NODE_IP}",
             f"--etcd-servers={etcd_url}",
             f"--tls-cert-file={PKI / 'apiserver.crt'}", f"--tls-private-key-file={PKI / 'apiserver.key'}",
             f"--client-ca-file={PKI / 'ca.crt'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={PKI / 'sa.pub'}", f"--service-account-signing-key-file={PKI / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=RBAC",
-            # No kubelet serves a node IP; don't publish 127.0.0.1 as the `kubernetes` Service's endpoint.
-            "--endpoint-reconciler-type=none",
             # Aggregation layer (for an external-metrics adapter): the front-proxy identity.
             f"--requestheader-client-ca-file={PKI / 'ca.crt'}", "--requestheader-allowed-names=front-proxy-client",
             "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
@@ -312,6 +314,8 @@ def up() -> dict:
         node.start(node.Paths(RUN), binaries, server, PKI, kubectl, processes, LOGS, images["refs"],
                    images["podman_env"], checkpoint=lambda: STATE.write_text(json.dumps(state, indent=2)))
         install_crds_and_rbac()
+        if knative_enabled():
+            install_knative(images["knative"])
         _start_keda(binaries["keda-operator"], server, processes)
         STATE.write_text(json.dumps(state, indent=2))
         if adapter_enabled():
@@ -328,6 +332,28 @@ def up() -> dict:
     return state
 
 
+def knative_enabled() -> bool:
+    return os.environ.get("CLUSTER_KNATIVE", "1") not in ("0", "", "false", "no")
+
+
+def install_knative(images: dict[str, str]) -> None:
+    """Knative Serving's config/core (cluster/knative.py: local images, the test overlay of
+    shorter autoscaler windows unless CLUSTER_KNATIVE_OVERLAY=default) on the node; returns
+    once its four deployments are Available and the webhook answers admission requests."""
+    from . import knative
+    started = time.monotonic()
+    crds = knative.knative_crds()
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=crds)
+    names = [d["metadata"]["name"] for d in yaml.safe_load_all(crds) if d]
+    _wait_crds_established(names)
+    overlay = os.environ.get("CLUSTER_KNATIVE_OVERLAY", "test")
+    kubectl("apply", "-f", "-", input_text=knative.knative_manifests(images, overlay), timeout_s=300)
+    kubectl("-n", "knative-serving", "wait", "--for=condition=Available", "--timeout=240s",
+            "deployment/controller", "deployment/webhook", "deployment/activator", "deployment/autoscaler",
+            timeout_s=270)
+    say(f"Knative Serving {knative.KNATIVE_VERSION} Available in {time.monotonic() - started:.0f}s")
+
+
 def node_images() -> dict:
     """The images the node runs, built (or found cached) in podman's storage: the three
     functions under the names the manifests use, and the local substitutes (pause, Kafka,
@@ -335,7 +361,12 @@ def node_images() -> dict:
     sys.path.insert(0, str(ROOT))
     from images import build as images_build
     refs = [*images_build.build_function_images(), *images_build.build_substitutes().values()]
-    return {"refs": list(dict.fromkeys(refs)), "podman_env": images_build.podman_env()}
+    knative_images = {}
+    if knative_enabled():
+        from . import knative
+        knative_images = knative.ensure_knative_images()
+        refs += knative_images.values()
+    return {"refs": list(dict.fromkeys(refs)), "podman_env": images_build.podman_env(), "knative": knative_images}
 
 
 def down(quiet: bool = False) -> list[str]:

@@ -52,6 +52,9 @@ CGROUP_ROOT = "purchase-node"  # kubelet's cgroupRoot, created in every v1 hiera
 # client certificate towards kubelet (logs, exec); the scheduler, kube-proxy and CoreDNS as the
 # users RBAC names.
 CERTS = {
+    # The API server's serving certificate also names the addresses pods reach it at: the
+    # `kubernetes` Service's ClusterIP and the node's address (see start_apiserver_forwarder).
+    "apiserver": ("/CN=kube-apiserver", pki.SERVER_SANS + f",IP:{SERVICE_CIDR.rsplit('.', 1)[0]}.1,IP:{NODE_IP}"),
     "node": (f"/O=system:nodes/CN=system:node:{NODE_NAME}", None),
     "kubelet": (f"/CN={NODE_NAME}", f"IP:{NODE_IP},DNS:{NODE_NAME}"),
     "apiserver-kubelet-client": ("/O=system:masters/CN=kube-apiserver-kubelet-client", None),
@@ -524,6 +527,16 @@ def start_scheduler(paths: Paths, binary: Path, server: str, pki_dir: Path, proc
     _register(processes, "kube-scheduler", proc, binary.name, port, log)
 
 
+def start_apiserver_forwarder(api_port: int, processes: list, logs: Path) -> None:
+    """Pods (Knative's controllers) reach the API server through the `kubernetes` Service, whose
+    endpoint is the node's address (--advertise-address): the API server itself listens on
+    127.0.0.1 only, so this relays the node's address:port to it, one connection each."""
+    log = logs / "apiserver-forwarder.log"
+    proc = spawn("apiserver-forwarder", ["socat", f"TCP-LISTEN:{api_port},bind={NODE_IP},fork,reuseaddr",
+                                         f"TCP:127.0.0.1:{api_port}"], log)
+    _register(processes, "apiserver-forwarder", proc, "socat", api_port, log)
+
+
 def wait_node_ready(kubectl, timeout_s: float = 120) -> None:
     kubectl("wait", "--for=condition=Ready", f"--timeout={int(timeout_s)}s", f"node/{NODE_NAME}",
             timeout_s=timeout_s + 30)
@@ -598,6 +611,7 @@ def start(paths: Paths, binaries: dict, server: str, pki_dir: Path, kubectl, pro
     started = time.monotonic()
     record_host_state(paths)
     setup_network(paths)
+    start_apiserver_forwarder(int(server.rsplit(":", 1)[1]), processes, logs)
     start_containerd(paths, processes, logs)
     checkpoint()
     load_images(paths, [PAUSE_IMAGE, *images], podman_env)
@@ -616,7 +630,7 @@ def start(paths: Paths, binaries: dict, server: str, pki_dir: Path, kubectl, pro
     say(f"node {NODE_NAME} Ready at {NODE_IP} in {time.monotonic() - started:.0f}s")
 
 
-NODE_PROCESSES = ("kube-scheduler", "kube-proxy", "kubelet", "coredns", "containerd")
+NODE_PROCESSES = ("kube-scheduler", "kube-proxy", "kubelet", "coredns", "containerd", "apiserver-forwarder")
 
 
 def stop(paths: Paths, entries: list[dict], kubectl, alive) -> None:
@@ -624,7 +638,7 @@ def stop(paths: Paths, entries: list[dict], kubectl, alive) -> None:
     running = {e["name"]: e for e in entries if alive(e)}
     if "kubelet" in running and "kube-apiserver" in running:
         drain_pods(kubectl)
-    for name in ("kube-scheduler", "kube-proxy", "kubelet", "coredns"):
+    for name in ("kube-scheduler", "kube-proxy", "kubelet", "coredns", "apiserver-forwarder"):
         if name in running:
             stop_pid(running[name]["pid"], timeout_s=20)
     stop_runtime(paths)

@@ -30,6 +30,8 @@ class Target:
     url: str
     host_header: str | None = None
     path: str = "/api/buy"
+    # Sent with every request, e.g. the routing headers a Knative networking layer adds.
+    headers: dict = field(default_factory=dict)
 
     def __post_init__(self):
         parts = urlsplit(self.url)
@@ -161,7 +163,7 @@ class HttpConnection:
 def build_request(target: Target, body: bytes, extra_headers: dict | None = None) -> bytes:
     headers = [f"POST {target.request_path} HTTP/1.1", f"Host: {target.header_host}",
                "Content-Type: application/json", f"Content-Length: {len(body)}", "Connection: keep-alive"]
-    headers += [f"{k}: {v}" for k, v in (extra_headers or {}).items()]
+    headers += [f"{k}: {v}" for k, v in {**target.headers, **(extra_headers or {})}.items()]
     return ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1") + body
 
 
@@ -269,6 +271,8 @@ class HeyLoad:
                 "-o", "csv"]
         if self.target.host_header:
             argv += ["-host", self.target.host_header]
+        for name, value in self.target.headers.items():
+            argv += ["-H", f"{name}: {value}"]
         if self.rate:
             argv += ["-q", f"{max(self.rate / self.concurrency, 0.01):.2f}"]
         return argv + [self.target.full_url]

@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     load.add_argument("--host", default=DEFAULT_HOST,
                       help=f"Host header (default {DEFAULT_HOST}; '' sends the URL's host)")
     load.add_argument("--path", default="/api/buy", help="request path (default /api/buy)")
+    load.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
+                      help="extra request header, repeatable (e.g. Knative's routing headers to reach a Revision)")
     load.add_argument("--rate", type=float, default=None, help="pace to this many requests/s (default: as fast as possible)")
     load.add_argument("--users", type=int, default=1000, help="distinct userIds in the bodies (default 1000)")
     load.add_argument("--timeout", type=float, default=10, help="per-request timeout in seconds (default 10)")
@@ -242,7 +244,8 @@ def draw_chart(args, samples, load_rows, result, load_offset, summary, target, t
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    target = loadgen.Target(args.url or default_url(), args.host or None, args.path)
+    target = loadgen.Target(args.url or default_url(), args.host or None, args.path,
+                            {name.strip(): value.strip() for name, value in (h.split(":", 1) for h in args.header)})
     if not args.allow_remote and not target.is_loopback():
         print(f"scale.sh: {target.host} is not a loopback address; pass --allow-remote to load a remote target",
               file=sys.stderr)

@@ -13,7 +13,6 @@ import os
 import sys
 import time
 import uuid
-from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,6 @@ NAMESPACE = "purchase"
 CONSUMER = "persist-purchase"
 DEPLOYMENT_FILE = K8S / "keda" / "persist-purchase-deployment.yaml"
 SCALEDOBJECT_FILE = K8S / "keda" / "persist-purchase-scaledobject.yaml"
-KNATIVE_FILES = {"buy": K8S / "knative" / "buy.yaml", "history": K8S / "knative" / "history.yaml"}
 # The test overlay's KEDA timings: short enough for a test, long enough that KEDA's own loop is
 # what is measured. Thresholds, offsetResetPolicy and replica bounds stay as shipped.
 POLLING_INTERVAL_S = int(os.environ.get("CLUSTER_TEST_POLLING_INTERVAL", "3"))
@@ -40,8 +38,6 @@ COOLDOWN_S = int(os.environ.get("CLUSTER_TEST_COOLDOWN", "15"))
 MARGIN_S = float(os.environ.get("CLUSTER_TEST_MARGIN", "10"))
 HPA_SYNC_S = 15  # kube-controller-manager's --horizontal-pod-autoscaler-sync-period (cluster default)
 RESULTS = ROOT / ".run" / "cluster" / "results"
-# Labels of the plain test pods that run the function images until Knative runs here (issue 9).
-TEST_POD_LABEL = "purchase.test/role"
 
 
 def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
@@ -108,23 +104,31 @@ def load_manifest(path: Path) -> dict:
     return documents[0]
 
 
-def function_test_pod(function: str, image: str) -> dict:
-    """A plain Pod with exactly the container the Knative Service ships (image, env, probes,
-    securityContext, volumes); only what Knative itself would fill in is added: the probe
-    ports, which queue-proxy supplies under Knative."""
-    ksvc = load_manifest(KNATIVE_FILES[function])
-    template = deepcopy(ksvc["spec"]["template"])
-    spec = {k: v for k, v in template["spec"].items() if k not in ("containerConcurrency", "timeoutSeconds")}
-    container = spec["containers"][0]
-    container["image"] = image
-    port = container["ports"][0]["containerPort"]
-    for probe in ("readinessProbe", "livenessProbe"):
-        if "httpGet" in container.get(probe, {}):
-            container[probe]["httpGet"]["port"] = port
-    labels = {**template["metadata"].get("labels", {}), TEST_POD_LABEL: f"{function}-pod"}
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"{function}-pod", "namespace": NAMESPACE, "labels": labels},
-            "spec": spec}
+@dataclass(frozen=True)
+class Revision:
+    """A Knative Revision reached the way the networking layer reaches it: its Kubernetes
+    Service (pods, or the activator while it has none) with the routing headers Knative's
+    ingress adds (no Envoy-based networking layer can run here)."""
+    name: str
+    url: str
+
+    @property
+    def headers(self) -> dict:
+        return {"Knative-Serving-Namespace": NAMESPACE, "Knative-Serving-Revision": self.name}
+
+    def pods(self, kube: "Kube") -> list[dict]:
+        return [p for p in kube.items("pods", f"serving.knative.dev/revision={self.name}")
+                if not p["metadata"].get("deletionTimestamp")]
+
+
+def revision_ready(kube: "Kube", service: str) -> Revision | None:
+    """The latest Revision of a Knative Service once it is Ready, with its Service's address."""
+    ksvc = kube.get("service.serving.knative.dev", service)
+    name = ((ksvc or {}).get("status") or {}).get("latestReadyRevisionName")
+    if not name or kube.condition(kube.get("revision.serving.knative.dev", name), "Ready") != "True":
+        return None
+    cluster_ip = kube.get("service", name)["spec"]["clusterIP"]
+    return Revision(name, f"http://{cluster_ip}")
 
 
 def pod_timeline(pod: dict) -> dict:
@@ -146,8 +150,8 @@ class NodeStack:
     """The deployed system on the node: the buy/history test pods, MongoDB and Kafka by their
     Service names, and KEDA's objects in the `purchase` namespace."""
     kube: Kube
-    buy_url: str
-    history_url: str
+    buy_revision: Revision
+    history_revision: Revision
     mongodb_uri: str
     bootstrap: str
     names: dict = field(default_factory=dict)
@@ -163,8 +167,8 @@ class NodeStack:
                 deadline = time.monotonic() + retry_503_s
                 while True:
                     try:
-                        response = session.post(f"{self.buy_url}/api/buy", timeout=10,
-                                                headers={"Idempotency-Key": key},
+                        response = session.post(f"{self.buy_revision.url}/api/buy", timeout=35,
+                                                headers={"Idempotency-Key": key, **self.buy_revision.headers},
                                                 json={"username": f"node {index}", "userId": user, "price": 1 + index})
                     except requests.RequestException:
                         if time.monotonic() >= deadline:
@@ -190,7 +194,8 @@ class NodeStack:
             client.close()
 
     def history(self, user: str) -> list[dict]:
-        response = requests.get(f"{self.history_url}/api/user/{user}/purchases?limit=500", timeout=10)
+        response = requests.get(f"{self.history_revision.url}/api/user/{user}/purchases?limit=500", timeout=35,
+                                headers=self.history_revision.headers)
         assert response.status_code == 200, response.text
         return response.json()
 

@@ -19,11 +19,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from clusterlib import (CONSUMER, COOLDOWN_S, NAMESPACE, POLLING_INTERVAL_S, ROOT, Kube, NodeStack,  # noqa: E402
-                        function_test_pod, wait_for)
+                        revision_ready, wait_for)
 from cluster import control  # noqa: E402
 
 ENABLED = os.environ.get("PURCHASE_CLUSTER_TESTS") == "1"
-REGISTRY, TAG = "dev.local/purchase", "dev"  # mk/deploy.mk's defaults: the names the manifests carry
 
 
 def pytest_configure(config):
@@ -65,20 +64,15 @@ def deployed(kube) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def stack(kube, deployed) -> NodeStack:
-    """The deployed system, plus buy and history as plain pods of their images (the same
-    container as their Knative Services) until Knative Serving runs here, and the test overlay
-    of KEDA's timings on the deployed ScaledObject."""
+    """The deployed system: buy and history as Knative Revisions (reached through their
+    Revision Services, with the routing headers a Knative networking layer would add: none can
+    run here), and the test overlay of KEDA's timings on the deployed ScaledObject."""
     kube.run("patch", "scaledobject.keda.sh", CONSUMER, f"--namespace={NAMESPACE}", "--type=merge", "-p",
              f'{{"spec": {{"pollingInterval": {POLLING_INTERVAL_S}, "cooldownPeriod": {COOLDOWN_S}}}}}')
-    pods = [function_test_pod(name, f"{REGISTRY}/{name}:{TAG}") for name in ("buy", "history")]
-    kube.apply(pods)
-    kube.run("wait", "--for=condition=Ready", f"--namespace={NAMESPACE}", "--timeout=120s",
-             *(f"pod/{p['metadata']['name']}" for p in pods), timeout_s=150)
-    ips = {p["metadata"]["name"]: kube.get("pod", p["metadata"]["name"])["status"]["podIP"] for p in pods}
+    revisions = {name: wait_for(lambda n=name: revision_ready(kube, n), 180, f"{name}'s Revision Ready")
+                 for name in ("buy", "history")}
     mongodb_uri = kube.secret_value("mongodb-credentials", "MONGODB_URI")
     bootstrap = kube.get("configmap", "purchase-config")["data"]["KAFKA_BOOTSTRAP_SERVERS"]
-    result = NodeStack(kube, f"http://{ips['buy-pod']}:8080", f"http://{ips['history-pod']}:8080",
-                       mongodb_uri, bootstrap)
+    result = NodeStack(kube, revisions["buy"], revisions["history"], mongodb_uri, bootstrap)
     wait_for(lambda: kube.condition(result.scaled_object(), "Ready") == "True", 120, "ScaledObject Ready=True")
-    yield result
-    kube.run("delete", "pod", "buy-pod", "history-pod", f"--namespace={NAMESPACE}", "--wait=false", check=False)
+    return result
