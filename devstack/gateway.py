@@ -6,7 +6,8 @@
 
 Like the ingress for host purchase.local, it forwards method, path, query, headers and
 body unchanged (no rewriting), keeps upstream connections alive per thread, and answers
-502/504 as JSON when a backend is down or slow.
+502/504 as JSON when a backend is down or slow. Whatever it refuses itself (unknown
+methods, a malformed Content-Length or request line, a client that stalls) is JSON too.
 """
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "transfer-encoding", "upgrade"}
 MAX_FORWARD_BODY = 2 * 1024 * 1024
 UPSTREAM_TIMEOUT_S = 15
+# A client that announces a body and stops sending (or idles on a kept-alive connection)
+# frees its thread after this long instead of holding it forever.
+CLIENT_TIMEOUT_S = 60
+FORWARDED_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
+ALLOWED = {"buy": "POST", "history": "GET, HEAD"}
 
 
 def route(path: str) -> str | None:
@@ -38,11 +44,28 @@ def route(path: str) -> str | None:
     return None
 
 
+class BadRequest(ValueError):
+    pass
+
+
+def body_length(values: list[str]) -> int:
+    """Content-Length as RFC 9110 allows it: ASCII digits only, one value (repeats must agree)."""
+    if not values:
+        return 0
+    if len({value.strip() for value in values}) != 1:
+        raise BadRequest("conflicting Content-Length headers")
+    value = values[0].strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        raise BadRequest("Content-Length must be a non-negative integer")
+    return int(value)
+
+
 def make_handler(backends: dict[str, tuple[str, int]]):
     local = threading.local()
 
     class Gateway(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = CLIENT_TIMEOUT_S
         # Headers and body go out in separate writes; with Nagle on, the second waits for
         # the client's delayed ACK (~40 ms per request).
         disable_nagle_algorithm = True
@@ -56,13 +79,36 @@ def make_handler(backends: dict[str, tuple[str, int]]):
                 pool[backend] = http.client.HTTPConnection(host, port, timeout=UPSTREAM_TIMEOUT_S)
             return pool[backend]
 
-        def _reply(self, status: int, body: dict) -> None:
+        def _reply(self, status: int, body: dict, headers: dict | None = None) -> None:
             payload = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(payload)
+            if getattr(self, "command", None) != "HEAD":
+                self.wfile.write(payload)
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            # http.server's own refusals (bad request line, headers too long, ...) as JSON, not HTML.
+            self.close_connection = True
+            self._reply(code, {"error": message or self.responses.get(code, ("error",))[0]})
+
+        def __getattr__(self, name: str):
+            # Any method without a do_ handler (TRACE, CONNECT, PROPFIND, ...) gets a JSON 405,
+            # where http.server would answer 501 in HTML.
+            if name.startswith("do_"):
+                return self._unknown_method
+            raise AttributeError(name)
+
+        def _unknown_method(self) -> None:
+            self.close_connection = True  # any body it sent is not read
+            backend = route(urlsplit(self.path).path)
+            allow = ALLOWED.get(backend, ", ".join(FORWARDED_METHODS))
+            self._reply(405, {"error": f"method {self.command} not allowed"}, {"Allow": allow})
 
         def _forward(self) -> None:
             path = urlsplit(self.path).path
@@ -74,11 +120,23 @@ def make_handler(backends: dict[str, tuple[str, int]]):
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
                 self.close_connection = True
                 return self._reply(411, {"error": "send a Content-Length; chunked bodies are not forwarded"})
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = body_length(self.headers.get_all("Content-Length") or [])
+            except BadRequest as exc:
+                # The body's end is unknown, so the connection cannot carry another request.
+                self.close_connection = True
+                return self._reply(400, {"error": str(exc), "field": "Content-Length"})
             if length > MAX_FORWARD_BODY:
                 self.close_connection = True
                 return self._reply(413, {"error": "request body too large", "field": "body"})
-            body = self.rfile.read(length) if length else None
+            try:
+                body = self.rfile.read(length) if length else None
+            except TimeoutError:
+                self.close_connection = True
+                return self._reply(408, {"error": "request body not received in time", "field": "body"})
+            if body is not None and len(body) < length:
+                self.close_connection = True
+                return self._reply(400, {"error": "request body shorter than its Content-Length", "field": "body"})
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
             headers["X-Forwarded-For"] = self.client_address[0]
             for attempt in (1, 2):

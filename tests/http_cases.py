@@ -66,3 +66,60 @@ BAD_HISTORY = [
     ("/api/user/u1/purchases?limit=ten", "limit"),
     ("/api/user/u1/purchases?before=garbage", "before"),
 ]
+
+# Issue 13: inputs that once reached a 500, an HTML answer, a hang or a dropped connection.
+HUGE_INTEGER = b"9" * 5000  # over Python's 4300-digit int-string limit
+BAD_BUYS += [
+    ("5000-digit integer price", b'{"username":"a","userId":"u1","price":' + HUGE_INTEGER + b"}", JSON, 400, "price"),
+    ("5000-digit integer userId", b'{"username":"a","userId":' + HUGE_INTEGER + b',"price":1}', JSON, 400, "userId"),
+    ("5000-digit integer username", b'{"username":' + HUGE_INTEGER + b',"userId":"u1","price":1}', JSON, 400,
+     "username"),
+    ("5000-digit integer in an unknown field", b'{"username":"a","userId":"u1","price":1,"n":' + HUGE_INTEGER + b"}",
+     JSON, 400, "n"),
+    ("exponent beyond Decimal", b'{"username":"a","userId":"u1","price":1E+999999999999999999999}', JSON, 400,
+     "price"),
+    ("negative exponent beyond Decimal", b'{"username":"a","userId":"u1","price":1E-999999999999999999999}', JSON,
+     400, "price"),
+]
+
+BAD_HISTORY += [
+    ("/api/user/u1/purchases?limit=%C2%B2", "limit"),      # superscript two: isdigit() but not int()
+    ("/api/user/u1/purchases?limit=%E2%91%A0", "limit"),   # circled one
+    ("/api/user/u1/purchases?limit=%D9%A5", "limit"),      # Arabic-Indic five: int() reads 5
+    ("/api/user/u1/purchases?limit=%EF%BC%95", "limit"),   # fullwidth five
+    ("/api/user/u1/purchases?limit=%2B5", "limit"),
+    ("/api/user/u1/purchases?limit=%205", "limit"),
+    ("/api/user/u1/purchases?limit=5.0", "limit"),
+    ("/api/getAllUserBuys/u1?limit=1e2", "limit"),
+]
+
+# Whitespace str.strip() removes but a header must not carry (or a URI must escape): the
+# userId is valid once trimmed, and the paging links must use the trimmed one.
+PADDINGS = ["%0B", "%0C", "%0D", "%1C", "%1F", "%E2%80%A8", "%E3%80%80", "%20", "%09"]
+# (raw path template with {pad} and {uid}, canonical path of the next-page link)
+PADDED_USER_PATHS = [
+    ("/api/user/{pad}{uid}/purchases?limit=1", "/api/user/{uid}/purchases?limit=1&before="),
+    ("/api/user/{uid}{pad}/purchases?limit=1", "/api/user/{uid}/purchases?limit=1&before="),
+    ("/api/getAllUserBuys/{pad}{uid}?limit=1", "/api/getAllUserBuys/{uid}?limit=1&before="),
+    ("/api/purchases?userId={pad}{uid}&limit=1", "/api/purchases?userId={uid}&limit=1&before="),
+]
+PADDED_USER_CASES = [(raw.replace("{pad}", pad), link) for raw, link in PADDED_USER_PATHS for pad in PADDINGS]
+
+# Paths the functions' router refuses before the function runs: a JSON 404, not HTML.
+UNROUTABLE = ["/api/user/%0A555/purchases", "/api/getAllUserBuys/5%0A55", "/api/buy%0A", "/nope", "/robots.txt"]
+# Methods no route allows: a JSON 405 from the function and from the gateway alike.
+UNKNOWN_METHODS = [(method, path) for method in ("TRACE", "CONNECT", "PROPFIND")
+                   for path in ("/api/buy", "/api/user/u1/purchases", "/api/getAllUserBuys/u1")]
+# Raw requests the gateway itself must refuse with a JSON 400, promptly, keeping the socket
+# long enough to answer: (description, request bytes).
+BAD_FRAMING = [
+    ("Content-Length abc", b"POST /api/buy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: abc\r\n\r\n{}"),
+    ("Content-Length -1", b"POST /api/buy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: -1\r\n\r\n{}"),
+    ("Content-Length +2", b"POST /api/buy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: +2\r\n\r\n{}"),
+    ("conflicting Content-Lengths", b"POST /api/buy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                    b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}"),
+    ("Content-Length on GET", b"GET /api/user/u1/purchases HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"),
+]

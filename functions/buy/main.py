@@ -7,8 +7,8 @@ import time
 import functions_framework
 from prometheus_client import Counter, Histogram
 
-from purchase_common import answers, config, probes
-from purchase_common.events import build_event, to_kafka_record, validate_idempotency_key
+from purchase_common import answers, config, idempotency, probes
+from purchase_common.events import build_event, event_id_for, to_kafka_record, validate_idempotency_key
 from purchase_common.logs import get_logger, log
 from purchase_common.producer import KafkaUnavailable, Producer
 from purchase_common.schema import FIELDS, MAX_BODY_BYTES, ValidationError, parse_json_body, validate_purchase
@@ -16,6 +16,10 @@ from purchase_common.schema import FIELDS, MAX_BODY_BYTES, ValidationError, pars
 settings = config.settings()
 logger = get_logger("buy")
 producer = Producer(settings, logger)
+fingerprints = idempotency.FingerprintStore(
+    settings.idempotency_store_path or idempotency.default_path(settings.purchases_topic),
+    settings.idempotency_window_s)
+answers.install_json_errors(functions_framework.errorhandler, logger)
 # Serving is all readiness means here: with Kafka down, buy still answers (503) at once.
 PROBES = probes.app()
 # Metric label values must stay a fixed set: an unknown field's name is client-chosen.
@@ -54,6 +58,10 @@ def accept_purchase(request):
         reason = f"invalid_{exc.field}" if exc.field in KNOWN_FIELDS else "invalid_unknown_field"
         return _refused(reason, answers.invalid(exc))
 
+    if idempotency_key is not None and not fingerprints.claim(event_id_for(purchase.user_id, idempotency_key),
+                                                              idempotency.fingerprint(purchase)):
+        return _refused("idempotency_key_reused", answers.error(
+            422, "Idempotency-Key was already used for a different purchase; use a new key", "Idempotency-Key"))
     event = build_event(purchase, idempotency_key)
     started = time.perf_counter()
     try:
@@ -78,4 +86,6 @@ def buy(request):
         return accept_purchase(request)
     if path in probes.PATHS:
         return answers.probe(PROBES, request)
+    if path == "/openapi.json":
+        return answers.openapi(request)
     return _refused("not_found", answers.error(404, "not found"))

@@ -21,6 +21,7 @@ QUERY_LATENCY = Histogram(
 )
 # Ready only while MongoDB answers: a history pod that cannot read is taken out of rotation.
 PROBES = probes.app(ready=lambda: {"mongodb": storage.reachable()})
+answers.install_json_errors(functions_framework.errorhandler, logger)
 # The API's path, and the original system's two, kept for its clients.
 USER_PATH, LEGACY_PATH, LEGACY_QUERY_PATH = ("/api/user/", "/purchases"), "/api/getAllUserBuys/", "/api/purchases"
 
@@ -35,18 +36,33 @@ def _single_param(args, name: str) -> str | None:
 def _limit(raw: str | None) -> int:
     if raw is None:
         return storage.HISTORY_DEFAULT_LIMIT
-    if not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= storage.HISTORY_MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also takes "²" or "٥", which int() refuses or reads as 5.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 1 <= int(raw) <= storage.HISTORY_MAX_LIMIT:
         raise ValidationError("limit", f"limit must be an integer from 1 to {storage.HISTORY_MAX_LIMIT}")
     return int(raw)
 
 
 def _user_id(request) -> str:
+    """The canonical (trimmed, validated) userId, wherever the route carries it."""
     path = request.path  # already percent-decoded by werkzeug
     if path.startswith(USER_PATH[0]) and path.endswith(USER_PATH[1]):
         return validate_user_id(path[len(USER_PATH[0]):-len(USER_PATH[1])])
     if path.startswith(LEGACY_PATH):
         return validate_user_id(path[len(LEGACY_PATH):].rstrip("/"))
     return validate_user_id(_single_param(request.args, "userId"))
+
+
+def _next_page_link(request, user_id: str, limit: int, cursor: str) -> str:
+    """Built from the canonical userId and limit only, never from the raw path or query: what
+    the client sent may carry whitespace that is illegal in a header or not a valid URI."""
+    query = {"limit": limit, "before": cursor}
+    if request.path.startswith(USER_PATH[0]):
+        path = f"{USER_PATH[0]}{user_id}{USER_PATH[1]}"
+    elif request.path.startswith(LEGACY_PATH):
+        path = f"{LEGACY_PATH}{user_id}"
+    else:
+        path, query = LEGACY_QUERY_PATH, {"userId": user_id, **query}
+    return f"<{path}?{urllib.parse.urlencode(query)}>; rel=\"next\""
 
 
 def list_purchases(request):
@@ -69,9 +85,8 @@ def list_purchases(request):
     if len(documents) == limit:
         # The body stays a plain array (the original API); the next page travels in headers.
         cursor = storage.encode_cursor(documents[-1])
-        query = urllib.parse.urlencode({**{k: v for k, v in request.args.items() if k != "before"}, "before": cursor})
         response.headers["X-Next-Cursor"] = cursor
-        response.headers["Link"] = f'<{request.path}?{query}>; rel="next"'
+        response.headers["Link"] = _next_page_link(request, user_id, limit, cursor)
     return response
 
 
@@ -90,4 +105,6 @@ def history(request):
         return list_purchases(request)
     if path in probes.PATHS:
         return answers.probe(PROBES, request)
+    if path == "/openapi.json":
+        return answers.openapi(request)
     return _answered("not_found", answers.error(404, "not found"))

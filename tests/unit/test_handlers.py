@@ -12,14 +12,15 @@ import functions_framework
 import pytest
 from pymongo.errors import ServerSelectionTimeoutError
 
-from http_cases import BAD_BUYS, BAD_HISTORY
-from purchase_common import batch_consumer, config, storage
+from http_cases import BAD_BUYS, BAD_HISTORY, PADDED_USER_CASES, UNKNOWN_METHODS, UNROUTABLE
+from purchase_common import batch_consumer, config, idempotency, storage
 from purchase_common.events import PurchaseEvent, build_event, to_kafka_record
 from purchase_common.producer import KafkaUnavailable
 from purchase_common.schema import Purchase
 
 ROOT = Path(__file__).resolve().parents[2]
 RETRY_AFTER = str(config.settings().retry_after_s)
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def load(function: str, signature_type: str = "http"):
@@ -56,7 +57,7 @@ class FakeProducer:
 
 
 @pytest.fixture
-def producer(buy, monkeypatch):
+def producer(buy, monkeypatch, fresh_keys):
     fake = FakeProducer()
     monkeypatch.setattr(buy[1], "producer", fake)
     return fake
@@ -106,6 +107,68 @@ def test_buy_probes_and_metrics(buy):
     assert client.get("/nope").status_code == 404
 
 
+@pytest.fixture
+def fresh_keys(buy, monkeypatch, tmp_path):
+    store = idempotency.FingerprintStore(str(tmp_path / "keys.sqlite3"), window_s=3600)
+    monkeypatch.setattr(buy[1], "fingerprints", store)
+    return store
+
+
+def test_same_key_same_purchase_gets_the_original_answer(buy, producer, fresh_keys):
+    first = buy[0].post("/api/buy", json={"username": "elad", "userId": "555", "price": 12},
+                        headers={"Idempotency-Key": "order-7"})
+    # The same purchase written differently (padding, 12 vs 12.00) is the same purchase.
+    again = buy[0].post("/api/buy", data=b'{"price": 12.00, "userId": " 555", "username": "elad "}',
+                        headers={**JSON_HEADERS, "Idempotency-Key": "order-7"})
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert first.json == again.json
+    assert {dict(headers)["ce_id"] for *_, headers in producer.sent} == {first.json["id"].encode()}
+
+
+@pytest.mark.parametrize("changed", [{"price": 13}, {"username": "someone else"}])
+def test_same_key_different_purchase_is_422_and_not_produced(buy, producer, fresh_keys, changed):
+    original = {"username": "elad", "userId": "555", "price": 12}
+    assert buy[0].post("/api/buy", json=original, headers={"Idempotency-Key": "k"}).status_code == 202
+    response = buy[0].post("/api/buy", json={**original, **changed}, headers={"Idempotency-Key": "k"})
+    assert response.status_code == 422
+    assert response.json["field"] == "Idempotency-Key" and response.json["error"]
+    assert len(producer.sent) == 1
+    # The key is per user: another user may use the same one.
+    assert buy[0].post("/api/buy", json={**original, "userId": "556"},
+                       headers={"Idempotency-Key": "k"}).status_code == 202
+
+
+def test_an_expired_key_may_carry_a_new_purchase(buy, producer, monkeypatch, tmp_path):
+    monkeypatch.setattr(buy[1], "fingerprints", idempotency.FingerprintStore(str(tmp_path / "k.db"), window_s=0))
+    for price in (1, 2):
+        assert buy[0].post("/api/buy", json={"username": "a", "userId": "u1", "price": price},
+                           headers={"Idempotency-Key": "k"}).status_code == 202
+
+
+@pytest.mark.parametrize("path", UNROUTABLE)
+def test_routing_failures_are_json_404(buy, history, path):
+    for client, _ in (buy, history):
+        response = client.get(path)
+        assert response.status_code == 404, (path, response.get_data(as_text=True))
+        assert response.headers["Content-Type"].startswith("application/json") and response.json["error"]
+
+
+@pytest.mark.parametrize("method,path", UNKNOWN_METHODS)
+def test_unknown_methods_are_json_405(buy, history, producer, method, path):
+    client = buy[0] if path == "/api/buy" else history[0]
+    response = client.open(path, method=method)
+    assert response.status_code == 405 and response.headers["Allow"]
+    assert response.json["error"]
+
+
+@pytest.mark.parametrize("name", ["buy", "history"])
+def test_each_http_function_serves_the_openapi_document(buy, history, name):
+    response = {"buy": buy, "history": history}[name][0].get("/openapi.json")
+    assert response.status_code == 200 and response.json["openapi"].startswith("3.1")
+    assert set(response.json["paths"]) >= {"/api/buy", "/api/user/{userId}/purchases", "/api/purchases",
+                                           "/api/getAllUserBuys/{userId}"}
+
+
 # --- history ------------------------------------------------------------------------------
 
 def unreachable_database():
@@ -130,6 +193,24 @@ def test_history_pages_through_headers(history, monkeypatch):
     assert [p["price"] for p in response.json] == [1.0, 1.01]
     assert response.headers["X-Next-Cursor"] == storage.encode_cursor(documents[-1])
     assert "X-Next-Cursor" not in history[0].get("/api/getAllUserBuys/u1?limit=3").headers
+
+
+@pytest.mark.parametrize("raw,link", PADDED_USER_CASES, ids=[case[0] for case in PADDED_USER_CASES])
+def test_padded_user_id_is_trimmed_for_the_query_and_the_links(history, monkeypatch, raw, link):
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    queried = []
+
+    def find(collection, user, limit, before):
+        queried.append(user)
+        return [storage.to_document(PurchaseEvent("e1", when, Purchase("a", user, 100)))]
+
+    monkeypatch.setattr(storage, "shared_collection", lambda: None)
+    monkeypatch.setattr(storage, "find_user_purchases", find)
+    response = history[0].get(raw.replace("{uid}", "555"))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert queried == ["555"]
+    cursor = response.headers["X-Next-Cursor"]
+    assert response.headers["Link"] == f'<{link.replace("{uid}", "555")}{cursor}>; rel="next"'
 
 
 def test_history_with_the_database_down_is_503_and_not_ready(history, monkeypatch):

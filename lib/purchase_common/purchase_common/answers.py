@@ -2,7 +2,11 @@
 and the probe paths handed to the one probe app."""
 from __future__ import annotations
 
+import functools
+import importlib.resources
+
 from flask import Response, jsonify
+from werkzeug.exceptions import HTTPException
 
 from .config import Settings
 from .schema import ValidationError
@@ -33,5 +37,35 @@ def json_answer(body, status: int = 200) -> Response:
     return response
 
 
+@functools.cache
+def _openapi_bytes() -> bytes:
+    return importlib.resources.files(__package__).joinpath("openapi.json").read_bytes()
+
+
+def openapi(request) -> Response:
+    """The HTTP API's OpenAPI 3.1 document (the one copy, shipped in this package)."""
+    if request.method not in ("GET", "HEAD"):
+        return error(405, "method not allowed; use GET", headers={"Allow": "GET, HEAD"})
+    return Response(_openapi_bytes(), 200, mimetype="application/json")
+
+
 def probe(probe_app, request) -> Response:
     return Response.from_app(probe_app, request.environ)
+
+
+def install_json_errors(errorhandler, logger=None) -> None:
+    """Answer what Flask decides before the function runs as JSON too: routing failures
+    (a path its router rejects, e.g. with %0A in a segment, is a 404) and crashes (500,
+    replacing functions-framework's plain-text crash answer). ``errorhandler`` is
+    ``functions_framework.errorhandler``, bound to the app while main.py loads."""
+
+    @errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        return error(exc.code or 500, (exc.name or "error").lower())
+
+    @errorhandler(500)
+    def _crash(exc):
+        if logger is not None:
+            original = getattr(exc, "original_exception", None) or exc
+            logger.error("unhandled error: %s", type(original).__name__)
+        return error(500, "internal error")

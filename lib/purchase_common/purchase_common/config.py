@@ -55,6 +55,11 @@ class Settings:
     kafka_producer_reset_after_s: float = _env(
         "KAFKA_PRODUCER_RESET_AFTER_S", 15.0,
         "a producer failing every send this long is replaced: client states that never recover by themselves")
+    idempotency_window_s: float = _env("IDEMPOTENCY_WINDOW_S", 86400.0,
+                                       "how long a reused Idempotency-Key must carry the same purchase (else 422)")
+    idempotency_store_path: str = _env("IDEMPOTENCY_STORE_PATH", "",
+                                       "SQLite file the buy workers of one pod share for key fingerprints; "
+                                       "unset: one per topic in the temp folder")
     kafka_client_id: str = _env("KAFKA_CLIENT_ID", "purchase", "names the functions in broker logs")
     kafka_security_protocol: str = _env("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "SASL/TLS to a managed Kafka")
     kafka_sasl_mechanism: str = _env("KAFKA_SASL_MECHANISM", "PLAIN", "with a SASL protocol")

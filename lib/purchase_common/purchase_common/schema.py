@@ -55,10 +55,18 @@ class Purchase:
 
 
 class _NonFinite:
-    """Stands in for NaN/Infinity literals so validation can name the field they were in."""
+    """Stands in for a number literal that has no usable value (NaN, Infinity, or an exponent
+    beyond what Decimal can hold), so validation can name the field it was in."""
 
     def __init__(self, literal: str):
         self.literal = literal
+
+
+def _decimal_or_marker(literal: str):
+    try:
+        return Decimal(literal)
+    except InvalidOperation:  # e.g. 1E+999999999999999999999: not a ValueError, would escape json
+        return _NonFinite(literal[:32])
 
 
 def _check_depth(value, depth: int = 0) -> None:
@@ -81,11 +89,15 @@ def parse_json_body(raw: bytes):
     except UnicodeDecodeError:
         raise ValidationError("body", "request body is not valid UTF-8") from None
     try:
-        value = json.loads(text, parse_float=Decimal, parse_constant=_NonFinite)
+        # Integers as Decimal too: int() refuses literals over 4300 digits with a bare ValueError.
+        value = json.loads(text, parse_float=_decimal_or_marker, parse_int=_decimal_or_marker,
+                           parse_constant=_NonFinite)
     except RecursionError:
         raise ValidationError("body", "JSON nested too deeply") from None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ValidationError("body", f"request body is not valid JSON: {exc.msg}") from None
+    except ValueError:
+        raise ValidationError("body", "request body is not valid JSON") from None
     _check_depth(value)
     return value
 
@@ -117,7 +129,7 @@ def validate_price(value) -> int:
     if value is None:
         raise ValidationError("price", "price is required")
     if isinstance(value, _NonFinite):
-        raise ValidationError("price", f"price must be a finite number, not {value.literal}")
+        raise ValidationError("price", f"price must be a finite number from 0 to {PRICE_MAX}, not {value.literal}")
     # bool is an int subclass in Python; JSON true is not a price.
     if isinstance(value, bool) or not isinstance(value, (int, Decimal, float)):
         raise ValidationError("price", "price must be a JSON number")

@@ -1,0 +1,98 @@
+"""Issue 13's hostile inputs against the real functions, through the gateway and directly:
+each answer is JSON, 4xx, prompt, and the paging links use the canonical userId.
+The same tables run in process in tests/unit/test_handlers.py."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+
+import pytest
+import requests
+
+from http_cases import BAD_FRAMING, PADDED_USER_CASES, UNKNOWN_METHODS, UNROUTABLE
+from support import wait_until
+
+pytestmark = pytest.mark.integration
+ANSWER_WITHIN_S = 5
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict, bytes, float]:
+    """Send bytes as they are; return status, headers, body and how long the answer took."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_WITHIN_S) as sock:
+        sock.sendall(request)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed without an answer to {request[:60]!r}"
+            received += chunk
+        head, body = received.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {name.lower(): value.strip() for name, value in (line.split(":", 1) for line in lines[1:])}
+        while len(body) < int(headers.get("content-length", 0)):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    return int(lines[0].split()[1]), headers, body, time.monotonic() - started
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def stored_user(pipeline):
+    """A user with one stored purchase, so a limit=1 page is full and carries the links."""
+    user_id = "pad-" + uuid.uuid4().hex[:8]
+    response = requests.post(f"{pipeline.gateway}/api/buy", json={"username": "padded", "userId": user_id,
+                                                                  "price": 1}, timeout=10)
+    assert response.status_code == 202
+    collection = pipeline.collection()
+    wait_until(lambda: collection.count_documents({"userId": user_id}) == 1, 30, message="purchase stored")
+    return user_id
+
+
+@pytest.mark.parametrize("raw,link", PADDED_USER_CASES, ids=[case[0] for case in PADDED_USER_CASES])
+def test_padded_user_id_pages_with_canonical_links(pipeline, stored_user, raw, link):
+    path = raw.replace("{uid}", stored_user)
+    status, headers, body, _ = raw_exchange(port_of(pipeline.gateway),
+                                            f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert status == 200, body
+    assert [p["userId"] for p in json.loads(body)] == [stored_user]
+    assert headers["link"] == f'<{link.replace("{uid}", stored_user)}{headers["x-next-cursor"]}>; rel="next"'
+    # The link is a working URI: following it gives the (empty) next page.
+    follow = requests.get(pipeline.gateway + headers["link"][1:].split(">", 1)[0], timeout=10)
+    assert follow.status_code == 200 and follow.json() == []
+
+
+@pytest.mark.parametrize("path", UNROUTABLE)
+@pytest.mark.parametrize("server", ["gateway", "buy", "history"])
+def test_routing_failures_are_json_404(pipeline, server, path):
+    status, headers, body, elapsed = raw_exchange(
+        port_of(getattr(pipeline, server)), f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert status == 404 and headers["content-type"].startswith("application/json"), body
+    assert json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("method,path", UNKNOWN_METHODS)
+@pytest.mark.parametrize("server", ["gateway", "function"])
+def test_unknown_methods_are_json_405(pipeline, server, method, path):
+    if server == "function":
+        server = "buy" if path == "/api/buy" else "history"
+    status, headers, body, _ = raw_exchange(
+        port_of(getattr(pipeline, server)),
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+    assert status == 405 and headers["content-type"].startswith("application/json"), body
+    assert headers["allow"] and json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("case", BAD_FRAMING, ids=[case[0] for case in BAD_FRAMING])
+def test_gateway_refuses_bad_framing_promptly_as_json(pipeline, case):
+    _, request = case
+    status, headers, body, elapsed = raw_exchange(port_of(pipeline.gateway), request)
+    assert status == 400 and headers["content-type"].startswith("application/json"), body
+    assert json.loads(body)["field"] == "Content-Length"
+    assert elapsed < ANSWER_WITHIN_S
