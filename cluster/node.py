@@ -614,7 +614,7 @@ def start(paths: Paths, binaries: dict, server: str, pki_dir: Path, kubectl, pro
     start_apiserver_forwarder(int(server.rsplit(":", 1)[1]), processes, logs)
     start_containerd(paths, processes, logs)
     checkpoint()
-    load_images(paths, [PAUSE_IMAGE, *images], podman_env)
+    load_images(paths, list(dict.fromkeys([PAUSE_IMAGE, *images])), podman_env)
     install_rbac(kubectl)
     start_coredns(paths, binaries["coredns"], pki.write_kubeconfig(paths.base / "coredns.kubeconfig", server,
                                                                   pki_dir, "coredns"), processes, logs)
