@@ -156,32 +156,15 @@ class NodeStack:
     bootstrap: str
     names: dict = field(default_factory=dict)
 
-    def buy(self, count: int, user: str | None = None, retry_503_s: float = 0.0) -> list[str]:
-        """POST `count` purchases for one user; each with its own Idempotency-Key, so a 503
-        retried (for up to retry_503_s) stays one purchase."""
+    def buy(self, count: int, user: str | None = None, retry_s: float = 0.0) -> list[str]:
+        """POST `count` purchases for one user, each with its own Idempotency-Key, so an answer
+        that confirms nothing (503 from buy, 502/504 from the platform, no answer) retried
+        for up to retry_s stays one purchase."""
         user = user or "u" + uuid.uuid4().hex[:10]
-        ids = []
         with requests.Session() as session:
-            for index in range(count):
-                key = uuid.uuid4().hex
-                deadline = time.monotonic() + retry_503_s
-                while True:
-                    try:
-                        response = session.post(f"{self.buy_revision.url}/api/buy", timeout=35,
-                                                headers={"Idempotency-Key": key, **self.buy_revision.headers},
-                                                json={"username": f"node {index}", "userId": user, "price": 1 + index})
-                    except requests.RequestException:
-                        if time.monotonic() >= deadline:
-                            raise
-                        time.sleep(0.5)
-                        continue
-                    if response.status_code == 503 and time.monotonic() < deadline:
-                        time.sleep(float(response.headers.get("Retry-After", "1")))
-                        continue
-                    break
-                assert response.status_code == 202, response.text
-                ids.append(response.json()["id"])
-        return ids
+            return [post_purchase(session, self.buy_revision,
+                                  {"username": f"node {index}", "userId": user, "price": 1 + index}, retry_s)[0]
+                    for index in range(count)]
 
     def stored_ids(self, user: str) -> list[str]:
         """Event ids stored for one user, duplicates kept (the unique index should make none)."""
@@ -224,6 +207,28 @@ class NodeStack:
         """No lag, replicas 0 and no consumer pod left: the start state of every scaling test."""
         wait_for(lambda: self.kube.replicas() == 0 and not self.kube.consumer_pods(), timeout_s,
                  "persist-purchase idle at 0 replicas with no pod")
+
+
+UNCONFIRMED = (502, 503, 504)  # nothing confirmed: retry with the same Idempotency-Key
+
+
+def post_purchase(session: requests.Session, revision: Revision, body: dict, retry_s: float) -> tuple[str, int]:
+    """One purchase under one Idempotency-Key: its event id and how many retries it took."""
+    key, retries = uuid.uuid4().hex, 0
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            response = session.post(f"{revision.url}/api/buy", json=body, timeout=35,
+                                    headers={"Idempotency-Key": key, **revision.headers})
+        except requests.RequestException:
+            if time.monotonic() >= deadline:
+                raise
+        else:
+            if response.status_code not in UNCONFIRMED or time.monotonic() >= deadline:
+                assert response.status_code == 202, (response.status_code, response.text)
+                return response.json()["id"], retries
+        retries += 1
+        time.sleep(0.5)
 
 
 def kill_container(pod: dict, signal_name: str = "SIGKILL") -> str:

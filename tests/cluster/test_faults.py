@@ -15,12 +15,12 @@ import uuid
 from clusterlib import COOLDOWN_S, POLLING_INTERVAL_S, kill_container, record_timeline, wait_for
 
 
-def _purchases_in_background(stack, users: list[str], per_user: int, retry_503_s: float) -> tuple[dict, list]:
+def _purchases_in_background(stack, users: list[str], per_user: int, retry_s: float) -> tuple[dict, list]:
     sent, errors = {}, []
 
     def one(user):
         try:
-            sent[user] = stack.buy(per_user, user=user, retry_503_s=retry_503_s)
+            sent[user] = stack.buy(per_user, user=user, retry_s=retry_s)
         except BaseException as exc:  # reported by the test, not swallowed
             errors.append(f"{user}: {exc!r}")
     threads = [threading.Thread(target=one, args=(u,), daemon=True) for u in users]
@@ -50,7 +50,7 @@ def _assert_exactly_once(stack, sent: dict, timeout_s: float = 180) -> int:
 def test_consumer_pod_deleted_mid_drain_and_killed_with_sigkill(stack, kube, capsys):
     stack.wait_idle_at_zero(COOLDOWN_S + 4 * POLLING_INTERVAL_S + 60)
     users = [f"f{uuid.uuid4().hex[:8]}" for _ in range(4)]
-    sent, handle = _purchases_in_background(stack, users, 250, retry_503_s=0)
+    sent, handle = _purchases_in_background(stack, users, 250, retry_s=0)
     pod = wait_for(lambda: next(iter(kube.running_consumers()), None), 90, "a running consumer pod")
     time.sleep(1.0)  # mid-drain: records are flowing in and being written
     kube.run("delete", "pod", pod["metadata"]["name"], "--namespace=purchase", "--wait=false")
@@ -77,7 +77,7 @@ def test_consumer_pod_deleted_mid_drain_and_killed_with_sigkill(stack, kube, cap
 
 def test_kafka_pod_deleted_under_load(stack, kube, capsys):
     users = [f"k{uuid.uuid4().hex[:8]}" for _ in range(4)]
-    sent, handle = _purchases_in_background(stack, users, 150, retry_503_s=240)
+    sent, handle = _purchases_in_background(stack, users, 150, retry_s=240)
     time.sleep(2.0)
     old_uid = kube.get("pod", "kafka-0")["metadata"]["uid"]
     t_deleted = time.monotonic()
