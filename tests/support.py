@@ -89,3 +89,14 @@ def send_purchases(buy_url: str, count: int | None = None, duration_s: float | N
         for future in [pool.submit(worker) for _ in range(concurrency)]:
             future.result()
     return result
+
+
+def end_offsets(bootstrap: str, topic: str) -> int:
+    """Records ever written to a topic (sum of its partitions' end offsets)."""
+    from kafka import KafkaConsumer, TopicPartition
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        return sum(consumer.end_offsets(partitions).values())
+    finally:
+        consumer.close()

@@ -6,23 +6,13 @@ import time
 
 import pytest
 import requests
-from kafka import KafkaConsumer, TopicPartition
 
 from http_cases import BAD_BUYS, BAD_HISTORY
-from support import wait_until
+from support import end_offsets, wait_until
 from devstack import stack as devstack
 from devstack.servers import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def end_offsets(bootstrap, topic) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        return sum(consumer.end_offsets(partitions).values())
-    finally:
-        consumer.close()
 
 
 @pytest.fixture(scope="module")

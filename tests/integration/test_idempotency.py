@@ -7,21 +7,12 @@ import uuid
 
 import pytest
 import requests
-from kafka import KafkaConsumer, TopicPartition
 
-from support import wait_until
+from support import end_offsets, wait_until
 
 pytestmark = pytest.mark.integration
 ATTEMPTS = 6  # enough that both buy workers answer some of them
 
-
-def end_offsets(bootstrap: str, topic: str) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        return sum(consumer.end_offsets(partitions).values())
-    finally:
-        consumer.close()
 
 
 def test_key_reused_with_another_purchase_is_422_and_never_produced(pipeline):
