@@ -561,16 +561,19 @@ def install_volumes(paths: Paths, kubectl, count: int = 6, size: str = "2Gi") ->
 
 
 def drain_pods(kubectl, timeout_s: float = 90) -> None:
-    """Delete every pod so kubelet tears sandboxes down properly (CNI DEL, netns, mounts)."""
-    kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=5", "--wait=false",
+    """Cordon the node and delete every pod on it, so kubelet tears sandboxes down properly
+    (CNI DEL, netns, mounts); replacements the controllers create stay Pending."""
+    kubectl("cordon", NODE_NAME, check=False, timeout_s=30)
+    on_node = f"--field-selector=spec.nodeName={NODE_NAME}"
+    kubectl("delete", "pods", "--all-namespaces", on_node, "--grace-period=5", "--wait=false",
             check=False, timeout_s=60)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        out = kubectl("get", "pods", "--all-namespaces", "-o", "name", check=False, timeout_s=30)
+        out = kubectl("get", "pods", "--all-namespaces", on_node, "-o", "name", check=False, timeout_s=30)
         if out.returncode == 0 and not out.stdout.strip():
             return
         time.sleep(1)
-    say("pods still present after the drain; stopping the runtime anyway")
+    say("pods still on the node after the drain; stopping the runtime anyway")
 
 
 def _our_shims(paths: Paths) -> list[int]:
