@@ -8,10 +8,10 @@ CLUSTER_KUBECONFIG := $(CURDIR)/.run/cluster/kubeconfig
 CLUSTER_KUBECTL := $(PURCHASE_CACHE_DIR)/cluster/bin/kubectl
 CLEAN ?=
 
-cluster-build: venv ## Build/install etcd, Kubernetes (apiserver, controller-manager, scheduler, kubelet, kube-proxy, kubectl), KEDA, CoreDNS (cached)
+cluster-build: venv ## Build/install etcd, Kubernetes (apiserver, controller-manager, scheduler, kubelet, kube-proxy, kubectl), KEDA, CoreDNS, Knative Serving and the node's images (cached)
 	$(PY) -m cluster build
 
-cluster-up: venv ## Start the control plane, the real node (containerd + kubelet) and KEDA; first run builds everything
+cluster-up: venv ## Start the control plane, the real node (containerd + kubelet), Knative Serving and KEDA; first run builds everything
 	$(PY) -m cluster up
 
 cluster-down: ## Stop the cluster by PID and put the host back as it was (CLEAN=1 also deletes certificates)
