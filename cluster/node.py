@@ -158,11 +158,9 @@ def _iptables_tables_clean(binary: str) -> None:
     if shutil.which(saver) is None:
         return
     dump = _sh(saver, check=False)
-    out, table, changed = [], None, False
+    out, changed = [], False
     ours = ("KUBE-", CHAIN_PREFIX)
     for line in dump.splitlines():
-        if line.startswith("*"):
-            table = line
         if line.startswith(":") and line[1:].startswith(ours):
             changed = True
             continue
@@ -171,7 +169,7 @@ def _iptables_tables_clean(binary: str) -> None:
             changed = True
             continue
         out.append(line)
-    if changed and table is not None:
+    if changed:
         _sh(f"{binary}-restore", input_text="\n".join(out) + "\n", check=False)
 
 

@@ -26,18 +26,20 @@ KAFKA_VERSION = "4.1.1"
 FERRETDB_VERSION = "v1.24.2"
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 
-KAFKA_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+# A throwaway project whose only job is `mvn dependency:copy-dependencies` of its dependencies.
+MAVEN_FETCH_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>local.purchase</groupId>
-  <artifactId>kafka-broker-runtime</artifactId>
+  <artifactId>{name}</artifactId>
   <version>1</version>
   <packaging>pom</packaging>
   <dependencies>
-    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{version}</version></dependency>
-    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-reload4j</artifactId><version>1.7.36</version></dependency>
+{dependencies}
   </dependencies>
 </project>
 """
+# The broker's runtime: Kafka itself, and reload4j as the logging backend its log4j 1 config expects.
+KAFKA_BROKER_JARS = (("org.apache.kafka", "kafka_2.13", KAFKA_VERSION), ("org.slf4j", "slf4j-reload4j", "1.7.36"))
 
 KAFKA_LOG4J = """log4j.rootLogger=WARN, file
 log4j.appender.file=org.apache.log4j.FileAppender
@@ -95,6 +97,18 @@ def run_checked(argv: list[str], cwd: Path | None = None, env: dict | None = Non
     return result.stdout
 
 
+def fetch_maven_jars(home: Path, name: str, artifacts, transitive: bool = True, timeout_s: float = 1800) -> Path:
+    """Copy (groupId, artifactId, version) jars, with their dependencies unless transitive is
+    False, from Maven Central into home/libs."""
+    home.mkdir(parents=True, exist_ok=True)
+    dependencies = "\n".join(f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
+                              f"<version>{v}</version></dependency>" for g, a, v in artifacts)
+    (home / "pom.xml").write_text(MAVEN_FETCH_POM.format(name=name, dependencies=dependencies))
+    run_checked(["mvn", "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={home / 'libs'}",
+                 *([] if transitive else ["-DexcludeTransitive=true"])], cwd=home, timeout_s=timeout_s)
+    return home / "libs"
+
+
 def ensure_kafka() -> Path:
     """The Apache Kafka broker's jars, resolved from Maven Central once."""
     home = CACHE_DIR / f"kafka-{KAFKA_VERSION}"
@@ -105,11 +119,9 @@ def ensure_kafka() -> Path:
     if shutil.which("mvn") is None or shutil.which("java") is None:
         raise RuntimeError("Apache Kafka needs 'java' (17+) and 'mvn' on PATH")
     say(f"fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central (first run only)")
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "pom.xml").write_text(KAFKA_POM.format(version=KAFKA_VERSION))
     shutil.rmtree(libs, ignore_errors=True)
     started = time.monotonic()
-    run_checked(["mvn", "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={libs}"], cwd=home)
+    fetch_maven_jars(home, "kafka-broker-runtime", KAFKA_BROKER_JARS)
     marker.write_text(KAFKA_VERSION)
     say(f"Kafka jars ready in {time.monotonic() - started:.0f}s")
     return libs

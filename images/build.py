@@ -60,18 +60,6 @@ DPKG_EXCLUDES = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/doc/*
                  "path-include=/usr/share/doc/*/copyright", "path-exclude=/usr/share/locale/*",
                  "path-exclude=/usr/share/info/*"]
 
-KAFKA_TOOLS_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local.purchase</groupId>
-  <artifactId>kafka-tools-jar</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>{version}</version></dependency>
-  </dependencies>
-</project>
-"""
-
 # Here: no systemd and no CAP_SYS_RESOURCE, so crun and podman's default rlimits fail.
 CONTAINERS_CONF = """# Written by images/build.py; podman reads it through CONTAINERS_CONF.
 [containers]
@@ -225,10 +213,8 @@ def _kafka_tools_jar() -> Path:
     jar = home / "libs" / f"kafka-tools-{servers.KAFKA_VERSION}.jar"
     if jar.exists():
         return jar
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "pom.xml").write_text(KAFKA_TOOLS_POM.format(version=servers.KAFKA_VERSION))
-    servers.run_checked(["mvn", "-q", "-B", "dependency:copy-dependencies", "-DexcludeTransitive=true",
-                         f"-DoutputDirectory={home / 'libs'}"], cwd=home, timeout_s=900)
+    servers.fetch_maven_jars(home, "kafka-tools-jar", [("org.apache.kafka", "kafka-tools", servers.KAFKA_VERSION)],
+                             transitive=False, timeout_s=900)
     return jar
 
 

@@ -84,8 +84,4 @@ def buy(request):
         if request.method != "POST":
             return _refused("method", answers.error(405, "method not allowed; use POST", headers={"Allow": "POST"}))
         return accept_purchase(request)
-    if path in probes.PATHS:
-        return answers.probe(PROBES, request)
-    if path == "/openapi.json":
-        return answers.openapi(request)
-    return _refused("not_found", answers.error(404, "not found"))
+    return answers.shared_route(request, path, PROBES) or _refused("not_found", answers.error(404, "not found"))

@@ -103,8 +103,4 @@ def history(request):
         if request.method not in ("GET", "HEAD"):
             return _answered("method", answers.error(405, "method not allowed; use GET", headers={"Allow": "GET, HEAD"}))
         return list_purchases(request)
-    if path in probes.PATHS:
-        return answers.probe(PROBES, request)
-    if path == "/openapi.json":
-        return answers.openapi(request)
-    return _answered("not_found", answers.error(404, "not found"))
+    return answers.shared_route(request, path, PROBES) or _answered("not_found", answers.error(404, "not found"))

@@ -8,6 +8,7 @@ import importlib.resources
 from flask import Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from . import probes
 from .config import Settings
 from .schema import ValidationError
 
@@ -51,6 +52,16 @@ def openapi(request) -> Response:
 
 def probe(probe_app, request) -> Response:
     return Response.from_app(probe_app, request.environ)
+
+
+def shared_route(request, path: str, probe_app) -> Response | None:
+    """The paths every HTTP function serves besides its own (probes, /metrics, the OpenAPI
+    document), `path` as the function normalised it; None for any other path."""
+    if path in probes.PATHS:
+        return probe(probe_app, request)
+    if path == "/openapi.json":
+        return openapi(request)
+    return None
 
 
 def install_json_errors(errorhandler, logger=None) -> None:
