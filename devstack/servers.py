@@ -242,7 +242,8 @@ def start_kafka(data_dir: Path, port: int | None = None, controller_port: int | 
     return Process("kafka", proc, port, data_dir / "kafka-server.log", {"controller_port": controller_port})
 
 
-def start_ferretdb(data_dir: Path, port: int | None = None, timeout_s: float = 30) -> Process:
+def start_ferretdb(data_dir: Path, port: int | None = None, timeout_s: float = 30, env: dict | None = None) -> Process:
+    """FerretDB on SQLite; `env` adds FERRETDB_* settings (e.g. its experimental authentication)."""
     binary = ensure_ferretdb()
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -251,7 +252,7 @@ def start_ferretdb(data_dir: Path, port: int | None = None, timeout_s: float = 3
         f"--sqlite-url=file:{data_dir}/", f"--state-dir={data_dir}", "--telemetry=disable",
         "--debug-addr=127.0.0.1:0", "--log-level=warn", "--log-format=json",
     ]
-    proc = spawn("ferretdb", argv, data_dir / "ferretdb.log")
+    proc = spawn("ferretdb", argv, data_dir / "ferretdb.log", env={**os.environ, **env} if env else None)
     wait_for_port(port, timeout_s, proc, "FerretDB")
     return Process("ferretdb", proc, port, data_dir / "ferretdb.log")
 

@@ -12,6 +12,7 @@ import requests
 from devstack import stack as devstack
 from devstack.servers import ensure_topics
 from purchase_common import config
+from purchase_common.retry import poll_until
 
 
 def isolated_env(stack: devstack.Stack, tag: str, **overrides: str) -> tuple[dict, dict]:
@@ -28,14 +29,10 @@ def isolated_env(stack: devstack.Stack, tag: str, **overrides: str) -> tuple[dic
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.1, message: str = "condition"):
     """Poll predicate until it returns a truthy value; fail the test after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval_s)
-    raise AssertionError(f"{message} not reached within {timeout_s}s (last value: {last!r})")
+    try:
+        return poll_until(predicate, timeout_s, interval_s, message)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 @dataclass

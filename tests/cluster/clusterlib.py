@@ -6,8 +6,6 @@ names (`make test-cluster` runs pytest with CoreDNS as its resolver: `python -m 
 """
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import json
 import os
 import sys
@@ -23,11 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from cluster import control, node  # noqa: E402
+from cluster.observe import CONSUMER, NAMESPACE, Kube, Revision, parse_time, revision_ready  # noqa: E402,F401
 from support import wait_until  # noqa: E402
 
 K8S = ROOT / "k8s"
-NAMESPACE = "purchase"
-CONSUMER = "persist-purchase"
 DEPLOYMENT_FILE = K8S / "keda" / "persist-purchase-deployment.yaml"
 SCALEDOBJECT_FILE = K8S / "keda" / "persist-purchase-scaledobject.yaml"
 # The test overlay's KEDA timings: short enough for a test, long enough that KEDA's own loop is
@@ -44,91 +41,10 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
     return wait_until(predicate, timeout_s, interval_s, what)
 
 
-def parse_time(value: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
-class Kube:
-    """kubectl against the cluster, plus the few reads the tests repeat."""
-
-    def __init__(self, state: dict):
-        self.state = state
-        self.kubeconfig = Path(state["kubeconfig"])
-        self.kubectl_path = Path(state["kubectl"])
-
-    def run(self, *args: str, input_text: str | None = None, check: bool = True, timeout_s: float = 120):
-        return control.kubectl(*args, input_text=input_text, check=check, timeout_s=timeout_s,
-                               kubeconfig=self.kubeconfig)
-
-    def get(self, kind: str, name: str, namespace: str | None = NAMESPACE) -> dict | None:
-        args = ["get", kind, name, "-o", "json"] + ([f"--namespace={namespace}"] if namespace else [])
-        result = self.run(*args, check=False)
-        if result.returncode != 0:
-            if "NotFound" in result.stderr or "not found" in result.stderr:
-                return None
-            raise RuntimeError(result.stderr)
-        return json.loads(result.stdout)
-
-    def items(self, kind: str, selector: str | None = None, namespace: str = NAMESPACE) -> list[dict]:
-        args = ["get", kind, f"--namespace={namespace}", "-o", "json"] + ([f"--selector={selector}"] if selector else [])
-        return json.loads(self.run(*args).stdout)["items"]
-
-    def apply(self, documents: list[dict]) -> str:
-        return self.run("apply", "-f", "-", input_text=yaml.safe_dump_all(documents, sort_keys=False)).stdout
-
-    @staticmethod
-    def condition(obj: dict | None, kind: str) -> str | None:
-        for cond in (obj or {}).get("status", {}).get("conditions", []) or []:
-            if cond.get("type") == kind:
-                return cond.get("status")
-        return None
-
-    def replicas(self, name: str = CONSUMER) -> int | None:
-        obj = self.get("deployment", name)
-        return None if obj is None else int(obj["spec"].get("replicas", 1))
-
-    def consumer_pods(self) -> list[dict]:
-        return self.items("pods", f"app.kubernetes.io/name={CONSUMER}")
-
-    def running_consumers(self) -> list[dict]:
-        return [p for p in self.consumer_pods()
-                if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
-
-    def secret_value(self, name: str, key: str) -> str:
-        return base64.b64decode(self.get("secret", name)["data"][key]).decode()
-
-
 def load_manifest(path: Path) -> dict:
     documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
     assert len(documents) == 1, f"{path} should hold one object"
     return documents[0]
-
-
-@dataclass(frozen=True)
-class Revision:
-    """A Knative Revision reached the way the networking layer reaches it: its Kubernetes
-    Service (pods, or the activator while it has none) with the routing headers Knative's
-    ingress adds (no Envoy-based networking layer can run here)."""
-    name: str
-    url: str
-
-    @property
-    def headers(self) -> dict:
-        return {"Knative-Serving-Namespace": NAMESPACE, "Knative-Serving-Revision": self.name}
-
-    def pods(self, kube: "Kube") -> list[dict]:
-        return [p for p in kube.items("pods", f"serving.knative.dev/revision={self.name}")
-                if not p["metadata"].get("deletionTimestamp")]
-
-
-def revision_ready(kube: "Kube", service: str) -> Revision | None:
-    """The latest Revision of a Knative Service once it is Ready, with its Service's address."""
-    ksvc = kube.get("service.serving.knative.dev", service)
-    name = ((ksvc or {}).get("status") or {}).get("latestReadyRevisionName")
-    if not name or kube.condition(kube.get("revision.serving.knative.dev", name), "Ready") != "True":
-        return None
-    cluster_ip = kube.get("service", name)["spec"]["clusterIP"]
-    return Revision(name, f"http://{cluster_ip}")
 
 
 def pod_timeline(pod: dict) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import urllib.parse
 from dataclasses import dataclass, field, fields
 
 # The fixed names that the Kubernetes manifests (ScaledObject, topic Job) must agree with;
@@ -26,13 +27,14 @@ COLLECTION_NAME = "purchases"
 
 
 def _env(name: str, default, why: str, secret: bool = False):
-    return field(default=default, repr=not secret, metadata={"env": name, "why": why})
+    return field(default=default, repr=not secret, metadata={"env": name, "why": why, "secret": secret})
 
 
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap_servers: str = _env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "comma-separated; the local stack's broker")
-    mongodb_uri: str = _env("MONGODB_URI", "mongodb://127.0.0.1:27017/", "the local stack's FerretDB")
+    mongodb_uri: str = _env("MONGODB_URI", "mongodb://127.0.0.1:27017/",
+                            "the local stack's FerretDB; on Kubernetes the app user's, never logged", secret=True)
     purchases_topic: str = _env("PURCHASES_TOPIC", PURCHASES_TOPIC, "tests and benches isolate themselves by topic")
     dead_letter_topic: str = _env("DEAD_LETTER_TOPIC", DEAD_LETTER_TOPIC, "where poison records go, bytes intact")
     consumer_group: str = _env("CONSUMER_GROUP", CONSUMER_GROUP, "the group KEDA's ScaledObject watches")
@@ -113,6 +115,20 @@ def load(environ=os.environ) -> Settings:
 def settings() -> Settings:
     """This process's settings, read from the environment on first use."""
     return load()
+
+
+def secret_values(s: Settings) -> tuple[str, ...]:
+    """The secrets these settings hold (a URI's password, not the whole URI), for log redaction."""
+    values = []
+    for setting in fields(Settings):
+        if setting.metadata.get("secret"):
+            value = str(getattr(s, setting.name))
+            if "://" in value:
+                value = urllib.parse.urlsplit(value).password or ""
+            if value:
+                values.append(urllib.parse.unquote(value))
+                values.append(value)
+    return tuple(sorted(set(values), key=len, reverse=True))
 
 
 def variables() -> dict[str, tuple[object, str]]:

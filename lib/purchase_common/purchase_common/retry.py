@@ -29,3 +29,16 @@ class Deadline:
 
     def left(self) -> float:
         return self.at - time.monotonic()
+
+
+def poll_until(predicate, timeout_s: float, interval_s: float = 0.1, what: str = "condition"):
+    """Call predicate until it returns something truthy and return that; TimeoutError (naming
+    `what` and the last value) after timeout_s. For tools and tests waiting on a system."""
+    deadline = Deadline(timeout_s)
+    last = None
+    while not deadline.passed():
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what} not reached within {timeout_s}s (last value: {last!r})")

@@ -1,0 +1,163 @@
+"""Reading the running cluster: kubectl with the few reads every caller repeats, Knative
+Revisions reached the way a networking layer reaches them, and a pod watch that timestamps each
+step of a pod's start as it happens (the API's timestamps have one-second resolution).
+
+Used by tests/cluster (through clusterlib) and by `make bench-node` (bench/node.py).
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import control
+
+NAMESPACE = "purchase"
+CONSUMER = "persist-purchase"
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+class Kube:
+    """kubectl against the cluster, plus the few reads the tests repeat."""
+
+    def __init__(self, state: dict):
+        self.state = state
+        self.kubeconfig = Path(state["kubeconfig"])
+        self.kubectl_path = Path(state["kubectl"])
+
+    def run(self, *args: str, input_text: str | None = None, check: bool = True, timeout_s: float = 120):
+        return control.kubectl(*args, input_text=input_text, check=check, timeout_s=timeout_s,
+                               kubeconfig=self.kubeconfig)
+
+    def get(self, kind: str, name: str, namespace: str | None = NAMESPACE) -> dict | None:
+        args = ["get", kind, name, "-o", "json"] + ([f"--namespace={namespace}"] if namespace else [])
+        result = self.run(*args, check=False)
+        if result.returncode != 0:
+            if "NotFound" in result.stderr or "not found" in result.stderr:
+                return None
+            raise RuntimeError(result.stderr)
+        return json.loads(result.stdout)
+
+    def items(self, kind: str, selector: str | None = None, namespace: str = NAMESPACE) -> list[dict]:
+        args = ["get", kind, f"--namespace={namespace}", "-o", "json"] + ([f"--selector={selector}"] if selector else [])
+        return json.loads(self.run(*args).stdout)["items"]
+
+    def apply(self, documents: list[dict]) -> str:
+        return self.run("apply", "-f", "-", input_text=yaml.safe_dump_all(documents, sort_keys=False)).stdout
+
+    @staticmethod
+    def condition(obj: dict | None, kind: str) -> str | None:
+        for cond in (obj or {}).get("status", {}).get("conditions", []) or []:
+            if cond.get("type") == kind:
+                return cond.get("status")
+        return None
+
+    def replicas(self, name: str = CONSUMER) -> int | None:
+        obj = self.get("deployment", name)
+        return None if obj is None else int(obj["spec"].get("replicas", 1))
+
+    def consumer_pods(self) -> list[dict]:
+        return self.items("pods", f"app.kubernetes.io/name={CONSUMER}")
+
+    def running_consumers(self) -> list[dict]:
+        return [p for p in self.consumer_pods()
+                if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+
+    def secret_value(self, name: str, key: str) -> str:
+        return base64.b64decode(self.get("secret", name)["data"][key]).decode()
+
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A Knative Revision reached the way the networking layer reaches it: its Kubernetes
+    Service (pods, or the activator while it has none) with the routing headers Knative's
+    ingress adds (no Envoy-based networking layer can run here)."""
+    name: str
+    url: str
+
+    @property
+    def headers(self) -> dict:
+        return {"Knative-Serving-Namespace": NAMESPACE, "Knative-Serving-Revision": self.name}
+
+    def pods(self, kube: "Kube") -> list[dict]:
+        return [p for p in kube.items("pods", f"serving.knative.dev/revision={self.name}")
+                if not p["metadata"].get("deletionTimestamp")]
+
+
+def revision_ready(kube: "Kube", service: str) -> Revision | None:
+    """The latest Revision of a Knative Service once it is Ready, with its Service's address."""
+    ksvc = kube.get("service.serving.knative.dev", service)
+    name = ((ksvc or {}).get("status") or {}).get("latestReadyRevisionName")
+    if not name or kube.condition(kube.get("revision.serving.knative.dev", name), "Ready") != "True":
+        return None
+    cluster_ip = kube.get("service", name)["spec"]["clusterIP"]
+    return Revision(name, f"http://{cluster_ip}")
+
+
+
+def pod_steps(pod: dict) -> dict[str, bool]:
+    """Which of a pod's start steps it has reached: created, scheduled, a container running, Ready."""
+    status = pod.get("status") or {}
+    conditions = {c["type"]: c.get("status") for c in status.get("conditions", []) or []}
+    running = any((s.get("state") or {}).get("running") for s in status.get("containerStatuses", []) or [])
+    return {"created": True, "scheduled": conditions.get("PodScheduled") == "True",
+            "started": running, "ready": conditions.get("Ready") == "True"}
+
+
+@dataclass
+class PodWatch:
+    """`kubectl get pods --watch` on a selector, noting the monotonic time at which each pod
+    first reached each step (pod_steps). Start it before the request it should time."""
+    kube: Kube
+    selector: str
+    seen: dict[str, dict[str, float]] = field(default_factory=dict)
+    _proc: subprocess.Popen | None = None
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> "PodWatch":
+        argv = [str(self.kube.kubectl_path), f"--kubeconfig={self.kube.kubeconfig}", "get", "pods",
+                f"--namespace={NAMESPACE}", f"--selector={self.selector}", "--watch", "--output-watch-events",
+                "-o", "json"]
+        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        decoder, buffer = json.JSONDecoder(), ""
+        for chunk in iter(lambda: self._proc.stdout.readline(), ""):
+            buffer += chunk
+            while buffer.strip():
+                try:
+                    event, end = decoder.raw_decode(buffer.lstrip())
+                except json.JSONDecodeError:
+                    break  # an object spread over more lines: read on
+                buffer = buffer.lstrip()[end:]
+                now = time.monotonic()
+                pod = event.get("object") or {}
+                if event.get("type") == "DELETED" or pod.get("metadata", {}).get("deletionTimestamp"):
+                    continue
+                steps = self.seen.setdefault(pod["metadata"]["name"], {})
+                for step, reached in pod_steps(pod).items():
+                    if reached:
+                        steps.setdefault(step, now)
+
+    def __exit__(self, *exc) -> None:
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+        self._thread.join(timeout=10)
