@@ -20,10 +20,10 @@ TARGETS = {
 }
 FULL = dict(level_s=8, levels=(1, 16, 64), prefill=100_000, e2e_rate=1000, e2e_s=10, e2e_threads=96,
             history_docs=1_000_000, history_users=10_000, heavy_docs=10_000, history_checkpoints=(10_000, 100_000),
-            history_budget_s=90, history_samples=200)
+            history_budget_s=90, history_samples=200, cold_rounds=5)
 QUICK = dict(level_s=2, levels=(1, 16, 64), prefill=10_000, e2e_rate=200, e2e_s=4, e2e_threads=32,
              history_docs=20_000, history_users=1_000, heavy_docs=1_000, history_checkpoints=(5_000,),
-             history_budget_s=20, history_samples=50)
+             history_budget_s=20, history_samples=50, cold_rounds=2)
 
 
 def say(text: str) -> None:

@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 from bench.common import pct, purchase_record, say
 from bench.profiling import peak_rss_mb, process_tree
 from load import loadgen
+from purchase_common import config
+
+CEILING_SOURCE = Path(__file__).resolve().parent / "ceiling" / "main.py"
 
 
 class ProduceSection:
     """produce: raw kafka-python send().get() vs the buy function (a part of bench.run.Bench)."""
 
-    def raw_produce(self, topic: str, concurrency: int, seconds: float) -> dict:
-        producer = self.producer()
+    def raw_produce(self, topic: str, concurrency: int, seconds: float, linger_ms: int) -> dict:
+        producer = self.producer(linger_ms=linger_ms)
         key, value, headers = purchase_record(0)
         latencies, lock = [], threading.Lock()
         deadline = time.monotonic() + seconds
@@ -49,33 +53,47 @@ class ProduceSection:
         producer.close(timeout=10)
         return {"count": count, "per_s": round(count / elapsed, 1)}
 
-    def section_produce(self) -> None:
-        names = self.names("buy")
-        self.topic(names["topic"])
-        seconds = self.sizes["level_s"]
-        raw = []
-        for c in self.sizes["levels"]:
-            say(f"raw produce (acks=all, send().get()) at concurrency {c} for {seconds}s")
-            raw.append(self.raw_produce(names["topic"], c, seconds))
-        pipelined = self.raw_produce_pipelined(names["topic"], 20_000 if not self.args.quick else 5_000)
-        buy = self.start_buy(names)
-        target = loadgen.Target(f"http://127.0.0.1:{buy.port}", None)
-        # Warm-up: the producer connects on the first request.
+    def load_levels(self, process, seconds: float, profile_as: str | None = None) -> list[dict]:
+        """The Python load generator against one HTTP function at each concurrency level."""
+        target = loadgen.Target(f"http://127.0.0.1:{process.port}", None)
+        # Warm-up: buy's producer connects on the first request.
         loadgen.PythonLoad(target, requests=50, concurrency=4, duration_s=10).run()
         levels = []
         for c in self.sizes["levels"]:
-            say(f"buy function at concurrency {c} for {seconds}s")
-            if c == max(self.sizes["levels"]):
-                workers = [p for p in process_tree(buy.proc.pid) if p != buy.proc.pid] or [buy.proc.pid]
-                self.profiler.start("buy", workers[-1], seconds)
+            say(f"{process.name} at concurrency {c} for {seconds}s")
+            if profile_as and c == max(self.sizes["levels"]):
+                workers = [p for p in process_tree(process.proc.pid) if p != process.proc.pid] or [process.proc.pid]
+                self.profiler.start(profile_as, workers[-1], seconds)
             result = loadgen.PythonLoad(target, requests=10**7, concurrency=c, duration_s=seconds, timeout_s=10).run()
             counts = result.counts()
             accepted = [lat for _, lat, s in result.records if s == 202]
             levels.append({"concurrency": c, "accepted": counts["accepted"], "failed": counts["failed"],
                            "per_s": round(counts["accepted"] / result.wall_s, 1), **pct(accepted)})
+        return levels
+
+    def section_produce(self) -> None:
+        names = self.names("buy")
+        self.topic(names["topic"])
+        seconds = self.sizes["level_s"]
+        buy_linger = config.load({}).kafka_linger_ms  # buy's default (KAFKA_LINGER_MS)
+        raw = {}
+        for linger in sorted({0, buy_linger}):
+            raw[linger] = []
+            for c in self.sizes["levels"]:
+                say(f"raw produce (acks=all, linger {linger} ms, send().get()) at concurrency {c} for {seconds}s")
+                raw[linger].append(self.raw_produce(names["topic"], c, seconds, linger_ms=linger))
+        pipelined = self.raw_produce_pipelined(names["topic"], 20_000 if not self.args.quick else 5_000)
+        # The ceiling: buy's own server stack and settings, a function that sends nothing.
+        ceiling = self.start_buy(names, source=CEILING_SOURCE, target="ceiling")
+        ceiling_levels = self.load_levels(ceiling, seconds)
+        self.stop_process(ceiling)
+        buy = self.start_buy(names)
+        levels = self.load_levels(buy, seconds, profile_as="buy")
         self.results["rss"]["buy"] = peak_rss_mb(buy.proc.pid)
         self.stop_process(buy)
-        self.results["produce"] = {"raw": raw, "raw_pipelined": pipelined, "buy": levels,
-                                   "note": "raw: one shared KafkaProducer (acks=all, linger 2 ms, as buy), "
-                                           "c threads each send().get() - the buy function's own pattern; "
-                                           "buy: the Python load generator runs on the same 2 cores"}
+        self.results["produce"] = {
+            "raw": raw[buy_linger], "raw_linger0": raw[0], "buy_linger_ms": buy_linger, "raw_pipelined": pipelined,
+            "buy": levels, "ceiling": ceiling_levels,
+            "note": "raw: one shared KafkaProducer (acks=all), c threads each send().get() - the buy function's own "
+                    "pattern, at linger 0 and at buy's linger; ceiling: buy's server stack answering 202 without "
+                    "Kafka; the Python load generator runs on the same 2 cores"}

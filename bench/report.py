@@ -10,6 +10,12 @@ def verdict(ok) -> str:
 
 def table(results: dict) -> str:
     rows = [("measure", "function", "raw baseline", "ratio", "target")]
+    for name, cold in results.get("coldstart", {}).items():
+        parts = {k: v for k, v in cold.items() if k != "rounds"}
+        *split, total = parts.items()
+        rows.append((f"cold start {name}: {total[0]} median (min-max) s",
+                     f"{total[1]['median']} ({total[1]['min']}-{total[1]['max']})",
+                     ", ".join(f"{k} {v['median']}" for k, v in split), "", f"{cold['rounds']} rounds"))
     produce = results.get("produce")
     if produce:
         for fn, raw in zip(produce["buy"], produce["raw"]):
@@ -21,6 +27,15 @@ def table(results: dict) -> str:
                          f"{fn['per_s']:.0f} ({fn['p50']}/{fn['p99']})",
                          f"{raw['per_s']:.0f} ({raw['p50']}/{raw['p99']})", ratio,
                          f">=2000/s p99<50ms: {verdict(ok)}" if ok is not None else ""))
+        for fn, ceiling in zip(produce["buy"], produce.get("ceiling", [])):
+            ratio = round(fn["per_s"] / ceiling["per_s"], 2) if ceiling["per_s"] else None
+            rows.append((f"HTTP ceiling c={ceiling['concurrency']} req/s (p50/p99 ms): buy / ceiling",
+                         f"{fn['per_s']:.0f} ({fn['p50']}/{fn['p99']})",
+                         f"{ceiling['per_s']:.0f} ({ceiling['p50']}/{ceiling['p99']})", ratio, ""))
+        for raw in produce.get("raw_linger0", []):
+            rows.append((f"raw produce linger 0 c={raw['concurrency']} msgs/s (p50/p99 ms)", "",
+                         f"{raw['per_s']:.0f} ({raw['p50']}/{raw['p99']})", "",
+                         f"(raw above: linger {produce.get('buy_linger_ms')} ms, buy's)"))
         rows.append(("raw produce pipelined msgs/s", "", f"{produce['raw_pipelined']['per_s']:.0f}", "", ""))
     persist = results.get("persist")
     if persist:

@@ -6,7 +6,9 @@ Starts its own Apache Kafka and FerretDB through devstack (or uses KAFKA_BOOTSTR
 MONGODB_URI), gives every section its own topic, group and database, runs each function as
 its own process with LOG_LEVEL=WARNING, and measures:
 
-  produce   raw kafka-python send().get() (acks=all) vs the buy function, concurrency 1/16/64
+  coldstart exec -> first answer (buy, history) and exec -> first record stored (consumer), split
+  produce   raw kafka-python send().get() (acks=all; linger 0 and buy's) vs the buy function vs
+            the HTTP ceiling (buy's server stack answering without Kafka), concurrency 1/16/64
   persist   raw consume + insert_many + commit vs the persist_purchase consumer, pre-filled topic
   e2e       buy request -> record stored and committed by the consumer, at a fixed offered rate,
             plus sampled probes until the purchase shows in the history API
@@ -32,6 +34,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.coldstart import ColdStartSection
 from bench.common import FULL, QUICK, ROOT, TARGETS, say
 from bench.e2e import EndToEndSection
 from bench.history import HistorySection
@@ -44,7 +47,7 @@ from devstack.servers import ensure_topics, free_port
 from purchase_common import config, storage
 
 
-class Bench(ProduceSection, PersistSection, EndToEndSection, HistorySection):
+class Bench(ColdStartSection, ProduceSection, PersistSection, EndToEndSection, HistorySection):
     """The servers, the processes and the results; the sections are the mixins, one module each."""
 
     def __init__(self, args, sizes: dict):
@@ -83,8 +86,8 @@ class Bench(ProduceSection, PersistSection, EndToEndSection, HistorySection):
     def topic(self, name: str) -> None:
         ensure_topics(self.stack.kafka_bootstrap, {name: config.TOPIC_PARTITIONS, name + ".dlq": 1})
 
-    def start_buy(self, names):
-        process = devstack.start_buy(self.env(names), free_port(), self.tmp / "logs")
+    def start_buy(self, names, **which):
+        process = devstack.start_buy(self.env(names), free_port(), self.tmp / "logs", **which)
         self.processes.append(process)
         return process
 
@@ -93,8 +96,8 @@ class Bench(ProduceSection, PersistSection, EndToEndSection, HistorySection):
         self.processes.append(process)
         return process
 
-    def start_consumer(self, names):
-        process = devstack.start_consumer(self.env(names), free_port(), self.tmp / "logs")
+    def start_consumer(self, names, health_port: int | None = None, wait: bool = True):
+        process = devstack.start_consumer(self.env(names), health_port or free_port(), self.tmp / "logs", wait=wait)
         self.processes.append(process)
         return process
 
@@ -106,7 +109,7 @@ class Bench(ProduceSection, PersistSection, EndToEndSection, HistorySection):
         from kafka import KafkaProducer
 
         options = dict(bootstrap_servers=self.stack.kafka_bootstrap, acks="all", enable_idempotence=False,
-                       linger_ms=2, max_block_ms=10000, request_timeout_ms=10000)
+                       linger_ms=config.load({}).kafka_linger_ms, max_block_ms=10000, request_timeout_ms=10000)
         options.update(overrides)
         return KafkaProducer(**options)
 
@@ -119,7 +122,8 @@ class Bench(ProduceSection, PersistSection, EndToEndSection, HistorySection):
         self.results["meta"] = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                 "quick": self.args.quick, "cpus": os.cpu_count(), "python": platform.python_version(),
                                 "function_log_level": "WARNING", "profiler": self.profiler.tool or "none"}
-        sections = [("produce", self.section_produce), ("persist", self.section_persist),
+        # Cold starts first, while the box is idle (no load generator, no filled collection).
+        sections = [("coldstart", self.section_coldstart), ("produce", self.section_produce), ("persist", self.section_persist),
                     ("e2e", self.section_e2e), ("history", self.section_history)]
         only = set(self.args.only or [])
         for name, section in sections:
@@ -143,7 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run in about two minutes")
     parser.add_argument("--json", default=str(ROOT / "bench-results.json"), help="where to write the JSON results")
     parser.add_argument("--no-profile", action="store_true", help="do not run py-spy even when it is installed")
-    parser.add_argument("--only", nargs="*", choices=("produce", "persist", "e2e", "history"),
+    parser.add_argument("--only", nargs="*", choices=("coldstart", "produce", "persist", "e2e", "history"),
                         help="run only these sections")
     args = parser.parse_args(argv)
     sizes = dict(QUICK if args.quick else FULL)

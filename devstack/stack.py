@@ -36,6 +36,46 @@ class Stack:
         return next(p for p in self.processes if p.name == name)
 
 
+@dataclass
+class RestartableServers:
+    """Kafka and FerretDB on ports fixed when this is made, so a stopped server starts again
+    at the same address with its data: what fault injection needs (tests/faults, load/soak.py)."""
+    data_dir: Path
+    kafka_port: int = field(default_factory=free_port)
+    controller_port: int = field(default_factory=free_port)
+    mongo_port: int = field(default_factory=free_port)
+    kafka: Process | None = None
+    ferretdb: Process | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def mongodb_uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.mongo_port}/"
+
+    def start_kafka(self) -> None:
+        self.kafka = start_kafka(self.data_dir / "kafka", self.kafka_port, self.controller_port)
+        wait_for_kafka_ready(self.bootstrap)
+
+    def stop_kafka(self) -> None:
+        self.kafka.stop()
+        self.kafka = None
+
+    def start_ferretdb(self) -> None:
+        self.ferretdb = start_ferretdb(self.data_dir / "ferretdb", self.mongo_port)
+
+    def stop_ferretdb(self) -> None:
+        self.ferretdb.stop()
+        self.ferretdb = None
+
+    def stop(self) -> None:
+        for process in (self.ferretdb, self.kafka):
+            if process is not None:
+                process.stop()
+
+
 def _port(name: str, preferred: bool) -> int:
     return pick_port(PREFERRED_PORTS[name]) if preferred else free_port()
 
@@ -78,10 +118,14 @@ def function_env(stack: Stack, **overrides: str) -> dict:
     return env
 
 
-def start_buy(env: dict, port: int, log_dir: Path) -> Process:
-    # buy is CPU-bound in Python (request handling, the Kafka client): two gunicorn worker
-    # processes, each with its own producer, nearly double its throughput on two cores.
-    return _start_http_function("buy", "buy", {"WORKERS": "2", **env}, port, log_dir)
+# buy is CPU-bound in Python (request handling, the Kafka client): two gunicorn worker
+# processes, each with its own producer, nearly double its throughput on two cores.
+BUY_SERVER_ENV = {"WORKERS": "2"}
+
+
+def start_buy(env: dict, port: int, log_dir: Path, source: Path | None = None, target: str = "buy") -> Process:
+    """buy, or (source/target) another function on exactly buy's server settings."""
+    return _start_http_function(target, "buy", {**BUY_SERVER_ENV, **env}, port, log_dir, source=source)
 
 
 def start_history(env: dict, port: int, log_dir: Path) -> Process:
@@ -95,10 +139,11 @@ def start_persist_cloudevent_endpoint(env: dict, port: int, log_dir: Path) -> Pr
 
 
 def _start_http_function(name: str, folder: str, env: dict, port: int, log_dir: Path,
-                         signature_type: str = "http") -> Process:
-    argv = [str(BIN / "functions-framework"), "--target", name, "--source", str(FUNCTIONS / folder / "main.py"),
+                         signature_type: str = "http", source: Path | None = None) -> Process:
+    source = source or FUNCTIONS / folder / "main.py"
+    argv = [str(BIN / "functions-framework"), "--target", name, "--source", str(source),
             "--signature-type", signature_type, "--host", "127.0.0.1", "--port", str(port)]
-    proc = spawn(name, argv, log_dir / f"{name}.log", env=env, cwd=FUNCTIONS / folder)
+    proc = spawn(name, argv, log_dir / f"{name}.log", env=env, cwd=source.parent)
     wait_for_port(port, 60, proc, name)
     return Process(name, proc, port, log_dir / f"{name}.log")
 
