@@ -4,11 +4,17 @@
 # Knative does not try to resolve to a digest, so images copied in with
 # `minikube image load` (make minikube-load) deploy without a registry. For a real one:
 #   make push REGISTRY=ghcr.io/you/purchase TAG=1.0.0 && make deploy REGISTRY=... TAG=...
-# The manifests carry the default names; deploy-<fn> swaps in the chosen image on the way
-# to `kubectl apply` (k8s/render.py), so no file is edited.
+# The manifests are a kustomize base with overlays (k8s/); every deploy target is one
+# `kubectl apply -k` (kubectl's own kustomize) of k8s/overlays/$(OVERLAY) with the chosen
+# images, so no file is edited.
 
-REGISTRY ?= dev.local/purchase
+# The names the base manifests give the function images, which REGISTRY/TAG replace.
+BASE_REGISTRY := dev.local/purchase
+REGISTRY ?= $(BASE_REGISTRY)
 TAG ?= dev
+# Where it runs: a folder of k8s/overlays/. minikube (the base as it is), node (the cluster in a
+# box: local Kafka/MongoDB substitutes, short KEDA timings), registry-example (a model to copy).
+OVERLAY ?= minikube
 DOCKER ?= docker
 KUBECTL ?= kubectl
 MINIKUBE ?= minikube
@@ -17,13 +23,8 @@ MINIKUBE ?= minikube
 # without nodes, where those pods never run).
 DEPLOY_WAIT ?= 1
 WAIT_TIMEOUT ?= 300s
-# Non-empty: KEDA logs in to Kafka with k8s/keda/optional/ (SASL/TLS); see k8s/README.md.
+# Non-empty: KEDA logs in to Kafka with k8s/components/kafka-auth (SASL/TLS); see k8s/README.md.
 KAFKA_AUTH ?=
-# Non-empty: another image for the Kafka / MongoDB StatefulSets (and the topic Job), swapped in
-# on the way to kubectl like the function images; the node in a box uses its local
-# substitutes (cluster/README.md) because apache/kafka and mongo cannot be pulled there.
-KAFKA_IMAGE ?=
-MONGODB_IMAGE ?=
 # Empty: the Dockerfiles' own base, python:3.11-slim. Where Docker Hub is out of reach,
 # `make base-image` builds a local stand-in and prints how to build on it, e.g.
 #   make build DOCKER=podman PYTHON_IMAGE=localhost/purchase/python-base:3.11-bookworm \
@@ -34,8 +35,30 @@ DOCKER_BUILD_FLAGS ?=
 BUILD_FLAGS = $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) $(DOCKER_BUILD_FLAGS)
 
 K8S_NS := purchase
+FUNCTIONS := buy history persist-purchase
 image = $(REGISTRY)/$(1):$(TAG)
-RENDER = set -o pipefail; $(PYTHON) k8s/render.py
+# Each target applies its own objects out of the whole overlay, picked by the label every
+# object carries (tests/k8s checks that each belongs to exactly one target).
+NAME_LABEL := app.kubernetes.io/name
+comma := ,
+empty :=
+space := $(empty) $(empty)
+INFRA_SELECTOR := $(NAME_LABEL) notin ($(subst $(space),$(comma),$(FUNCTIONS)))
+
+# What a target hands to `kubectl apply -k`: a throw-away kustomization in .run/deploy/<target>/
+# (git-ignored, rewritten each time) that takes k8s/overlays/$(OVERLAY), adds the kafka-auth
+# component when $(1) is non-empty, and names the function images $(REGISTRY)/<fn>:$(TAG)
+# instead of the base's names (an overlay that renames them itself, like registry-example,
+# keeps its own).
+DEPLOY_DIR = .run/deploy/$@
+kustomization = mkdir -p $(DEPLOY_DIR) && { \
+	printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - %s\n' \
+	  ../../../k8s/overlays/$(OVERLAY); \
+	$(if $(1),printf 'components:\n  - ../../../k8s/components/kafka-auth\n';) \
+	printf 'images:\n'; \
+	$(foreach fn,$(FUNCTIONS),printf '  - {name: %s, newName: %s, newTag: "%s"}\n' \
+	  $(BASE_REGISTRY)/$(fn) $(REGISTRY)/$(fn) $(TAG);) \
+	} > $(DEPLOY_DIR)/kustomization.yaml
 
 .PHONY: build build-buy build-history build-persist-purchase lock base-image images \
         push push-buy push-history push-persist-purchase minikube-load \
@@ -82,38 +105,30 @@ minikube-load: ## Copy the three built images into minikube's container runtime
 	$(MINIKUBE) image load $(call image,history)
 	$(MINIKUBE) image load $(call image,persist-purchase)
 
-deploy: deploy-infra ## Deploy everything: infra, then the three functions (REGISTRY/TAG pick the images)
+deploy: deploy-infra ## Deploy everything to k8s/overlays/$(OVERLAY) (minikube; OVERLAY=node: the cluster in a box): infra, then the functions
 	$(MAKE) --no-print-directory deploy-buy deploy-history deploy-persist-purchase
 
 deploy-infra: ## Apply namespace, config, Kafka (KRaft), MongoDB, topic Job, Kourier gateway; wait for them
-	$(KUBECTL) apply -f k8s/namespace.yaml
-	$(RENDER) $(if $(KAFKA_IMAGE),--image kafka=$(KAFKA_IMAGE)) $(if $(MONGODB_IMAGE),--image mongo=$(MONGODB_IMAGE)) \
-	  k8s/config/*.yaml k8s/mongodb/*.yaml k8s/kafka/*.yaml k8s/ingress/knative-gateway-service.yaml \
-	  | $(KUBECTL) apply -f -
+	$(kustomization)
+	$(KUBECTL) apply -k $(DEPLOY_DIR) -l '$(INFRA_SELECTOR)'
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) rollout status statefulset/kafka --timeout=$(WAIT_TIMEOUT))
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) rollout status statefulset/mongodb --timeout=$(WAIT_TIMEOUT))
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) wait job/kafka-create-topics \
 	  --for=condition=complete --timeout=$(WAIT_TIMEOUT))
 
 deploy-buy: ## Apply only buy: its Knative Service (image $(REGISTRY)/buy:$(TAG)) and Ingress
-	$(RENDER) --image buy=$(call image,buy) k8s/knative/buy.yaml k8s/ingress/buy-ingress.yaml \
-	  | $(KUBECTL) apply -f -
-
 deploy-history: ## Apply only history: its Knative Service (image $(REGISTRY)/history:$(TAG)) and Ingress
-	$(RENDER) --image history=$(call image,history) k8s/knative/history.yaml k8s/ingress/history-ingress.yaml \
-	  | $(KUBECTL) apply -f -
-
-deploy-persist-purchase: ## Apply only persist-purchase: its Deployment (replicas 0) and KEDA ScaledObject
-	$(RENDER) --image persist-purchase=$(call image,persist-purchase) \
-	  $(if $(KAFKA_AUTH),--trigger-auth kafka-client-auth k8s/keda/optional/kafka-triggerauthentication.yaml) \
-	  k8s/keda/persist-purchase-deployment.yaml k8s/keda/persist-purchase-scaledobject.yaml \
-	  | $(KUBECTL) apply -f -
+deploy-persist-purchase: ## Apply only persist-purchase: its Deployment (replicas 0), KEDA ScaledObject (KAFKA_AUTH=1: login)
+$(addprefix deploy-,$(FUNCTIONS)): deploy-%:
+	$(call kustomization,$(KAFKA_AUTH))
+	$(KUBECTL) apply -k $(DEPLOY_DIR) -l $(NAME_LABEL)=$*
 
 undeploy: ## Delete what `make deploy` applied; the namespace and the data volumes stay
-	-$(KUBECTL) delete --ignore-not-found -f k8s/keda/persist-purchase-scaledobject.yaml \
-	  -f k8s/keda/optional/kafka-triggerauthentication.yaml
-	-$(KUBECTL) delete --ignore-not-found -f k8s/keda/persist-purchase-deployment.yaml -f k8s/ingress/ -f k8s/knative/
-	-$(KUBECTL) delete --ignore-not-found -f k8s/kafka/ -f k8s/mongodb/ -f k8s/config/
+	@# The ScaledObject first, so KEDA lets go of the Deployment before it goes (kustomize lists Deployments first).
+	-$(KUBECTL) -n $(K8S_NS) delete --ignore-not-found scaledobject.keda.sh/persist-purchase
+	$(call kustomization,1)
+	@# Everything but the Namespace, whose name label is its name.
+	-$(KUBECTL) delete --ignore-not-found -k $(DEPLOY_DIR) -l '$(NAME_LABEL)!=$(K8S_NS)'
 
 status: ## Show the purchase namespace: Knative Services, KEDA scaling, pods, jobs, ingress
 	-$(KUBECTL) -n $(K8S_NS) get ksvc,scaledobject,hpa

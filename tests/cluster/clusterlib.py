@@ -24,13 +24,11 @@ from cluster import control, node  # noqa: E402
 from cluster.observe import CONSUMER, NAMESPACE, Kube, Revision, parse_time, revision_ready  # noqa: E402,F401
 from support import wait_until  # noqa: E402
 
-K8S = ROOT / "k8s"
-DEPLOYMENT_FILE = K8S / "keda" / "persist-purchase-deployment.yaml"
-SCALEDOBJECT_FILE = K8S / "keda" / "persist-purchase-scaledobject.yaml"
-# The test overlay's KEDA timings: short enough for a test, long enough that KEDA's own loop is
-# what is measured. Thresholds, offsetResetPolicy and replica bounds stay as shipped.
-POLLING_INTERVAL_S = int(os.environ.get("CLUSTER_TEST_POLLING_INTERVAL", "3"))
-COOLDOWN_S = int(os.environ.get("CLUSTER_TEST_COOLDOWN", "15"))
+NODE_OVERLAY = ROOT / "k8s" / "overlays" / "node"
+# KEDA's timings as the node overlay deploys them (its scaledobject-timings.yaml says why).
+_TIMINGS = yaml.safe_load((NODE_OVERLAY / "scaledobject-timings.yaml").read_text())["spec"]
+POLLING_INTERVAL_S = _TIMINGS["pollingInterval"]
+COOLDOWN_S = _TIMINGS["cooldownPeriod"]
 # Slack on top of KEDA's own periods for a loaded 2-core machine (API round trips, pod start).
 MARGIN_S = float(os.environ.get("CLUSTER_TEST_MARGIN", "10"))
 HPA_SYNC_S = 15  # kube-controller-manager's --horizontal-pod-autoscaler-sync-period (cluster default)

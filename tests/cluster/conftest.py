@@ -3,8 +3,8 @@
 They run only through `make test-cluster` (PURCHASE_CLUSTER_TESTS=1, after `make cluster-up`);
 anywhere else every test here is skipped, and under `make test-cluster` a cluster that is not
 up is a failure, not a skip. The whole system is deployed once per session with the real
-`make deploy` (substitute images for Kafka and MongoDB only); every test then works with its
-own users, so counts are exact per test.
+`make deploy OVERLAY=node` (k8s/overlays/node: substitute images for Kafka and MongoDB, KEDA's
+short test timings); every test then works with its own users, so counts are exact per test.
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from clusterlib import (CONSUMER, COOLDOWN_S, NAMESPACE, POLLING_INTERVAL_S, ROOT, Kube, NodeStack,  # noqa: E402
-                        revision_ready, wait_for)
+from clusterlib import ROOT, Kube, NodeStack, revision_ready, wait_for  # noqa: E402
 from cluster import control  # noqa: E402
 
 ENABLED = os.environ.get("PURCHASE_CLUSTER_TESTS") == "1"
@@ -45,13 +44,12 @@ def kube() -> Kube:
 
 
 def make_deploy(kube: Kube) -> subprocess.CompletedProcess:
-    """The real `make deploy`, as a minikube user runs it, with the node's substitutes for the
-    two upstream images that cannot be pulled here."""
-    from images import build as images_build  # cluster-up built and loaded them
+    """The real `make deploy`, as a minikube user runs it, with the node's overlay: the
+    substitutes (cluster-up built and loaded them) for the two upstream images that cannot be
+    pulled here, and KEDA's test timings."""
     env = dict(os.environ, KUBECONFIG=str(kube.kubeconfig))
     argv = ["make", "--no-print-directory", "deploy", f"KUBECTL={kube.kubectl_path}", "WAIT_TIMEOUT=300s",
-            f"KAFKA_IMAGE={images_build.KAFKA_IMAGE}", f"MONGODB_IMAGE={images_build.MONGODB_IMAGE}",
-            f"PYTHON={sys.executable}"]
+            "OVERLAY=node"]
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
 
 
@@ -66,9 +64,7 @@ def deployed(kube) -> subprocess.CompletedProcess:
 def stack(kube, deployed) -> NodeStack:
     """The deployed system: buy and history as Knative Revisions (reached through their
     Revision Services, with the routing headers a Knative networking layer would add: none can
-    run here), and the test overlay of KEDA's timings on the deployed ScaledObject."""
-    kube.run("patch", "scaledobject.keda.sh", CONSUMER, f"--namespace={NAMESPACE}", "--type=merge", "-p",
-             f'{{"spec": {{"pollingInterval": {POLLING_INTERVAL_S}, "cooldownPeriod": {COOLDOWN_S}}}}}')
+    run here)."""
     revisions = {name: wait_for(lambda n=name: revision_ready(kube, n), 180, f"{name}'s Revision Ready")
                  for name in ("buy", "history")}
     mongodb_uri = kube.secret_value("mongodb-credentials", "MONGODB_URI")

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import yaml
 
-from clusterlib import CONSUMER, K8S, NAMESPACE, pod_timeline, record_timeline, wait_for
+from clusterlib import CONSUMER, NAMESPACE, NODE_OVERLAY, pod_timeline, record_timeline, wait_for
 from cluster import node
-
-# What `make deploy` applies (mk/deploy.mk): everything under k8s/ except the optional SASL/TLS objects.
-DEPLOYED_FILES = sorted(
-    [K8S / "namespace.yaml"]
-    + [p for d in ("config", "mongodb", "kafka", "ingress", "knative") for p in (K8S / d).glob("*.yaml")]
-    + list((K8S / "keda").glob("*.yaml"))
-)
+from tools import kustomize
 
 
 def manifest_objects() -> list[tuple[str, str, str | None]]:
+    """What `make deploy OVERLAY=node` applies: every object of the node overlay."""
     objects = []
-    for path in DEPLOYED_FILES:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                kind = f"{doc['kind'].lower()}.{doc['apiVersion'].split('/')[0]}" if "/" in doc["apiVersion"] \
-                    else doc["kind"].lower()
-                objects.append((kind, doc["metadata"]["name"], doc["metadata"].get("namespace")))
+    for doc in yaml.safe_load_all(kustomize.build(NODE_OVERLAY)):
+        if doc:
+            kind = f"{doc['kind'].lower()}.{doc['apiVersion'].split('/')[0]}" if "/" in doc["apiVersion"] \
+                else doc["kind"].lower()
+            objects.append((kind, doc["metadata"]["name"], doc["metadata"].get("namespace")))
     return objects
 
 

@@ -21,9 +21,10 @@ def pytest_configure(config):
     )
 
 
-@pytest.fixture(scope="session")
-def docs() -> list[h.Doc]:
-    return h.all_docs()
+@pytest.fixture(scope="session", params=h.VARIANTS)
+def docs(request) -> list[h.Doc]:
+    """The objects of one overlay (or the default one with the SASL/TLS component) as rendered."""
+    return h.rendered(request.param)
 
 
 @pytest.fixture(scope="session")

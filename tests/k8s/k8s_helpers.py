@@ -1,24 +1,36 @@
 """What the tests of k8s/, the Dockerfiles and mk/deploy.mk share (no cluster, no Docker).
 
-Manifests are read from k8s/; upstream CRDs from PURCHASE_CRDS_DIR (default ../shared/crds
-beside the repository); `make` runs with recording `kubectl`/`docker` shims on PATH.
+Manifests are each overlay of k8s/ as the standalone kustomize renders it (tools/kustomize.py,
+the version kubectl's `apply -k` embeds); upstream CRDs come from PURCHASE_CRDS_DIR (default
+../shared/crds beside the repository); `make` runs with recording `kubectl`/`docker` shims on PATH.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from tools import kustomize
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
+BASE = K8S / "base"
+OVERLAYS = tuple(sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml")))
+# Filled in and applied by hand, so in no kustomization (k8s/README.md, SASL/TLS).
+KAFKA_CLIENT_SECRET = K8S / "components" / "kafka-auth" / "kafka-client-secret.example.yaml"
+# What gets deployed: each overlay, and the default one with the optional SASL/TLS component
+# (`make deploy KAFKA_AUTH=1`).
+VARIANTS = OVERLAYS + ("minikube+kafka-auth",)
 NAMESPACE = "purchase"
 PART_OF = "purchase-system"
 
@@ -72,18 +84,40 @@ class Doc:
         return f"{self.path.relative_to(ROOT)}#{self.index} {self.kind}/{self.name}"
 
 
-def manifest_files() -> list[Path]:
-    return sorted(p for p in K8S.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+def object_files() -> list[Path]:
+    """The files of the base and the components, one object each (not their kustomizations)."""
+    return sorted(p for folder in (BASE, K8S / "components") for p in folder.rglob("*.y*ml")
+                  if p.name != "kustomization.yaml")
 
 
 def load_docs(text: str, path: Path) -> list[Doc]:
     return [Doc(path, i, obj) for i, obj in enumerate(yaml.safe_load_all(text)) if obj is not None]
 
 
-def all_docs() -> list[Doc]:
-    docs = []
-    for path in manifest_files():
-        docs.extend(load_docs(path.read_text(), path))
+@functools.cache
+def rendered(variant: str) -> list[Doc]:
+    """The objects of a VARIANTS entry: `kustomize build` of the overlay (plus the component)."""
+    overlay, _, component = variant.partition("+")
+    target = K8S / "overlays" / overlay
+    with tempfile.TemporaryDirectory() as tmp:
+        if component:
+            # kustomize takes other kustomizations by relative path only.
+            (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump({
+                "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                "resources": [os.path.relpath(target, tmp)],
+                "components": [os.path.relpath(K8S / "components" / component, tmp)]}))
+            target = Path(tmp)
+        return load_docs(kustomize.build(target), K8S / "overlays" / variant)
+
+
+def distinct_docs(extra: list[Doc] = ()) -> list[Doc]:
+    """Every object any variant renders, each distinct one once, plus extra."""
+    seen, docs = set(), []
+    for doc in [d for variant in VARIANTS for d in rendered(variant)] + list(extra):
+        text = json.dumps(doc.obj, sort_keys=True)
+        if text not in seen:
+            seen.add(text)
+            docs.append(doc)
     return docs
 
 
@@ -179,18 +213,22 @@ def schema_nodes_used(schema: dict, instance, path: str = ""):
 
 # --- make with recording shims ----------------------------------------------------------
 
+# Records each call; for `kubectl ... -k DIR` also what kubectl's kustomize would render there
+# and then (the target may rewrite DIR for its next call).
 SHIM = r'''#!/usr/bin/env python3
-import json, os, sys
-entry = {"tool": os.path.basename(sys.argv[0]), "argv": sys.argv[1:], "cwd": os.getcwd()}
-if "-" in sys.argv[1:]:
-    entry["stdin"] = sys.stdin.read()
+import json, os, subprocess, sys
+args = sys.argv[1:]
+entry = {"tool": os.path.basename(sys.argv[0]), "argv": args, "cwd": os.getcwd()}
+if "-k" in args:
+    entry["rendered"] = subprocess.run([os.environ["SHIM_KUSTOMIZE"], "build", args[args.index("-k") + 1]],
+                                       capture_output=True, text=True, check=True, timeout=120).stdout
 with open(os.environ["SHIM_LOG"], "a") as log:
     log.write(json.dumps(entry) + "\n")
 '''
 
 # Variables a caller's environment (or an outer `make test REGISTRY=...`) could leak in.
 MAKE_ENV_NOISE = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "REGISTRY", "TAG", "KUBECTL",
-                  "DOCKER", "MINIKUBE", "KAFKA_AUTH", "WAIT_TIMEOUT", "DEPLOY_WAIT", "PYTHON",
+                  "DOCKER", "MINIKUBE", "KAFKA_AUTH", "WAIT_TIMEOUT", "DEPLOY_WAIT", "OVERLAY",
                   "PYTHON_IMAGE", "DOCKER_BUILD_FLAGS")
 
 
@@ -213,6 +251,7 @@ def run_make(shim_dir: Path, *args: str, dry_run: bool = False) -> tuple[subproc
     env = clean_make_env()
     env["PATH"] = f"{shim_dir}{os.pathsep}{env.get('PATH', '')}"
     env["SHIM_LOG"] = str(log)
+    env["SHIM_KUSTOMIZE"] = str(kustomize.ensure())
     argv = ["make", "--no-print-directory", "-s", "-C", str(ROOT)] + (["-n"] if dry_run else []) + list(args)
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     calls = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -220,29 +259,41 @@ def run_make(shim_dir: Path, *args: str, dry_run: bool = False) -> tuple[subproc
 
 
 def applied_docs(calls: list[dict], verb: str = "apply") -> list[Doc]:
-    """The objects `kubectl <verb>` was given, from -f files, directories or stdin."""
+    """The objects `kubectl <verb> -k DIR [-l SELECTOR]` was given, in the order kubectl gets them."""
     docs = []
     for call in calls:
-        if call["tool"] != "kubectl" or verb not in call["argv"]:
-            continue
         argv = call["argv"]
-        for i, arg in enumerate(argv):
-            if arg != "-f":
-                continue
-            target = argv[i + 1]
-            if target == "-":
-                docs.extend(load_docs(call["stdin"], Path(call["cwd"]) / "<stdin>"))
-                continue
-            path = Path(call["cwd"]) / target
-            files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
-            for file in files:
-                docs.extend(load_docs(file.read_text(), file))
+        if call["tool"] != "kubectl" or verb not in argv or "rendered" not in call:
+            continue
+        selector = argv[argv.index("-l") + 1] if "-l" in argv else ""
+        docs += [d for d in load_docs(call["rendered"], Path(call["cwd"]) / argv[argv.index("-k") + 1])
+                 if selects(selector, d.obj["metadata"].get("labels", {}))]
     return docs
 
 
-def make_image_names() -> dict[str, str]:
-    """Dockerfile folder -> image tag, read from `make -n build` with the default variables."""
-    result = subprocess.run(["make", "--no-print-directory", "-s", "-n", "-C", str(ROOT), "build"],
+SELECTOR_TERM = re.compile(r"\s*([\w./-]+)\s*(?:(notin|in)\s*\(([^)]*)\)|(==|!=|=)\s*([\w.-]*))\s*(?:,|$)")
+
+
+def selects(selector: str, labels: dict) -> bool:
+    """A label selector as kubectl's -l reads it: `k=v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`."""
+    position, wanted = 0, True
+    while position < len(selector):
+        term = SELECTOR_TERM.match(selector, position)
+        assert term, f"selector {selector!r} not understood at {position}"
+        key, set_op, values, op, value = term.groups()
+        have = labels.get(key)
+        if set_op:
+            inside = have in {v.strip() for v in values.split(",")}
+            wanted &= inside if set_op == "in" else not inside
+        else:
+            wanted &= (have == value) if op in ("=", "==") else (have != value)
+        position = term.end()
+    return wanted
+
+
+def make_image_names(*variables: str) -> dict[str, str]:
+    """Dockerfile folder -> image tag, read from `make -n build` (default variables unless given)."""
+    result = subprocess.run(["make", "--no-print-directory", "-s", "-n", "-C", str(ROOT), "build", *variables],
                             env=clean_make_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     images = {}

@@ -1,5 +1,6 @@
-"""The manifests agree with each other, with the code (lib/purchase_common/config.py,
-batch_consumer.py, devstack/gateway.py) and with what `make build-*` produces."""
+"""The objects each overlay renders (the `docs` fixture, once per h.VARIANTS entry) agree with
+each other, with the code (lib/purchase_common/config.py, batch_consumer.py,
+devstack/gateway.py) and with what `make build-*` produces."""
 from __future__ import annotations
 
 import ast
@@ -9,12 +10,11 @@ import subprocess
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 import k8s_helpers as h
 from devstack import gateway
 from purchase_common import config
-
-DOCS = h.all_docs()
 
 # Every trigger metadata key KEDA's kafka scaler reads (kedacore/keda v2.20,
 # pkg/scalers/kafka_scaler.go: parseKafkaMetadata, parseKafkaAuthParams, parseTLS,
@@ -40,32 +40,32 @@ KNATIVE_AUTOSCALING_ANNOTATIONS = {
 CLUSTER_DOMAIN = "svc.cluster.local"
 
 
-def configmap() -> dict:
-    return h.find(DOCS, "ConfigMap", "purchase-config").obj["data"]
+def configmap(docs) -> dict:
+    return h.find(docs, "ConfigMap", "purchase-config").obj["data"]
 
 
-def scaledobject() -> dict:
-    return h.find(DOCS, "ScaledObject", "persist-purchase").obj
+def scaledobject(docs) -> dict:
+    return h.find(docs, "ScaledObject", "persist-purchase").obj
 
 
-def kafka_trigger() -> dict:
-    triggers = scaledobject()["spec"]["triggers"]
+def kafka_trigger(docs) -> dict:
+    triggers = scaledobject(docs)["spec"]["triggers"]
     assert len(triggers) == 1 and triggers[0]["type"] == "kafka", triggers
     return triggers[0]["metadata"]
 
 
-def topic_job_env() -> dict:
-    job = h.find(DOCS, "Job", "kafka-create-topics")
+def topic_job_env(docs) -> dict:
+    job = h.find(docs, "Job", "kafka-create-topics")
     (container,) = h.containers(job)
     return {e["name"]: e["value"] for e in container["env"]}
 
 
-def service_for_host(host: str, port: int) -> h.Doc:
+def service_for_host(docs, host: str, port: int) -> h.Doc:
     """The Service a cluster DNS name <svc>.<ns>.svc.cluster.local:<port> reaches."""
     assert host.endswith(f".{CLUSTER_DOMAIN}"), host
     name, namespace = host[: -len(CLUSTER_DOMAIN) - 1].split(".")[-2:]
     assert namespace == h.NAMESPACE, host
-    svc = h.find(DOCS, "Service", name, group="")
+    svc = h.find(docs, "Service", name, group="")
     assert port in [p["port"] for p in svc.obj["spec"]["ports"]], f"{svc} has no port {port}"
     return svc
 
@@ -79,15 +79,15 @@ def consumer_call() -> ast.Call:
 
 # --- config.py, consumer.py, ConfigMap, ScaledObject, topic Job --------------------------
 
-def test_configmap_matches_config_constants():
-    data = configmap()
+def test_configmap_matches_config_constants(docs):
+    data = configmap(docs)
     assert data["PURCHASES_TOPIC"] == config.PURCHASES_TOPIC
     assert data["DEAD_LETTER_TOPIC"] == config.DEAD_LETTER_TOPIC
     assert data["CONSUMER_GROUP"] == config.CONSUMER_GROUP
     assert data["MONGODB_DATABASE"] == config.DATABASE_NAME
     for server in data["KAFKA_BOOTSTRAP_SERVERS"].split(","):
         host, port = server.rsplit(":", 1)
-        svc = service_for_host(host, int(port))
+        svc = service_for_host(docs, host, int(port))
         assert svc.name == "kafka"
 
 
@@ -99,12 +99,12 @@ def test_consumer_code_uses_the_config_constants():
     assert ast.unparse(call.args[0]) == "settings.purchases_topic"
 
 
-def test_scaledobject_matches_consumer_and_config():
-    meta = kafka_trigger()
-    assert meta["consumerGroup"] == config.CONSUMER_GROUP == configmap()["CONSUMER_GROUP"]
-    assert meta["topic"] == config.PURCHASES_TOPIC == configmap()["PURCHASES_TOPIC"]
+def test_scaledobject_matches_consumer_and_config(docs):
+    meta = kafka_trigger(docs)
+    assert meta["consumerGroup"] == config.CONSUMER_GROUP == configmap(docs)["CONSUMER_GROUP"]
+    assert meta["topic"] == config.PURCHASES_TOPIC == configmap(docs)["PURCHASES_TOPIC"]
     assert meta["offsetResetPolicy"] == config.AUTO_OFFSET_RESET == "earliest"
-    assert meta["bootstrapServers"] == configmap()["KAFKA_BOOTSTRAP_SERVERS"]
+    assert meta["bootstrapServers"] == configmap(docs)["KAFKA_BOOTSTRAP_SERVERS"]
     assert int(meta["lagThreshold"]) > 0
     assert int(meta["activationLagThreshold"]) == 0, "a single waiting purchase must wake the consumer"
     assert meta.get("allowIdleConsumers", "false") == "false"
@@ -112,36 +112,36 @@ def test_scaledobject_matches_consumer_and_config():
         "a new group (no committed offset) must still wake up"
 
 
-def test_scaledobject_replicas_fit_the_topic():
-    spec = scaledobject()["spec"]
-    partitions = int(topic_job_env()["PURCHASES_PARTITIONS"])
+def test_scaledobject_replicas_fit_the_topic(docs):
+    spec = scaledobject(docs)["spec"]
+    partitions = int(topic_job_env(docs)["PURCHASES_PARTITIONS"])
     assert partitions == config.TOPIC_PARTITIONS
     assert spec["minReplicaCount"] == 0
     assert 1 <= spec["maxReplicaCount"] <= partitions
     assert spec["pollingInterval"] > 0 and spec["cooldownPeriod"] > 0
     target = spec["scaleTargetRef"]
-    deployment = h.find(DOCS, target.get("kind", "Deployment"), target["name"])
+    deployment = h.find(docs, target.get("kind", "Deployment"), target["name"])
     assert deployment.obj["spec"]["replicas"] == 0
 
 
-def test_kafka_trigger_metadata_keys_known():
-    unknown = set(kafka_trigger()) - KEDA_KAFKA_METADATA_KEYS
+def test_kafka_trigger_metadata_keys_known(docs):
+    unknown = set(kafka_trigger(docs)) - KEDA_KAFKA_METADATA_KEYS
     assert not unknown, f"KEDA's kafka scaler does not read {sorted(unknown)}"
 
 
-def test_topic_job_creates_the_topics_the_code_uses():
-    env = topic_job_env()
+def test_topic_job_creates_the_topics_the_code_uses(docs):
+    env = topic_job_env(docs)
     assert env["PURCHASES_TOPIC"] == config.PURCHASES_TOPIC
     assert env["DEAD_LETTER_TOPIC"] == config.DEAD_LETTER_TOPIC
     assert int(env["DEAD_LETTER_PARTITIONS"]) >= 1
-    assert env["BOOTSTRAP"] == configmap()["KAFKA_BOOTSTRAP_SERVERS"]
-    (container,) = h.containers(h.find(DOCS, "Job", "kafka-create-topics"))
+    assert env["BOOTSTRAP"] == configmap(docs)["KAFKA_BOOTSTRAP_SERVERS"]
+    (container,) = h.containers(h.find(docs, "Job", "kafka-create-topics"))
     script = container["args"][0]
     assert 'ensure_topic "$PURCHASES_TOPIC" "$PURCHASES_PARTITIONS"' in script
     assert 'ensure_topic "$DEAD_LETTER_TOPIC" "$DEAD_LETTER_PARTITIONS"' in script
     assert '--partitions "$2"' in script and "--if-not-exists" in script and "--alter" in script
     # With auto-creation off, no client can create `purchases` with another partition count.
-    kafka_env = {e["name"]: e.get("value") for e in h.containers(h.find(DOCS, "StatefulSet", "kafka"))[0]["env"]}
+    kafka_env = {e["name"]: e.get("value") for e in h.containers(h.find(docs, "StatefulSet", "kafka"))[0]["env"]}
     assert kafka_env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
 
 
@@ -166,8 +166,8 @@ elif "--describe" in args:
 
 
 @pytest.mark.parametrize("existing", [{}, {"purchases": 3}], ids=["fresh", "grows-an-older-topic"])
-def test_topic_job_script_creates_and_grows_topics(existing, tmp_path):
-    (container,) = h.containers(h.find(DOCS, "Job", "kafka-create-topics"))
+def test_topic_job_script_creates_and_grows_topics(docs, existing, tmp_path):
+    (container,) = h.containers(h.find(docs, "Job", "kafka-create-topics"))
     bin_dir, state = tmp_path / "bin", tmp_path / "state"
     bin_dir.mkdir()
     state.mkdir()
@@ -177,7 +177,7 @@ def test_topic_job_script_creates_and_grows_topics(existing, tmp_path):
         tool.chmod(0o755)
     for topic, count in existing.items():
         (state / topic).write_text(str(count))
-    env = {"PATH": os.environ["PATH"], "KAFKA_BIN": str(bin_dir), "TOPICS_STATE": str(state), **topic_job_env()}
+    env = {"PATH": os.environ["PATH"], "KAFKA_BIN": str(bin_dir), "TOPICS_STATE": str(state), **topic_job_env(docs)}
     result = subprocess.run(container["command"] + container["args"], env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -187,37 +187,42 @@ def test_topic_job_script_creates_and_grows_topics(existing, tmp_path):
     assert len(altered) == (1 if existing else 0)
 
 
-def test_kafka_advertises_its_headless_name():
-    sts = h.find(DOCS, "StatefulSet", "kafka").obj
+def test_kafka_advertises_its_headless_name(docs):
+    sts = h.find(docs, "StatefulSet", "kafka").obj
     env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
     listener = urlsplit(env["KAFKA_ADVERTISED_LISTENERS"].replace("PLAINTEXT://", "tcp://"))
     pod_dns = f"{sts['metadata']['name']}-0.{sts['spec']['serviceName']}.{h.NAMESPACE}.{CLUSTER_DOMAIN}"
     assert listener.hostname == pod_dns
-    headless = h.find(DOCS, "Service", sts["spec"]["serviceName"], group="")
+    headless = h.find(docs, "Service", sts["spec"]["serviceName"], group="")
     assert headless.obj["spec"]["clusterIP"] == "None"
     assert listener.port in [p["port"] for p in headless.obj["spec"]["ports"]]
     assert sts["spec"]["template"]["spec"]["enableServiceLinks"] is False, \
         "the image would turn KAFKA_* service-link variables into broker settings"
 
 
-def test_mongodb_uri_matches_credentials_and_service():
-    secret = h.find(DOCS, "Secret", "mongodb-credentials").obj["stringData"]
+def test_mongodb_uri_matches_credentials_and_service(docs):
+    secret = h.find(docs, "Secret", "mongodb-credentials").obj["stringData"]
     uri = urlsplit(secret["MONGODB_URI"])
     assert uri.scheme == "mongodb"
     assert uri.username == secret["MONGO_INITDB_ROOT_USERNAME"]
     assert uri.password == secret["MONGO_INITDB_ROOT_PASSWORD"]
     assert "authSource=admin" in uri.query, "the root user lives in the admin database"
-    assert service_for_host(uri.hostname, uri.port).name == "mongodb"
+    assert service_for_host(docs, uri.hostname, uri.port).name == "mongodb"
 
 
 # --- images ---------------------------------------------------------------------------
 
-def test_images_match_make_build():
-    built = h.make_image_names()
+# The registry and tag an overlay names the function images with, where not the defaults.
+OVERLAY_IMAGES = {"registry-example": ("REGISTRY=ghcr.io/example/purchase", "TAG=1.0.0")}
+
+
+def test_images_match_make_build(docs):
+    overlay = docs[0].path.name.partition("+")[0]
+    built = h.make_image_names(*OVERLAY_IMAGES.get(overlay, ()))
     assert set(built) == {folder for folder, _, _ in h.FUNCTIONS.values()}
     for function, (folder, image_name, owned) in h.FUNCTIONS.items():
         assert built[folder].rsplit("/", 1)[-1].split(":")[0] == image_name
-        workloads = [h.find(DOCS, kind, name, group) for kind, group, name in owned if kind != "Ingress"]
+        workloads = [h.find(docs, kind, name, group) for kind, group, name in owned if kind != "Ingress"]
         workloads = [d for d in workloads if h.pod_template(d)]
         assert workloads, function
         for doc in workloads:
@@ -235,16 +240,16 @@ def test_function_images_come_from_local_names_knative_does_not_resolve():
 
 # --- ingress --------------------------------------------------------------------------
 
-def ingress_routes() -> dict[str, str]:
+def ingress_routes(docs) -> dict[str, str]:
     """path prefix -> Knative Service name, from the Ingress objects for purchase.local."""
     routes = {}
-    for doc in (d for d in DOCS if d.kind == "Ingress"):
+    for doc in (d for d in docs if d.kind == "Ingress"):
         annotations = doc.obj["metadata"].get("annotations", {})
         assert not any("rewrite-target" in key for key in annotations), \
             f"{doc}: rewrite-target would strip the paths the functions route on"
         vhost = annotations["nginx.ingress.kubernetes.io/upstream-vhost"]
         backend_name = vhost.removesuffix(f".{h.NAMESPACE}.{CLUSTER_DOMAIN}")
-        assert h.find(DOCS, "Service", backend_name, group="serving.knative.dev")
+        assert h.find(docs, "Service", backend_name, group="serving.knative.dev")
         assert doc.obj["spec"]["ingressClassName"] == "nginx"
         for rule in doc.obj["spec"]["rules"]:
             assert rule["host"] == "purchase.local"
@@ -253,7 +258,7 @@ def ingress_routes() -> dict[str, str]:
                 assert path["path"] not in routes, f"{path['path']} routed twice"
                 routes[path["path"]] = backend_name
                 backend = path["backend"]["service"]
-                gateway_svc = h.find(DOCS, "Service", backend["name"], group="").obj
+                gateway_svc = h.find(docs, "Service", backend["name"], group="").obj
                 assert gateway_svc["spec"]["type"] == "ExternalName"
                 assert gateway_svc["spec"]["externalName"] == f"kourier-internal.kourier-system.{CLUSTER_DOMAIN}"
                 ports = gateway_svc["spec"]["ports"]
@@ -263,24 +268,24 @@ def ingress_routes() -> dict[str, str]:
     return routes
 
 
-def test_ingress_paths_are_exactly_the_gateway_routes():
-    assert ingress_routes() == dict(gateway.ROUTES)
+def test_ingress_paths_are_exactly_the_gateway_routes(docs):
+    assert ingress_routes(docs) == dict(gateway.ROUTES)
 
 
 @pytest.mark.parametrize("path", [
     "/api/buy", "/api/buy/", "/api/buyer", "/api/user/42/purchases", "/api/user", "/api/users/1",
     "/api/purchases", "/api/getAllUserBuys/u-1", "/api/getAllUserBuysX", "/healthz", "/",
 ])
-def test_ingress_prefix_matching_agrees_with_the_local_gateway(path):
-    routes = ingress_routes()
+def test_ingress_prefix_matching_agrees_with_the_local_gateway(docs, path):
+    routes = ingress_routes(docs)
     # Kubernetes pathType Prefix matches whole path elements; the longest prefix wins.
     matches = [p for p in routes if path == p or path.startswith(p.rstrip("/") + "/")]
     by_ingress = routes[max(matches, key=len)] if matches else None
     assert by_ingress == gateway.route(path)
 
 
-def test_ingress_hosts_are_cluster_local_knative_services():
-    for doc in (d for d in DOCS if d.kind == "Service" and d.group == "serving.knative.dev"):
+def test_ingress_hosts_are_cluster_local_knative_services(docs):
+    for doc in (d for d in docs if d.kind == "Service" and d.group == "serving.knative.dev"):
         # The Ingress sends the cluster-local hostname, which kourier-internal serves for every
         # Knative Service; the label keeps the Service off Kourier's public gateway.
         assert doc.obj["metadata"]["labels"]["networking.knative.dev/visibility"] == "cluster-local"
@@ -288,16 +293,16 @@ def test_ingress_hosts_are_cluster_local_knative_services():
 
 # --- selectors, references ------------------------------------------------------------
 
-def workloads() -> list[h.Doc]:
-    return [d for d in DOCS if d.kind in ("Deployment", "StatefulSet")]
+def workloads(docs) -> list[h.Doc]:
+    return [d for d in docs if d.kind in ("Deployment", "StatefulSet")]
 
 
-def test_workload_selectors_match_their_templates():
-    for doc in workloads():
+def test_workload_selectors_match_their_templates(docs):
+    for doc in workloads(docs):
         selector = doc.obj["spec"]["selector"]["matchLabels"]
         labels = doc.obj["spec"]["template"]["metadata"]["labels"]
         assert selector.items() <= labels.items(), doc
-    for doc in DOCS:
+    for doc in docs:
         template = h.pod_template(doc)
         if template:
             labels = template["metadata"]["labels"]
@@ -307,36 +312,38 @@ def test_workload_selectors_match_their_templates():
             assert claim["metadata"]["labels"].get("app.kubernetes.io/part-of") == h.PART_OF, doc
 
 
-@pytest.mark.parametrize("svc", [d for d in DOCS if d.kind == "Service" and d.group == ""], ids=str)
-def test_service_selector_matches_pods(svc):
-    spec = svc.obj["spec"]
-    if spec.get("type") == "ExternalName":
-        assert "selector" not in spec
-        return
-    selector = spec["selector"]
-    targets = [w for w in workloads() if selector.items() <= w.obj["spec"]["template"]["metadata"]["labels"].items()]
-    assert len(targets) == 1, f"{svc} selects {[str(t) for t in targets]}"
-    ports = [p for c in h.containers(targets[0]) for p in c.get("ports", [])]
-    for port in spec["ports"]:
-        target = port.get("targetPort", port["port"])
-        assert any(target in (p.get("name"), p["containerPort"]) for p in ports), f"{svc}: no container port {target}"
+def test_service_selectors_match_pods(docs):
+    for svc in (d for d in docs if d.kind == "Service" and d.group == ""):
+        spec = svc.obj["spec"]
+        if spec.get("type") == "ExternalName":
+            assert "selector" not in spec
+            continue
+        selector = spec["selector"]
+        targets = [w for w in workloads(docs)
+                   if selector.items() <= w.obj["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(targets) == 1, f"{svc} selects {[str(t) for t in targets]}"
+        ports = [p for c in h.containers(targets[0]) for p in c.get("ports", [])]
+        for port in spec["ports"]:
+            target = port.get("targetPort", port["port"])
+            assert any(target in (p.get("name"), p["containerPort"]) for p in ports), \
+                f"{svc}: no container port {target}"
 
 
-def test_statefulsets_have_headless_governing_services():
-    for doc in (d for d in workloads() if d.kind == "StatefulSet"):
-        headless = h.find(DOCS, "Service", doc.obj["spec"]["serviceName"], group="").obj
+def test_statefulsets_have_headless_governing_services(docs):
+    for doc in (d for d in workloads(docs) if d.kind == "StatefulSet"):
+        headless = h.find(docs, "Service", doc.obj["spec"]["serviceName"], group="").obj
         assert headless["spec"]["clusterIP"] == "None"
         assert headless["spec"]["selector"].items() <= doc.obj["spec"]["template"]["metadata"]["labels"].items()
 
 
-def test_config_and_secret_references_resolve():
-    objects = {(d.kind, d.name): d.obj for d in DOCS if d.kind in ("ConfigMap", "Secret")}
+def test_config_and_secret_references_resolve(docs):
+    objects = {(d.kind, d.name): d.obj for d in docs if d.kind in ("ConfigMap", "Secret")}
 
     def keys(kind, name):
         obj = objects.get((kind, name))
         return None if obj is None else set(obj.get("data", {})) | set(obj.get("stringData", {}))
 
-    for doc in DOCS:
+    for doc in docs:
         for container in h.containers(doc):
             for source in container.get("envFrom", []):
                 for ref_kind, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
@@ -350,8 +357,9 @@ def test_config_and_secret_references_resolve():
 
 
 def test_optional_kafka_auth_reads_keys_of_its_secret():
-    secret = h.find(DOCS, "Secret", "purchase-kafka-client").obj["stringData"]
-    auth = h.find(DOCS, "TriggerAuthentication", "kafka-client-auth").obj
+    secret = yaml.safe_load(h.KAFKA_CLIENT_SECRET.read_text())["stringData"]
+    with_auth = h.rendered("minikube+kafka-auth")
+    auth = h.find(with_auth, "TriggerAuthentication", "kafka-client-auth").obj
     for ref in auth["spec"]["secretTargetRef"]:
         assert ref["name"] == "purchase-kafka-client" and ref["key"] in secret
     assert {r["parameter"] for r in auth["spec"]["secretTargetRef"]} <= {"sasl", "username", "password", "tls", "ca",
@@ -359,22 +367,25 @@ def test_optional_kafka_auth_reads_keys_of_its_secret():
     # The functions read the same user: the keys config.Settings reads for kafka_client_options().
     client_keys = {"KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"}
     assert client_keys <= set(secret)
-    # Off by default: the ScaledObject references no TriggerAuthentication.
-    assert all("authenticationRef" not in t for t in scaledobject()["spec"]["triggers"])
+    # The component points every trigger at it; off by default, no overlay references it.
+    triggers = scaledobject(with_auth)["spec"]["triggers"]
+    assert [t["authenticationRef"] for t in triggers] == [{"name": auth["metadata"]["name"]}]
+    for overlay in h.OVERLAYS:
+        assert all("authenticationRef" not in t for t in scaledobject(h.rendered(overlay))["spec"]["triggers"])
 
 
 # --- containers: probes, ports, security --------------------------------------------------
 
-def our_containers():
+def our_containers(docs):
     for function, (folder, image_name, owned) in h.FUNCTIONS.items():
         for kind, group, name in owned:
-            doc = h.find(DOCS, kind, name, group)
+            doc = h.find(docs, kind, name, group)
             for container in h.containers(doc):
                 yield function, folder, doc, container
 
 
-def test_function_containers_are_locked_down():
-    for function, folder, doc, container in our_containers():
+def test_function_containers_are_locked_down(docs):
+    for function, folder, doc, container in our_containers(docs):
         ctx = container["securityContext"]
         pod_ctx = h.pod_template(doc)["spec"].get("securityContext", {})
         assert ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True, doc
@@ -391,8 +402,8 @@ def test_function_containers_are_locked_down():
         assert container["resources"]["requests"] and container["resources"]["limits"]["memory"], doc
 
 
-def test_all_containers_drop_privileges():
-    for doc in DOCS:
+def test_all_containers_drop_privileges(docs):
+    for doc in docs:
         template = h.pod_template(doc)
         if not template:
             continue
@@ -406,9 +417,9 @@ def test_all_containers_drop_privileges():
             assert container.get("resources", {}).get("limits", {}).get("memory"), f"{doc}: no memory limit"
 
 
-def test_knative_services():
+def test_knative_services(docs):
     for function in ("buy", "history"):
-        doc = h.find(DOCS, "Service", function, group="serving.knative.dev")
+        doc = h.find(docs, "Service", function, group="serving.knative.dev")
         spec = doc.obj["spec"]["template"]["spec"]
         (container,) = spec["containers"]
         # Knative owns PORT (it sets 8080) and only allows probes on the serving port.
@@ -433,9 +444,9 @@ KNATIVE_RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
 KNATIVE_RESERVED_PORTS = {8012, 8013, 8022, 9090, 9091, 8008}  # queue-proxy, metrics, profiling
 
 
-def test_knative_webhook_rules():
+def test_knative_webhook_rules(docs):
     for function in ("buy", "history"):
-        doc = h.find(DOCS, "Service", function, group="serving.knative.dev")
+        doc = h.find(docs, "Service", function, group="serving.knative.dev")
         spec = doc.obj["spec"]["template"]["spec"]
         (container,) = spec["containers"]
         assert container["name"] != "queue-proxy"
@@ -460,9 +471,9 @@ def test_knative_webhook_rules():
             assert volume.get("emptyDir", {}).get("medium", "") in ("", "Memory")
 
 
-def test_knative_autoscaling_annotations():
+def test_knative_autoscaling_annotations(docs):
     for function in ("buy", "history"):
-        doc = h.find(DOCS, "Service", function, group="serving.knative.dev")
+        doc = h.find(docs, "Service", function, group="serving.knative.dev")
         template = doc.obj["spec"]["template"]
         annotations = {k.split("/", 1)[1]: v for k, v in template["metadata"]["annotations"].items()
                        if k.startswith("autoscaling.knative.dev/")}
@@ -481,8 +492,8 @@ def test_knative_autoscaling_annotations():
         assert 6 <= int(annotations["window"][:-1])
 
 
-def test_persist_purchase_deployment():
-    doc = h.find(DOCS, "Deployment", "persist-purchase")
+def test_persist_purchase_deployment(docs):
+    doc = h.find(docs, "Deployment", "persist-purchase")
     spec = doc.obj["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -508,11 +519,13 @@ def commented(path, keys):
 
 
 def test_scaling_values_are_commented():
-    commented(h.K8S / "keda/persist-purchase-scaledobject.yaml",
+    commented(h.BASE / "keda/persist-purchase-scaledobject.yaml",
               ["pollingInterval", "cooldownPeriod", "minReplicaCount", "maxReplicaCount", "bootstrapServers",
                "consumerGroup", "topic", "lagThreshold", "activationLagThreshold", "offsetResetPolicy",
                "stabilizationWindowSeconds"])
     for function in ("buy", "history"):
-        path = h.K8S / f"knative/{function}.yaml"
-        keys = [k for k in h.find(DOCS, "Service", function).obj["spec"]["template"]["metadata"]["annotations"]]
+        path = h.BASE / f"knative/{function}.yaml"
+        keys = list(yaml.safe_load(path.read_text())["spec"]["template"]["metadata"]["annotations"])
         commented(path, keys + ["containerConcurrency", "timeoutSeconds"])
+    # What the node overlay changes says why, too.
+    commented(h.K8S / "overlays/node/scaledobject-timings.yaml", ["pollingInterval", "cooldownPeriod"])

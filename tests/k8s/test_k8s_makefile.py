@@ -1,5 +1,7 @@
 """mk/deploy.mk, run for real with recording `kubectl`, `docker` and `minikube` shims on PATH:
-each deploy target applies exactly its own objects, with the image `make build` tags."""
+each deploy target is one `kubectl apply -k` of the chosen overlay that applies exactly its own
+objects (what kubectl's kustomize renders, filtered by the target's -l selector), with the
+image `make build` tags."""
 from __future__ import annotations
 
 import subprocess
@@ -16,7 +18,8 @@ INFRA = {
     ("StatefulSet", "apps", "mongodb"), ("Service", "", "mongodb"), ("Service", "", "mongodb-headless"),
     ("Service", "", "knative-gateway"),
 }
-OPTIONAL = {("Secret", "", "purchase-kafka-client"), ("TriggerAuthentication", "keda.sh", "kafka-client-auth")}
+TRIGGER_AUTH = ("TriggerAuthentication", "keda.sh", "kafka-client-auth")
+OWNED = set().union(*(objects for _, _, objects in h.FUNCTIONS.values()))
 
 
 def images_of(docs):
@@ -37,12 +40,25 @@ def make(tmp_path):
     return run
 
 
-def test_every_manifest_belongs_to_exactly_one_target():
-    owned = set().union(*(objects for _, _, objects in h.FUNCTIONS.values()))
-    all_keys = [d.key for d in h.all_docs()]
-    assert len(all_keys) == len(set(all_keys))
-    assert set(all_keys) == INFRA | owned | OPTIONAL
-    assert not INFRA & owned and not OPTIONAL & (INFRA | owned)
+def test_every_object_belongs_to_exactly_one_target():
+    for variant in h.VARIANTS:
+        all_keys = [d.key for d in h.rendered(variant)]
+        assert len(all_keys) == len(set(all_keys))
+        assert set(all_keys) == INFRA | OWNED | ({TRIGGER_AUTH} if "kafka-auth" in variant else set())
+    assert not INFRA & OWNED
+
+
+@pytest.mark.parametrize("selector,labels,selected", [
+    ("app.kubernetes.io/name=buy", {"app.kubernetes.io/name": "buy"}, True),
+    ("app.kubernetes.io/name=buy", {"app.kubernetes.io/name": "history"}, False),
+    ("app.kubernetes.io/name!=purchase", {"app.kubernetes.io/name": "purchase"}, False),
+    ("app.kubernetes.io/name notin (buy,history)", {"app.kubernetes.io/name": "kafka"}, True),
+    ("app.kubernetes.io/name notin (buy,history)", {"app.kubernetes.io/name": "history"}, False),
+    ("a in (x, y),b=1", {"a": "y", "b": "1"}, True),
+    ("a in (x, y),b=1", {"a": "y", "b": "2"}, False),
+])
+def test_the_shims_selector_reads_like_kubectl(selector, labels, selected):
+    assert h.selects(selector, labels) is selected
 
 
 @pytest.mark.parametrize("function", list(h.FUNCTIONS))
@@ -50,11 +66,12 @@ def test_deploy_function_applies_only_its_objects_with_the_chosen_image(function
     folder, image_name, owned = h.FUNCTIONS[function]
     _, calls = make(f"deploy-{function}", f"REGISTRY={REGISTRY}", f"TAG={TAG}")
     assert [c["tool"] for c in calls] == ["kubectl"], "one kubectl apply, no build, no push"
-    assert kubectl_calls(calls) == [["apply", "-f", "-"]]
+    assert kubectl_calls(calls) == [["apply", "-k", f".run/deploy/deploy-{function}",
+                                     "-l", f"app.kubernetes.io/name={function}"]]
     docs = h.applied_docs(calls)
     assert {d.key for d in docs} == owned
     assert images_of(docs) == {f"{REGISTRY}/{image_name}:{TAG}"}
-    assert "image: dev.local" not in calls[0]["stdin"]
+    assert "image: dev.local" not in calls[0]["rendered"], "every function image replaced"
 
 
 @pytest.mark.parametrize("function", list(h.FUNCTIONS))
@@ -79,8 +96,7 @@ def test_rendered_objects_still_validate(make, crds):
 def test_kafka_auth_adds_the_trigger_authentication(make, crds):
     _, calls = make("deploy-persist-purchase", "KAFKA_AUTH=1")
     docs = h.applied_docs(calls)
-    assert {d.key for d in docs} == h.FUNCTIONS["persist-purchase"][2] | {
-        ("TriggerAuthentication", "keda.sh", "kafka-client-auth")}
+    assert {d.key for d in docs} == h.FUNCTIONS["persist-purchase"][2] | {TRIGGER_AUTH}
     scaled = h.find(docs, "ScaledObject", "persist-purchase").obj
     assert [t["authenticationRef"] for t in scaled["spec"]["triggers"]] == [{"name": "kafka-client-auth"}]
     # Without it, nothing references a TriggerAuthentication (off by default).
@@ -92,8 +108,11 @@ def test_kafka_auth_adds_the_trigger_authentication(make, crds):
 def test_deploy_infra_applies_infra_and_waits(make):
     _, calls = make("deploy-infra")
     argvs = kubectl_calls(calls)
-    assert argvs[0] == ["apply", "-f", "k8s/namespace.yaml"], "the namespace exists before what lives in it"
-    assert {d.key for d in h.applied_docs(calls)} == INFRA
+    assert argvs[0] == ["apply", "-k", ".run/deploy/deploy-infra",
+                        "-l", "app.kubernetes.io/name notin (buy,history,persist-purchase)"]
+    docs = h.applied_docs(calls)
+    assert {d.key for d in docs} == INFRA
+    assert docs[0].key == ("Namespace", "", "purchase"), "the namespace exists before what lives in it"
     waits = [a for a in argvs if "apply" not in a]
     assert ["-n", "purchase", "rollout", "status", "statefulset/kafka", "--timeout=300s"] in waits
     assert ["-n", "purchase", "rollout", "status", "statefulset/mongodb", "--timeout=300s"] in waits
@@ -111,26 +130,30 @@ def test_deploy_applies_everything_once_infra_first(make):
     _, calls = make("deploy", f"REGISTRY={REGISTRY}", f"TAG={TAG}")
     docs = h.applied_docs(calls)
     keys = [d.key for d in docs]
-    owned = set().union(*(objects for _, _, objects in h.FUNCTIONS.values()))
-    assert sorted(keys) == sorted(INFRA | owned)
-    first_function = min(keys.index(k) for k in owned)
+    assert sorted(keys) == sorted(INFRA | OWNED)
+    first_function = min(keys.index(k) for k in OWNED)
     assert all(keys.index(k) < first_function for k in INFRA)
     assert images_of(docs) - {"apache/kafka:4.1.1", "mongo:8.0"} == {
         f"{REGISTRY}/{image}:{TAG}" for _, image, _ in h.FUNCTIONS.values()}
 
 
+@pytest.mark.parametrize("overlay", h.OVERLAYS)
+def test_deploy_applies_the_chosen_overlay(overlay, make):
+    """`make deploy OVERLAY=x` applies what `kubectl apply -k k8s/overlays/x` would, with
+    REGISTRY/TAG at their defaults: the make targets add nothing of their own."""
+    _, calls = make("deploy", f"OVERLAY={overlay}")
+    applied = {d.key: d.obj for d in h.applied_docs(calls)}
+    assert applied == {d.key: d.obj for d in h.rendered(overlay)}
+
+
 def test_undeploy_only_deletes(make):
     _, calls = make("undeploy")
     argvs = kubectl_calls(calls)
-    assert argvs and all(a[0] == "delete" and "--ignore-not-found" in a for a in argvs)
+    assert argvs and all("delete" in a and "--ignore-not-found" in a for a in argvs)
     deleted = {d.key for d in h.applied_docs(calls, verb="delete")}
-    owned = set().union(*(objects for _, _, objects in h.FUNCTIONS.values()))
-    assert owned | (INFRA - {("Namespace", "", "purchase")}) <= deleted
-    assert ("Namespace", "", "purchase") not in deleted, "the namespace (and its volumes) stay"
+    assert OWNED | {TRIGGER_AUTH} | (INFRA - {("Namespace", "", "purchase")}) == deleted
     # KEDA lets go of the Deployment before the Deployment goes.
-    order = [d.key for d in h.applied_docs(calls, verb="delete")]
-    assert order.index(("ScaledObject", "keda.sh", "persist-purchase")) < order.index(
-        ("Deployment", "apps", "persist-purchase"))
+    assert argvs[0] == ["-n", "purchase", "delete", "--ignore-not-found", "scaledobject.keda.sh/persist-purchase"]
 
 
 def test_k8s_status_only_reads(make):

@@ -115,7 +115,7 @@ def test_mongodb_substitute_takes_the_secret_login_and_ignores_mongod_args(subst
     import pymongo
 
     import k8s_helpers as h
-    secret = h.find(h.all_docs(), "Secret", "mongodb-credentials").obj["stringData"]
+    secret = h.find(h.rendered("node"), "Secret", "mongodb-credentials").obj["stringData"]
     port = free_port()
     name = f"purchase-test-{uuid.uuid4().hex[:8]}"
     podman(build, "run", "--detach", "--name", name, "--user", "999:999", "--publish", f"127.0.0.1:{port}:27017",
@@ -145,7 +145,7 @@ def test_kafka_substitute_runs_the_statefulset_env_and_the_topic_job(substitutes
     from kafka import KafkaConsumer, KafkaProducer
 
     import k8s_helpers as h
-    docs = h.all_docs()
+    docs = h.rendered("node")  # what runs on the node with the substitutes
     broker = h.containers(h.find(docs, "StatefulSet", "kafka"))[0]
     job = h.containers(h.find(docs, "Job", "kafka-create-topics"))[0]
     port = free_port()

@@ -1,5 +1,6 @@
-"""Every manifest parses and validates: core objects against the Kubernetes OpenAPI schemas
-(kubernetes-validate), Knative and KEDA objects against the upstream CRDs' openAPIV3Schema."""
+"""Every manifest parses, and every object each overlay renders validates: core objects against
+the Kubernetes OpenAPI schemas (kubernetes-validate), Knative and KEDA objects against the
+upstream CRDs' openAPIV3Schema. An object several overlays render alike is validated once."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +13,7 @@ import yaml
 
 import k8s_helpers as h
 
-DOCS = h.all_docs()
+DOCS = h.distinct_docs(h.load_docs(h.KAFKA_CLIENT_SECRET.read_text(), h.KAFKA_CLIENT_SECRET))
 CORE = [d for d in DOCS if d.group in h.CORE_GROUPS]
 CUSTOM = [d for d in DOCS if d.group not in h.CORE_GROUPS]
 
@@ -31,11 +32,13 @@ KNATIVE_FLAGS_ON_BY_DEFAULT = {"kubernetes.podspec-volumes-emptydir"}
 
 
 def test_every_yaml_file_parses():
-    for path in h.manifest_files():
+    for path in h.object_files():
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-        # One object per file: `make deploy-<fn>` picks objects by file.
+        # One object per file, its comments beside its values.
         assert len(docs) == 1, f"{path} holds {len(docs)} objects"
         assert {"apiVersion", "kind", "metadata"} <= set(docs[0]), f"{path} is not a Kubernetes object"
+    for path in h.K8S.rglob("kustomization.yaml"):
+        assert yaml.safe_load(path.read_text())["kind"] in ("Kustomization", "Component"), path
     assert yaml.safe_load((h.ROOT / ".github/workflows/ci.yml").read_text())
 
 

@@ -1,0 +1,89 @@
+"""The kustomize layout of k8s/: the base holds every object file, and each overlay (and the
+optional component) changes exactly what it says and nothing else, checked on what the
+standalone kustomize renders (tools/kustomize.py)."""
+from __future__ import annotations
+
+import subprocess
+
+import yaml
+
+import k8s_helpers as h
+from images import build as images_build
+from tools import kustomize
+
+FUNCTION_IMAGES = {f"dev.local/purchase/{image}:dev": image for _, image, _ in h.FUNCTIONS.values()}
+
+
+def differences(before: list[h.Doc], after: list[h.Doc]) -> dict[tuple, tuple]:
+    """(object key, path) -> (value before, value after), for every value that differs."""
+    found = {}
+
+    def walk(key, path, a, b):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for name in a.keys() | b.keys():
+                walk(key, f"{path}.{name}", a.get(name), b.get(name))
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(key, f"{path}[{i}]", x, y)
+        elif a != b:
+            found[(key, path)] = (a, b)
+
+    objects_before, objects_after = {d.key: d.obj for d in before}, {d.key: d.obj for d in after}
+    for key in objects_before.keys() | objects_after.keys():
+        walk(key, "", objects_before.get(key), objects_after.get(key))
+    return found
+
+
+def image_changes(docs: list[h.Doc]) -> dict[tuple, str]:
+    """(object key, container path) -> image, for every container."""
+    changes = {}
+    for doc in docs:
+        for i, container in enumerate(h.containers(doc)):
+            changes[(doc.key, f".spec.template.spec.containers[{i}].image")] = container["image"]
+    return changes
+
+
+def test_the_base_lists_every_object_file():
+    for folder, examples in ((h.BASE, set()), (h.K8S / "components" / "kafka-auth", {h.KAFKA_CLIENT_SECRET})):
+        listed = {folder / r for r in yaml.safe_load((folder / "kustomization.yaml").read_text())["resources"]}
+        files = {p for p in h.object_files() if p.parent.is_relative_to(folder)} - examples
+        assert listed == files, f"{folder}: a file the kustomization does not list is never deployed"
+
+
+def test_the_node_overlay_changes_only_the_substitute_images_and_kedas_timings():
+    timings = yaml.safe_load((h.K8S / "overlays/node/scaledobject-timings.yaml").read_text())["spec"]
+    substitutes = {"apache/kafka:4.1.1": images_build.KAFKA_IMAGE, "mongo:8.0": images_build.MONGODB_IMAGE}
+    minikube, node = h.rendered("minikube"), h.rendered("node")
+    expected = {where: (image, substitutes[image]) for where, image in image_changes(minikube).items()
+                if image in substitutes}
+    assert len(expected) == 3, "the Kafka and MongoDB StatefulSets and the topic Job"
+    scaled_object = ("ScaledObject", "keda.sh", "persist-purchase")
+    spec = h.find(minikube, "ScaledObject", "persist-purchase").obj["spec"]
+    for name, value in timings.items():
+        expected[(scaled_object, f".spec.{name}")] = (spec[name], value)
+    assert set(timings) == {"pollingInterval", "cooldownPeriod"}
+    assert differences(minikube, node) == expected
+
+
+def test_the_registry_example_changes_only_the_function_images():
+    built = h.make_image_names("REGISTRY=ghcr.io/example/purchase", "TAG=1.0.0")
+    by_image = {image: built[folder] for folder, image, _ in h.FUNCTIONS.values()}
+    minikube = h.rendered("minikube")
+    expected = {where: (image, by_image[FUNCTION_IMAGES[image]]) for where, image in image_changes(minikube).items()
+                if image in FUNCTION_IMAGES}
+    assert len(expected) == len(h.FUNCTIONS)
+    assert differences(minikube, h.rendered("registry-example")) == expected
+
+
+def test_the_kafka_auth_component_adds_only_the_login():
+    auth = ("TriggerAuthentication", "keda.sh", "kafka-client-auth")
+    scaled_object = ("ScaledObject", "keda.sh", "persist-purchase")
+    found = differences(h.rendered("minikube"), h.rendered("minikube+kafka-auth"))
+    assert set(found) == {(auth, ""), (scaled_object, ".spec.triggers[0].authenticationRef")}
+    assert found[(scaled_object, ".spec.triggers[0].authenticationRef")] == (None, {"name": "kafka-client-auth"})
+
+
+def test_the_standalone_kustomize_is_the_one_kubectl_embeds():
+    result = subprocess.run([str(kustomize.ensure()), "version"], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == kustomize.VERSION
+    assert kustomize.VERSION.startswith("v5."), "kubectl's `apply -k` has embedded kustomize v5 since 1.27"
