@@ -108,13 +108,16 @@ minikube-load: ## Copy the three built images into minikube's container runtime
 deploy: deploy-infra ## Deploy everything to k8s/overlays/$(OVERLAY) (minikube; OVERLAY=node: the cluster in a box): infra, then the functions
 	$(MAKE) --no-print-directory deploy-buy deploy-history deploy-persist-purchase
 
-deploy-infra: ## Apply namespace, config, Kafka (KRaft), MongoDB, topic Job, Kourier gateway; wait for them
+deploy-infra: ## Apply namespace, config, Kafka (KRaft), MongoDB and its app user, topic Job, NetworkPolicies, Kourier gateway; wait for them
 	$(kustomization)
 	$(KUBECTL) apply -k $(DEPLOY_DIR) -l '$(INFRA_SELECTOR)'
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) rollout status statefulset/kafka --timeout=$(WAIT_TIMEOUT))
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) rollout status statefulset/mongodb --timeout=$(WAIT_TIMEOUT))
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) wait job/kafka-create-topics \
 	  --for=condition=complete --timeout=$(WAIT_TIMEOUT))
+	@# The functions' MongoDB user; the Job may already be gone (ttlSecondsAfterFinished) on a redeploy.
+	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) wait job/mongodb-app-user --for=condition=complete \
+	  --timeout=$(WAIT_TIMEOUT) || ! $(KUBECTL) -n $(K8S_NS) get job/mongodb-app-user -o name)
 
 deploy-buy: ## Apply only buy: its Knative Service (image $(REGISTRY)/buy:$(TAG)) and Ingress
 deploy-history: ## Apply only history: its Knative Service (image $(REGISTRY)/history:$(TAG)) and Ingress

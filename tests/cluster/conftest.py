@@ -67,7 +67,7 @@ def stack(kube, deployed) -> NodeStack:
     run here)."""
     revisions = {name: wait_for(lambda n=name: revision_ready(kube, n), 180, f"{name}'s Revision Ready")
                  for name in ("buy", "history")}
-    mongodb_uri = kube.secret_value("mongodb-credentials", "MONGODB_URI")
+    mongodb_uri = kube.secret_value("mongodb-credentials", "MONGODB_ADMIN_URI")
     bootstrap = kube.get("configmap", "purchase-config")["data"]["KAFKA_BOOTSTRAP_SERVERS"]
     result = NodeStack(kube, revisions["buy"], revisions["history"], mongodb_uri, bootstrap)
     wait_for(lambda: kube.condition(result.scaled_object(), "Ready") == "True", 120, "ScaledObject Ready=True")

@@ -46,12 +46,15 @@ CRD_VERSIONS = {"keda.sh": "KEDA v2.20.1", "serving.knative.dev": "Knative Servi
 # Function -> (source folder, image name, the k8s objects that belong to it alone).
 FUNCTIONS = {
     "buy": ("functions/buy", "buy", {("Service", "serving.knative.dev", "buy"),
-                                     ("Ingress", "networking.k8s.io", "buy")}),
+                                     ("Ingress", "networking.k8s.io", "buy"),
+                                     ("NetworkPolicy", "networking.k8s.io", "buy-from-knative")}),
     "history": ("functions/history", "history", {("Service", "serving.knative.dev", "history"),
-                                                 ("Ingress", "networking.k8s.io", "history")}),
+                                                 ("Ingress", "networking.k8s.io", "history"),
+                                                 ("NetworkPolicy", "networking.k8s.io", "history-from-knative")}),
     "persist-purchase": ("functions/persist_purchase", "persist-purchase",
                          {("Deployment", "apps", "persist-purchase"),
-                          ("ScaledObject", "keda.sh", "persist-purchase")}),
+                          ("ScaledObject", "keda.sh", "persist-purchase"),
+                          ("NetworkPolicy", "networking.k8s.io", "persist-purchase-no-ingress")}),
 }
 
 CORE_GROUPS = {"", "apps", "batch", "networking.k8s.io"}

@@ -200,14 +200,135 @@ def test_kafka_advertises_its_headless_name(docs):
         "the image would turn KAFKA_* service-link variables into broker settings"
 
 
-def test_mongodb_uri_matches_credentials_and_service(docs):
+def test_mongodb_admin_uri_matches_the_root_credentials_and_service(docs):
     secret = h.find(docs, "Secret", "mongodb-credentials").obj["stringData"]
-    uri = urlsplit(secret["MONGODB_URI"])
+    assert "MONGODB_URI" not in secret, "the root login must not look like the functions' setting"
+    uri = urlsplit(secret["MONGODB_ADMIN_URI"])
     assert uri.scheme == "mongodb"
     assert uri.username == secret["MONGO_INITDB_ROOT_USERNAME"]
     assert uri.password == secret["MONGO_INITDB_ROOT_PASSWORD"]
     assert "authSource=admin" in uri.query, "the root user lives in the admin database"
     assert service_for_host(docs, uri.hostname, uri.port).name == "mongodb"
+
+
+def test_the_app_uri_is_the_app_user_of_the_purchases_database(docs):
+    secret = h.find(docs, "Secret", "mongodb-app-credentials").obj["stringData"]
+    uri = urlsplit(secret["MONGODB_URI"])
+    assert (uri.scheme, uri.username, uri.password) == \
+        ("mongodb", secret["MONGODB_APP_USERNAME"], secret["MONGODB_APP_PASSWORD"])
+    assert uri.path == f"/{config.DATABASE_NAME}"
+    assert f"authSource={config.DATABASE_NAME}" in uri.query, "app_user creates the user in the purchases database"
+    assert service_for_host(docs, uri.hostname, uri.port).name == "mongodb"
+    root = h.find(docs, "Secret", "mongodb-credentials").obj["stringData"]
+    assert secret["MONGODB_APP_PASSWORD"] != root["MONGO_INITDB_ROOT_PASSWORD"]
+
+
+def _secret_refs(container: dict) -> set[tuple[str, str]]:
+    refs = {(e["valueFrom"]["secretKeyRef"]["name"], e["name"]) for e in container.get("env", []) or []
+            if "secretKeyRef" in (e.get("valueFrom") or {})}
+    refs |= {(src["secretRef"]["name"], "*") for src in container.get("envFrom", []) or [] if "secretRef" in src}
+    return refs
+
+
+def test_only_mongodb_and_the_app_user_job_see_the_root_login(docs):
+    readers = {d.name for d in docs for c in h.containers(d)
+               if any(name == "mongodb-credentials" for name, _ in _secret_refs(c))}
+    assert readers == {"mongodb", "mongodb-app-user"}
+    job = h.find(docs, "Job", "mongodb-app-user")
+    (container,) = h.containers(job)
+    assert container["command"] == ["python", "-m", "purchase_common.app_user"]
+    assert _secret_refs(container) == {("mongodb-credentials", "MONGODB_ADMIN_URI"),
+                                       ("mongodb-app-credentials", "MONGODB_APP_USERNAME"),
+                                       ("mongodb-app-credentials", "MONGODB_APP_PASSWORD")}
+    consumer = h.find(docs, "Deployment", "persist-purchase")
+    assert container["image"] == h.containers(consumer)[0]["image"], "the Job runs the consumer's image"
+
+
+# --- NetworkPolicies ----------------------------------------------------------------------
+
+def _policies(docs) -> dict[str, dict]:
+    return {d.name: d.obj for d in docs if d.kind == "NetworkPolicy"}
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        present, value = expr["key"] in labels, labels.get(expr["key"])
+        if expr["operator"] == "In" and value not in expr["values"]:
+            return False
+        if expr["operator"] == "NotIn" and present and value in expr["values"]:
+            return False
+        if expr["operator"] == "Exists" and not present:
+            return False
+        if expr["operator"] == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def _workloads(docs) -> dict[str, dict]:
+    """Pod-making objects of the namespace by name -> their pod template's labels."""
+    return {d.name: h.pod_template(d)["metadata"]["labels"] for d in docs if h.pod_template(d)}
+
+
+def _allowed_from(policy: dict, docs) -> set[str]:
+    names = set()
+    for rule in policy["spec"].get("ingress") or []:
+        for peer in rule.get("from") or []:
+            if "podSelector" in peer and "namespaceSelector" not in peer:
+                names |= {n for n, labels in _workloads(docs).items() if _matches(peer["podSelector"], labels)}
+            elif "namespaceSelector" in peer:
+                names.add("namespace:" + peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+    return names
+
+
+def _selected(policy: dict, docs) -> set[str]:
+    return {n for n, labels in _workloads(docs).items() if _matches(policy["spec"]["podSelector"], labels)}
+
+
+def test_the_namespace_denies_ingress_by_default(docs):
+    policy = _policies(docs)["default-deny-ingress"]
+    assert policy["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+
+
+def test_only_the_functions_kafka_needs_reach_kafka(docs):
+    policy = _policies(docs)["kafka-clients-only"]
+    assert _selected(policy, docs) == {"kafka"}
+    # Exactly the pods that are given the bootstrap address (buy, the consumer, the topic Job),
+    # the brokers themselves and KEDA's operator, which reads the group's lag.
+    talkers = {d.name for d in docs for c in h.containers(d)
+               if any(e.get("name") in ("BOOTSTRAP", "KAFKA_BOOTSTRAP_SERVERS") for e in c.get("env", []) or [])
+               or any((src.get("configMapRef") or {}).get("name") == "purchase-config" for src in c.get("envFrom", []) or [])}
+    talkers -= {"history"}  # history gets the shared ConfigMap but never opens a Kafka client
+    assert _allowed_from(policy, docs) == talkers | {"kafka", "namespace:keda"}
+    ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    named = {p["name"] for c in h.containers(h.find(docs, "StatefulSet", "kafka")) for p in c["ports"]}
+    assert ports <= named, "a named port the broker does not declare matches nothing"
+
+
+def test_only_the_database_users_reach_mongodb(docs):
+    policy = _policies(docs)["mongodb-clients-only"]
+    assert _selected(policy, docs) == {"mongodb"}
+    users = {d.name for d in docs for c in h.containers(d) if any(
+        ref[0] in ("mongodb-app-credentials", "mongodb-credentials") for ref in _secret_refs(c))} - {"mongodb"}
+    assert users == {"history", "persist-purchase", "mongodb-app-user"}
+    assert _allowed_from(policy, docs) == users
+    named = {p["name"] for c in h.containers(h.find(docs, "StatefulSet", "mongodb")) for p in c["ports"]}
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} <= named
+
+
+@pytest.mark.parametrize("function", ["buy", "history"])
+def test_buy_and_history_take_traffic_only_from_knative(docs, function):
+    policy = _policies(docs)[f"{function}-from-knative"]
+    assert _selected(policy, docs) == {function}
+    assert _allowed_from(policy, docs) == {"namespace:knative-serving", "namespace:kourier-system"}
+
+
+def test_the_consumer_takes_no_traffic(docs):
+    policy = _policies(docs)["persist-purchase-no-ingress"]
+    assert _selected(policy, docs) == {"persist-purchase"}
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and not policy["spec"].get("ingress")
 
 
 # --- images ---------------------------------------------------------------------------

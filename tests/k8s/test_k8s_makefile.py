@@ -17,6 +17,9 @@ INFRA = {
     ("Job", "batch", "kafka-create-topics"),
     ("StatefulSet", "apps", "mongodb"), ("Service", "", "mongodb"), ("Service", "", "mongodb-headless"),
     ("Service", "", "knative-gateway"),
+    ("Secret", "", "mongodb-app-credentials"), ("Job", "batch", "mongodb-app-user"),
+    *(("NetworkPolicy", "networking.k8s.io", name) for name in (
+        "default-deny-ingress", "kafka-clients-only", "mongodb-clients-only")),
 }
 TRIGGER_AUTH = ("TriggerAuthentication", "keda.sh", "kafka-client-auth")
 OWNED = set().union(*(objects for _, _, objects in h.FUNCTIONS.values()))

@@ -71,7 +71,8 @@ def test_the_registry_example_changes_only_the_function_images():
     minikube = h.rendered("minikube")
     expected = {where: (image, by_image[FUNCTION_IMAGES[image]]) for where, image in image_changes(minikube).items()
                 if image in FUNCTION_IMAGES}
-    assert len(expected) == len(h.FUNCTIONS)
+    # Every function image is renamed (persist-purchase's twice: the mongodb-app-user Job runs it too).
+    assert {old for old, _ in expected.values()} == set(FUNCTION_IMAGES)
     assert differences(minikube, h.rendered("registry-example")) == expected
 
 

@@ -123,7 +123,7 @@ def test_mongodb_substitute_takes_the_secret_login_and_ignores_mongod_args(subst
            "--env", f"MONGO_INITDB_ROOT_PASSWORD={secret['MONGO_INITDB_ROOT_PASSWORD']}",
            substitutes["mongo:8.0"], "--wiredTigerCacheSizeGB", "0.25")
     try:
-        uri = secret["MONGODB_URI"].replace("mongodb.purchase.svc.cluster.local:27017", f"127.0.0.1:{port}")
+        uri = secret["MONGODB_ADMIN_URI"].replace("mongodb.purchase.svc.cluster.local:27017", f"127.0.0.1:{port}")
         deadline = time.monotonic() + 30
         while True:
             try:
