@@ -2,11 +2,13 @@
 # and KEDA operator on 127.0.0.1 and a real node (containerd, kubelet, kube-proxy,
 # kube-scheduler, CoreDNS) on the bridge purchase0, built from the registries and cached under
 # $(PURCHASE_CACHE_DIR)/cluster/ (outside the clone).
-.PHONY: cluster-build cluster-up cluster-down cluster-status test-cluster node-load
+.PHONY: cluster-build cluster-up cluster-down cluster-status test-cluster node-load node-deploy bench-node
 
 CLUSTER_KUBECONFIG := $(CURDIR)/.run/cluster/kubeconfig
 CLUSTER_KUBECTL := $(PURCHASE_CACHE_DIR)/cluster/bin/kubectl
 CLEAN ?=
+BENCH_NODE_ARGS ?=
+CLUSTER_IS_UP = @$(PY) -m cluster status >/dev/null || { echo "the loopback cluster is not up: run make cluster-up first" >&2; exit 1; }
 
 cluster-build: venv ## Build/install etcd, Kubernetes (apiserver, controller-manager, scheduler, kubelet, kube-proxy, kubectl), KEDA, CoreDNS, Knative Serving and the node's images (cached)
 	$(PY) -m cluster build
@@ -21,10 +23,17 @@ cluster-status: venv ## Show the loopback cluster's processes, ports and KUBECON
 	$(PY) -m cluster status
 
 test-cluster: venv ## Run tests/cluster on the node: make deploy, every pod real, KEDA 0->N->0, faults
-	@$(PY) -m cluster status >/dev/null || { echo "the loopback cluster is not up: run make cluster-up first" >&2; exit 1; }
+	$(CLUSTER_IS_UP)
 	@# With CoreDNS as the tests' resolver, so they reach Kafka and MongoDB by their Service names.
 	PURCHASE_CLUSTER_TESTS=1 KUBECONFIG=$(CLUSTER_KUBECONFIG) KUBECTL=$(CLUSTER_KUBECTL) \
 		$(PY) -m cluster run -- $(PY) -m pytest tests/cluster $(PYTEST_ARGS)
 
 node-load: venv ## Rebuild (if changed) the function and substitute images and load them into the node's containerd
 	$(PY) -m cluster load
+
+node-deploy: venv ## Deploy the whole system on the node: make deploy OVERLAY=node with the cluster's kubectl
+	$(CLUSTER_IS_UP)
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(MAKE) --no-print-directory deploy KUBECTL=$(CLUSTER_KUBECTL) OVERLAY=node
+
+bench-node: node-deploy ## Knative on the node: >=10 cold starts each of buy/history (split), warm p50/p99, peak pods, last request -> 0 pods (~15 min) -> bench-node-results.json
+	$(PY) -m bench.node --json bench-node-results.json $(BENCH_NODE_ARGS)
