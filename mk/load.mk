@@ -1,8 +1,10 @@
 # Load, lag and benchmark targets (issue 4). Included by the main Makefile (-include mk/*.mk).
-.PHONY: lag load bench bench-quick
+.PHONY: lag load bench bench-quick soak
 LAG_ARGS ?=
 LOAD_ARGS ?=
 BENCH_ARGS ?=
+# Rate, length and seed default in load/soak.py; e.g. SOAK_ARGS='--seed 7 --json .run/soak.json'
+SOAK_ARGS ?=
 
 lag: venv ## Per-partition committed/end offsets and lag of the consumer group, and KEDA's verdict (LAG_ARGS=--json)
 	$(PY) -m tools.kafka_lag $(LAG_ARGS)
@@ -15,3 +17,6 @@ bench: venv ## Benchmark on its own local servers vs raw baselines (minutes; not
 
 bench-quick: venv ## The benchmark with small sizes: a smoke run in about two minutes
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
+
+soak: venv ## All faults at once: the long purchase soak on its own servers under a seeded, overlapping chaos plan, then exact counts (~13 min; not in make test; SOAK_ARGS=--help)
+	$(PY) -m load.soak $(SOAK_ARGS)

@@ -65,10 +65,17 @@ class LagReader:
                     raise
                 time.sleep(0.2)
 
+    def _ends(self, tps) -> dict:
+        return self.admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps}, timeout_ms=self.timeout_ms)
+
+    def records_written(self, topic: str) -> int:
+        """Records ever written to the topic: the sum of its partitions' end offsets."""
+        return sum(o.offset for o in self._ends([TopicPartition(topic, p) for p in self.partitions(topic)]).values())
+
     def read(self, topic: str, group: str) -> list[PartitionOffsets]:
         tps = [TopicPartition(topic, p) for p in self.partitions(topic)]
         committed = self._committed(group, tps)
-        ends = self.admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps}, timeout_ms=self.timeout_ms)
+        ends = self._ends(tps)
         starts = self.admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in tps}, timeout_ms=self.timeout_ms)
         result = []
         for tp in tps:
@@ -76,6 +83,14 @@ class LagReader:
             offset = meta.offset if meta is not None and meta.offset is not None and meta.offset >= 0 else None
             result.append(PartitionOffsets(tp.partition, offset, ends[tp].offset, starts[tp].offset))
         return result
+
+    def members(self, group: str) -> tuple[str, list[tuple[str, str]]]:
+        """The group's state and its members as (client id, member id); raises KafkaError when
+        the coordinator cannot say (e.g. still loading the group after a restart)."""
+        info = self.admin.describe_groups([group])[group]
+        if info.get("error"):
+            raise KafkaError(info["error"])
+        return info.get("group_state") or "", sorted((m["client_id"], m["member_id"]) for m in info.get("members") or [])
 
     def group_state(self, group: str) -> dict:
         try:

@@ -7,53 +7,14 @@ from pathlib import Path
 
 import pytest
 from devstack import stack as devstack
-from devstack.servers import Process, free_port, start_ferretdb, start_kafka, wait_for_kafka_ready
+from devstack.servers import Process, free_port
 from purchase_common import storage
 from support import isolated_env
 
 
-@dataclass
-class FaultStack:
-    """Kafka and FerretDB on fixed ports of this fixture, so a restart comes back at the same address."""
-    data_dir: Path
-    kafka_port: int = field(default_factory=free_port)
-    controller_port: int = field(default_factory=free_port)
-    mongo_port: int = field(default_factory=free_port)
-    kafka: Process | None = None
-    ferretdb: Process | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
-
-    @property
-    def mongodb_uri(self) -> str:
-        return f"mongodb://127.0.0.1:{self.mongo_port}/"
-
-    def start_kafka(self):
-        self.kafka = start_kafka(self.data_dir / "kafka", self.kafka_port, self.controller_port)
-        wait_for_kafka_ready(self.bootstrap)
-
-    def stop_kafka(self):
-        self.kafka.stop()
-        self.kafka = None
-
-    def start_ferretdb(self):
-        self.ferretdb = start_ferretdb(self.data_dir / "ferretdb", self.mongo_port)
-
-    def stop_ferretdb(self):
-        self.ferretdb.stop()
-        self.ferretdb = None
-
-    def stop(self):
-        for process in (self.ferretdb, self.kafka):
-            if process is not None:
-                process.stop()
-
-
 @pytest.fixture(scope="package")
 def fault_stack(tmp_path_factory):
-    stack = FaultStack(tmp_path_factory.mktemp("faults"))
+    stack = devstack.RestartableServers(tmp_path_factory.mktemp("faults"))
     try:
         stack.start_kafka()
         stack.start_ferretdb()
@@ -65,7 +26,7 @@ def fault_stack(tmp_path_factory):
 @dataclass
 class Scenario:
     """One isolated topic/group/database on the fault stack, with helpers to run the functions."""
-    stack: FaultStack
+    stack: devstack.RestartableServers
     env: dict
     names: dict
     log_dir: Path

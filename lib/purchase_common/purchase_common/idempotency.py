@@ -21,6 +21,7 @@ import time
 from .schema import Purchase
 
 PRUNE_EVERY = 1000  # claims between deletions of expired keys
+BUSY_TIMEOUT_S = 5.0  # how long a claim waits for another worker's lock on the file
 
 
 def fingerprint(purchase: Purchase) -> str:
@@ -37,6 +38,22 @@ def default_path(topic: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"purchase-idempotency-{safe}.sqlite3")
 
 
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """WAL mode, so the workers' claims do not block each other's reads. Switching a new file
+    to WAL takes a lock SQLite does not wait for (the busy timeout does not cover it): request
+    threads of both workers opening the file at once got "database is locked" and a 500 (found
+    by the soak, load/soak.py), so a busy answer is retried within the same budget."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class FingerprintStore:
     """Key (the event id) -> fingerprint of the purchase first sent under it, for window_s."""
 
@@ -48,8 +65,8 @@ class FingerprintStore:
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(self.path, timeout=5, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            _use_wal(connection)
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("CREATE TABLE IF NOT EXISTS idempotency_keys (event_id TEXT PRIMARY KEY, "
                                "fingerprint TEXT NOT NULL, first_seen REAL NOT NULL)")

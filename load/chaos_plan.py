@@ -1,0 +1,161 @@
+"""The soak's chaos plan: which fault starts when and for how long, drawn from a seed.
+
+Pure (no I/O, no clock), so one seed always gives one plan and tests/unit/test_soak_plan.py
+checks its rules over hundreds of seeds. load/soak.py executes it.
+
+Rules every plan keeps:
+- every kind of fault runs once per round, and within a round the faults overlap: ordered
+  by start, each one begins at least OVERLAP_MIN_S before everything started earlier is
+  surely over (one connected stretch of chaos, never one fault at a time);
+- every fault is planned to be over, restart allowance included, before the load ends, so
+  recovery is seen under load;
+- a SIGSTOPped consumer is paused through a stretch of broker uptime of at least the session
+  timeout plus a margin. A broker that restarts during the pause reloads the group with fresh
+  session timers, so without such a stretch the paused member is never evicted and the
+  fault proves nothing.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+CONSUMER_SIGKILL = "consumer-sigkill"
+BUY_WORKER_SIGKILL = "buy-worker-sigkill"
+BROKER_RESTART = "broker-restart"
+FERRETDB_STOP = "ferretdb-stop"
+CONSUMER_SIGSTOP = "consumer-sigstop"
+KINDS = (CONSUMER_SIGKILL, BUY_WORKER_SIGKILL, BROKER_RESTART, FERRETDB_STOP, CONSUMER_SIGSTOP)
+
+# Stopping the broker, starting its JVM and waiting until it serves metadata took 4-19 s on
+# a busy 2-core machine; the plan counts the broker as maybe down for this long after its hold.
+BROKER_RESTART_ALLOWANCE_S = 25.0
+# Past the session timeout, the coordinator's expiry check and the member's last heartbeat
+# (sent up to a heartbeat interval before the pause) still need a moment.
+EVICTION_MARGIN_S = 3.0
+# The pause is this many session timeouts long: room for the uptime stretch and for overlap.
+SIGSTOP_SESSION_TIMEOUTS = 2.0
+# Overlaps are planned with this much to spare, so a fault injected a little late still overlaps.
+OVERLAP_MIN_S = 2.0
+LEAD_S = 10.0      # steady load before the first fault
+TAIL_S = 15.0      # load after the last planned fault is over: recovery is seen under load
+ROUND_S = 150.0    # one round of every kind of fault per this much load
+MAX_DRAWS = 10_000
+
+
+class PlanError(ValueError):
+    """No plan keeps the rules for these settings (e.g. the load is too short for the faults)."""
+
+
+@dataclass(frozen=True)
+class Holds:
+    """How long each fault lasts before it is lifted (seconds)."""
+    consumer_down_s: float = 3.0     # SIGKILLed consumer restarted after this
+    broker_down_s: float = 8.0       # broker stopped this long, then started on the same ports
+    ferretdb_down_s: float = 30.0    # FerretDB stopped this long
+
+    def of(self, kind: str, session_timeout_s: float) -> float:
+        return {
+            CONSUMER_SIGKILL: self.consumer_down_s,
+            BUY_WORKER_SIGKILL: 0.0,  # gunicorn respawns the worker by itself
+            BROKER_RESTART: self.broker_down_s,
+            FERRETDB_STOP: self.ferretdb_down_s,
+            CONSUMER_SIGSTOP: SIGSTOP_SESSION_TIMEOUTS * session_timeout_s,
+        }[kind]
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    start_s: float   # seconds after the load started
+    hold_s: float
+
+    @property
+    def surely_out(self) -> tuple[float, float]:
+        """When the fault's target is certainly unavailable: its hold."""
+        return self.start_s, self.start_s + self.hold_s
+
+    @property
+    def maybe_out(self) -> tuple[float, float]:
+        """When the target may be unavailable: a restarted broker's allowance on top of the hold."""
+        extra = BROKER_RESTART_ALLOWANCE_S if self.kind == BROKER_RESTART else 0.0
+        return self.start_s, self.start_s + self.hold_s + extra
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def longest_uptime_within(pause: tuple[float, float], outages: list[tuple[float, float]]) -> float:
+    """The longest stretch of `pause` that no outage interval covers."""
+    free = [pause]
+    for down_from, down_to in outages:
+        pieces = []
+        for lo, hi in free:
+            if min(hi, down_from) > lo:
+                pieces.append((lo, min(hi, down_from)))
+            if hi > max(lo, down_to):
+                pieces.append((max(lo, down_to), hi))
+        free = pieces
+    return max((hi - lo for lo, hi in free), default=0.0)
+
+
+def sigstop_sees_eviction(faults: list[Fault], session_timeout_s: float) -> bool:
+    """Every consumer pause holds a stretch of broker uptime of session timeout + margin."""
+    outages = [f.maybe_out for f in faults if f.kind == BROKER_RESTART]
+    return all(longest_uptime_within(f.surely_out, outages) >= session_timeout_s + EVICTION_MARGIN_S
+               for f in faults if f.kind == CONSUMER_SIGSTOP)
+
+
+def overlap_as_one(faults: list[Fault]) -> bool:
+    """Ordered by start, each fault begins at least OVERLAP_MIN_S before every earlier one is
+    surely over (an instant one, like a worker kill, counts when it falls inside another)."""
+    ordered = sorted(faults, key=lambda f: f.surely_out)
+    on_until = ordered[0].surely_out[1]
+    for fault in ordered[1:]:
+        start, end = fault.surely_out
+        if start > on_until - OVERLAP_MIN_S:
+            return False
+        on_until = max(on_until, end)
+    return len(ordered) > 1
+
+
+def rounds(seconds: float, longest_s: float) -> tuple[list[tuple[float, float]], float]:
+    """The period of each round (one per ROUND_S of load between the lead and the tail) and
+    the width of the window inside it where that round's faults happen: wide enough for the
+    longest fault and others around it, narrow enough that they overlap."""
+    usable = seconds - LEAD_S - TAIL_S
+    if usable < longest_s:
+        raise PlanError(f"{seconds:.0f} s of load leave {usable:.0f} s for faults; the longest needs {longest_s:.0f} s")
+    count = max(1, int(usable // max(ROUND_S, longest_s)))
+    period = usable / count
+    width = min(period, 2 * longest_s + 10)
+    return [(LEAD_S + i * period, LEAD_S + i * period + period) for i in range(count)], width
+
+
+def draw_plan(seed: int, seconds: float, session_timeout_s: float, holds: Holds = Holds()) -> list[Fault]:
+    """The plan for a soak of `seconds` of load, redrawn from the seed's own random stream
+    until every rule holds (deterministic: same arguments, same plan)."""
+    if SIGSTOP_SESSION_TIMEOUTS * session_timeout_s < session_timeout_s + EVICTION_MARGIN_S:
+        raise PlanError(f"a {session_timeout_s} s session timeout is too short to pause past")
+    rng = random.Random(seed)
+    lengths = {kind: Fault(kind, 0.0, holds.of(kind, session_timeout_s)).maybe_out[1] for kind in KINDS}
+    spans, width = rounds(seconds, max(lengths.values()))
+    plan: list[Fault] = []
+    for period_from, period_to in spans:
+        for _ in range(MAX_DRAWS):
+            lo = rng.uniform(period_from, period_to - width)
+            faults = [Fault(kind, round(rng.uniform(lo, lo + width - lengths[kind]), 1),
+                            holds.of(kind, session_timeout_s)) for kind in KINDS]
+            if overlap_as_one(faults) and sigstop_sees_eviction(faults, session_timeout_s):
+                plan.extend(faults)
+                break
+        else:
+            raise PlanError(f"no plan for seed {seed} kept the rules in {MAX_DRAWS} draws")
+    return sorted(plan, key=lambda f: (f.start_s, f.kind))
+
+
+def describe(plan: list[Fault]) -> str:
+    """The plan as a table: start and hold, and until when the target is planned to be out
+    (a restarted broker's allowance included)."""
+    lines = [f"  {'fault':<20} {'start s':>8} {'hold s':>7} {'out until s':>12}"]
+    lines += [f"  {f.kind:<20} {f.start_s:>8.1f} {f.hold_s:>7.1f} {f.maybe_out[1]:>12.1f}" for f in plan]
+    return "\n".join(lines)
