@@ -2,7 +2,8 @@
 
 * a local Python base with the role of python:3.11-slim (Debian bookworm from deb.debian.org
   via mmdebstrap, trusting the host's CA bundle so pip reaches PyPI through it);
-* the three function images from their unchanged Dockerfiles, with PYTHON_IMAGE pointed at it;
+* the three function images from functions/Dockerfile, as `make build` builds them, with
+  PYTHON_IMAGE pointed at it;
 * substitutes for the upstream images the node cannot pull (images/substitutes/*/README.md).
 
 Root filesystems and stamps are cached in $PURCHASE_CACHE_DIR/images/ (outside the clone).
@@ -40,8 +41,11 @@ KAFKA_IMAGE = f"localhost/purchase-substitute/kafka:{servers.KAFKA_VERSION}"
 MONGODB_IMAGE = f"localhost/purchase-substitute/mongodb:ferretdb-{servers.FERRETDB_VERSION.lstrip('v')}"
 PAUSE_IMAGE = "localhost/purchase-substitute/pause:catatonit"
 
-FUNCTION_FOLDERS = {"buy": "functions/buy", "history": "functions/history",
-                    "persist-purchase": "functions/persist_purchase"}
+# Image name -> (FUNCTION, the folder under functions/; target, the stage of functions/Dockerfile),
+# the build arguments mk/deploy.mk's build-<name> passes.
+FUNCTION_DOCKERFILE = ROOT / "functions" / "Dockerfile"
+FUNCTION_BUILDS = {"buy": ("buy", "http-function"), "history": ("history", "http-function"),
+                   "persist-purchase": ("persist_purchase", "consumer")}
 SUBSTITUTES = ROOT / "images" / "substitutes"
 
 # Root filesystems: name -> (image, packages, trust the host CA, image config).
@@ -179,29 +183,33 @@ def ensure_python_base() -> str:
 # --- images built from a Dockerfile ------------------------------------------------------
 
 def build_image(ref: str, dockerfile: Path, context: Path, stamp: str, build_args: dict[str, str],
-                timeout_s: float = 1800) -> str:
+                target: str | None = None, timeout_s: float = 1800) -> str:
     if image_stamp(ref) == stamp:
         return ref
     say(f"building {ref}")
     started = time.monotonic()
     args = [arg for key, value in build_args.items() for arg in ("--build-arg", f"{key}={value}")]
-    podman("build", *BUILD_FLAGS, *args, "--label", f"{STAMP_LABEL}={stamp}", "-f", str(dockerfile),
-           "-t", ref, str(context), timeout_s=timeout_s)
+    podman("build", *BUILD_FLAGS, *args, *(["--target", target] if target else []),
+           "--label", f"{STAMP_LABEL}={stamp}", "-f", str(dockerfile), "-t", ref, str(context), timeout_s=timeout_s)
     say(f"{ref} built in {time.monotonic() - started:.0f}s")
     return ref
 
 
+def function_stamp(base_id: str, name: str) -> str:
+    """What a function image is built from: the base, functions/Dockerfile, its build arguments,
+    the function's folder and the shared package (a change to another function's folder is not)."""
+    function, target = FUNCTION_BUILDS[name]
+    return digest(base_id, function, target, ROOT / ".dockerignore", FUNCTION_DOCKERFILE,
+                  ROOT / "functions" / function, ROOT / "lib" / "purchase_common")
+
+
 def build_function_images(registry: str = "dev.local/purchase", tag: str = "dev") -> list[str]:
-    """The three function images, from their own Dockerfiles on the local Python base."""
+    """The three function images, from functions/Dockerfile on the local Python base."""
     base = ensure_python_base()
     base_id = image_id(base)
-    shared = ROOT / "lib" / "purchase_common"
-    refs = []
-    for name, folder in FUNCTION_FOLDERS.items():
-        dockerfile = ROOT / folder / "Dockerfile"
-        stamp = digest(base_id, ROOT / ".dockerignore", ROOT / folder, shared)
-        refs.append(build_image(f"{registry}/{name}:{tag}", dockerfile, ROOT, stamp, {"PYTHON_IMAGE": base}))
-    return refs
+    return [build_image(f"{registry}/{name}:{tag}", FUNCTION_DOCKERFILE, ROOT, function_stamp(base_id, name),
+                        {"PYTHON_IMAGE": base, "FUNCTION": function}, target=target)
+            for name, (function, target) in FUNCTION_BUILDS.items()]
 
 
 # --- substitutes for upstream images -------------------------------------------------------

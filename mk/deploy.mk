@@ -25,7 +25,7 @@ DEPLOY_WAIT ?= 1
 WAIT_TIMEOUT ?= 300s
 # Non-empty: KEDA logs in to Kafka with k8s/components/kafka-auth (SASL/TLS); see k8s/README.md.
 KAFKA_AUTH ?=
-# Empty: the Dockerfiles' own base, python:3.11-slim. Where Docker Hub is out of reach,
+# Empty: functions/Dockerfile's own base, python:3.11-slim. Where Docker Hub is out of reach,
 # `make base-image` builds a local stand-in and prints how to build on it, e.g.
 #   make build DOCKER=podman PYTHON_IMAGE=localhost/purchase/python-base:3.11-bookworm \
 #     DOCKER_BUILD_FLAGS="$$(.venv/bin/python -m images flags)"
@@ -66,14 +66,16 @@ kustomization = mkdir -p $(DEPLOY_DIR) && { \
 
 build: build-buy build-history build-persist-purchase ## Build the three function images
 
-build-buy: ## Build the buy image, $(REGISTRY)/buy:$(TAG) (context: repository root)
-	$(DOCKER) build $(BUILD_FLAGS) -f functions/buy/Dockerfile -t $(call image,buy) .
+# One parametrised functions/Dockerfile: FUNCTION is the folder under functions/, --target the
+# kind of image (http-function: functions-framework; consumer: python consumer.py).
+build-buy: ## Build the buy image, $(REGISTRY)/buy:$(TAG) (functions/Dockerfile, context: repository root)
+	$(DOCKER) build $(BUILD_FLAGS) -f functions/Dockerfile --build-arg FUNCTION=buy --target http-function -t $(call image,buy) .
 
 build-history: ## Build the history image, $(REGISTRY)/history:$(TAG)
-	$(DOCKER) build $(BUILD_FLAGS) -f functions/history/Dockerfile -t $(call image,history) .
+	$(DOCKER) build $(BUILD_FLAGS) -f functions/Dockerfile --build-arg FUNCTION=history --target http-function -t $(call image,history) .
 
 build-persist-purchase: ## Build the persist-purchase consumer image, $(REGISTRY)/persist-purchase:$(TAG)
-	$(DOCKER) build $(BUILD_FLAGS) -f functions/persist_purchase/Dockerfile -t $(call image,persist-purchase) .
+	$(DOCKER) build $(BUILD_FLAGS) -f functions/Dockerfile --build-arg FUNCTION=persist_purchase --target consumer -t $(call image,persist-purchase) .
 
 lock: venv ## Recompile functions/*/requirements.lock (every transitive pin, with sha256) from requirements.txt
 	@for fn in buy history persist_purchase; do \

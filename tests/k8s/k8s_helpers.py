@@ -1,4 +1,4 @@
-"""What the tests of k8s/, the Dockerfiles and mk/deploy.mk share (no cluster, no Docker).
+"""What the tests of k8s/, functions/Dockerfile and mk/deploy.mk share (no cluster, no Docker).
 
 Manifests are each overlay of k8s/ as the standalone kustomize renders it (tools/kustomize.py,
 the version kubectl's `apply -k` embeds); upstream CRDs come from PURCHASE_CRDS_DIR (default
@@ -56,6 +56,9 @@ FUNCTIONS = {
                           ("ScaledObject", "keda.sh", "persist-purchase"),
                           ("NetworkPolicy", "networking.k8s.io", "persist-purchase-no-ingress")}),
 }
+
+# Function -> the kind of image it is: the stage of functions/Dockerfile its build targets.
+IMAGE_KINDS = {"buy": "http-function", "history": "http-function", "persist-purchase": "consumer"}
 
 CORE_GROUPS = {"", "apps", "batch", "networking.k8s.io"}
 
@@ -294,18 +297,26 @@ def selects(selector: str, labels: dict) -> bool:
     return wanted
 
 
-def make_image_names(*variables: str) -> dict[str, str]:
-    """Dockerfile folder -> image tag, read from `make -n build` (default variables unless given)."""
-    result = subprocess.run(["make", "--no-print-directory", "-s", "-n", "-C", str(ROOT), "build", *variables],
+def make_builds(*targets_and_variables: str) -> list[list[str]]:
+    """The `docker build` argvs (after `docker`) that `make -n` of the targets runs."""
+    result = subprocess.run(["make", "--no-print-directory", "-s", "-n", "-C", str(ROOT), *targets_and_variables],
                             env=clean_make_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    images = {}
-    for line in result.stdout.splitlines():
-        words = shlex.split(line)
-        if len(words) > 2 and words[1] == "build":
-            dockerfile = words[words.index("-f") + 1]
-            images[str(Path(dockerfile).parent)] = words[words.index("-t") + 1]
-    return images
+    return [words[1:] for words in map(shlex.split, result.stdout.splitlines())
+            if len(words) > 2 and words[1] == "build"]
+
+
+def build_args(argv: list[str]) -> dict[str, str]:
+    """The --build-arg NAME=VALUE pairs of a `docker build` argv."""
+    pairs = [argv[i + 1].partition("=") for i, word in enumerate(argv) if word == "--build-arg"]
+    return {name: value for name, _, value in pairs}
+
+
+def make_image_names(*variables: str) -> dict[str, str]:
+    """Function folder (functions/<FUNCTION>) -> image tag, read from `make -n build` (default
+    variables unless given)."""
+    return {f"functions/{build_args(argv)['FUNCTION']}": argv[argv.index("-t") + 1]
+            for argv in make_builds("build", *variables)}
 
 
 # --- Dockerfiles ------------------------------------------------------------------------
@@ -338,6 +349,85 @@ def parse_dockerfile(path: Path) -> list[list[Instruction]]:
             stages.append([])
         stages[-1].append(instruction)
     return stages
+
+
+# Where Docker substitutes $NAME / ${NAME} (the shell does it in RUN; CMD/ENTRYPOINT not at all).
+SUBSTITUTED_OPS = {"ADD", "COPY", "ENV", "EXPOSE", "FROM", "LABEL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR"}
+
+
+def _substitute(text: str, values: dict[str, str]) -> str:
+    return re.sub(r"\$(?:\{(\w+)\}|(\w+))",
+                  lambda m: values.get(m.group(1) or m.group(2), m.group(0)), text)
+
+
+def stage_name(stage: list[Instruction], number: int) -> str:
+    """A stage's name (`FROM image AS name`), else its number, as COPY --from names it."""
+    words = stage[0].args.split()
+    return words[2] if len(words) == 3 and words[1].upper() == "AS" else str(number)
+
+
+def built_stages(path: Path, target: str | None = None, args: dict[str, str] | None = None,
+                 ) -> dict[str, list[Instruction]]:
+    """Stage name -> instructions, for the stages `docker build -f path [--target] [--build-arg]`
+    runs: what the target (else the last stage) needs (the stage it is FROM, COPY --from), then it.
+    A stage FROM another one starts with that one's instructions, as the image it makes does.
+    The given build args are substituted where Docker would: after a stage declares the ARG
+    (a bare `ARG NAME` takes the global one), and in FROM lines the global ARGs."""
+    args = args or {}
+    raw = parse_dockerfile(path)
+    first_from = next(n for n, i in enumerate(raw[0]) if i.op == "FROM")
+    preamble, raw[0] = raw[0][:first_from], raw[0][first_from:]
+    global_args = {i.args.partition("=")[0] for i in preamble if i.op == "ARG"}
+    stages: dict[str, list[Instruction]] = {}
+    for number, stage in enumerate(raw):
+        in_scope, out = set(), []
+        for instruction in stage:
+            if instruction.op == "ARG":
+                in_scope.add(instruction.args.partition("=")[0])
+            values = {name: value for name, value in args.items()
+                      if name in (global_args if instruction.op == "FROM" else in_scope)}
+            out.append(Instruction(instruction.op, _substitute(instruction.args, values)
+                                   if instruction.op in SUBSTITUTED_OPS else instruction.args))
+        stages[stage_name(out, number)] = out
+    target = target or list(stages)[-1]
+    assert target in stages, f"{path}: no stage {target}"
+    needed: dict[str, list[Instruction]] = {}
+
+    def need(name: str) -> list[Instruction]:
+        if name not in needed:
+            own = stages[name]
+            parent = own[0].args.split()[0]
+            needed[name] = (need(parent) if parent in stages else []) + own
+            for instruction in own:
+                source = re.match(r"--from=(\S+)", instruction.args) if instruction.op == "COPY" else None
+                if source and source.group(1) in stages:
+                    need(source.group(1))
+        return needed[name]
+
+    need(target)
+    return {**{name: stage for name, stage in needed.items() if name != target}, target: needed[target]}
+
+
+@dataclass
+class FunctionImage:
+    argv: list[str]                       # what `make build-<function>` runs after `docker`
+    dockerfile: Path
+    target: str | None
+    stages: dict[str, list[Instruction]]  # built_stages() of that build, the target last
+
+    @property
+    def final(self) -> list[Instruction]:
+        """The instructions of the image the build tags."""
+        return list(self.stages.values())[-1]
+
+
+@functools.cache
+def function_image(function: str) -> FunctionImage:
+    """A function's image as `make build-<function>` builds it (the Dockerfile, --target, --build-arg)."""
+    (argv,) = make_builds(f"build-{function}")
+    dockerfile = ROOT / argv[argv.index("-f") + 1]
+    target = argv[argv.index("--target") + 1] if "--target" in argv else None
+    return FunctionImage(argv, dockerfile, target, built_stages(dockerfile, target, build_args(argv)))
 
 
 def dockerfile_env(stage: list[Instruction]) -> dict[str, str]:

@@ -506,7 +506,7 @@ def our_containers(docs):
 
 
 def test_function_containers_are_locked_down(docs):
-    for function, folder, doc, container in our_containers(docs):
+    for function, _, doc, container in our_containers(docs):
         ctx = container["securityContext"]
         pod_ctx = h.pod_template(doc)["spec"].get("securityContext", {})
         assert ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True, doc
@@ -514,7 +514,7 @@ def test_function_containers_are_locked_down(docs):
         assert ctx["readOnlyRootFilesystem"] is True, doc
         assert ctx["capabilities"]["drop"] == ["ALL"], doc
         uid = ctx.get("runAsUser", pod_ctx.get("runAsUser"))
-        final_stage = h.parse_dockerfile(h.ROOT / folder / "Dockerfile")[-1]
+        final_stage = h.function_image(function).final
         user = [i.args for i in final_stage if i.op == "USER"][-1]
         assert str(uid) == user.split(":")[0], f"{doc}: runAsUser {uid} but the image runs as {user}"
         # A read-only root needs a writable /tmp (gunicorn's worker heartbeat file).

@@ -1,6 +1,7 @@
-"""The images, without Docker: each Dockerfile is checked for what it promises, and what it
-does is replayed in a fresh virtualenv per function (its own requirements + the shared
-package, the COPY'd sources, the ENV, the ENTRYPOINT/CMD), which must start and answer."""
+"""The images, without Docker: functions/Dockerfile, as each function's `make build-<fn>` builds
+it (its FUNCTION, its target stage), is checked for what it promises, and what it does is
+replayed in a fresh virtualenv per function (its own requirements + the shared package, the
+COPY'd sources, the ENV, the ENTRYPOINT/CMD), which must start and answer."""
 from __future__ import annotations
 
 import glob
@@ -24,20 +25,75 @@ FOLDERS = {function: folder for function, (folder, _, _) in h.FUNCTIONS.items()}
 TARGETS = {"buy": "buy", "history": "history"}  # HTTP functions: functions-framework targets
 
 
-def stages(function):
-    return h.parse_dockerfile(h.ROOT / FOLDERS[function] / "Dockerfile")
+def tagged(function):
+    """The instructions of the image `make build-<function>` tags (its target stage and those it is FROM)."""
+    return h.function_image(function).final
 
 
-# --- Dockerfiles ------------------------------------------------------------------------
+# --- Dockerfile -------------------------------------------------------------------------
+
+def test_one_dockerfile_builds_every_function():
+    for function, (folder, _, _) in h.FUNCTIONS.items():
+        image = h.function_image(function)
+        assert image.dockerfile == h.ROOT / "functions/Dockerfile"
+        assert h.build_args(image.argv)["FUNCTION"] == Path(folder).name
+        assert image.target == h.IMAGE_KINDS[function]
+    assert not list(h.ROOT.glob("functions/*/Dockerfile")), "one Dockerfile, not one per function"
+
+
+def test_podman_builds_what_make_builds():
+    """images/build.py (the node's images, tests/k8s/test_k8s_podman.py) passes make's arguments."""
+    from images import build
+    for function in h.FUNCTIONS:
+        image = h.function_image(function)
+        function_arg, target = build.FUNCTION_BUILDS[function]
+        assert build.FUNCTION_DOCKERFILE == image.dockerfile
+        assert (function_arg, target) == (h.build_args(image.argv)["FUNCTION"], image.target)
+
+
+def test_podman_build_stamp_follows_the_dockerfile_and_the_function(tmp_path, monkeypatch):
+    """An image is rebuilt when functions/Dockerfile, its function's folder or the shared package
+    changes, and only then."""
+    from images import build
+    for path in (".dockerignore", "functions", "lib/purchase_common"):
+        source = h.ROOT / path
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / path,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+        else:
+            shutil.copy(source, tmp_path / path)
+    monkeypatch.setattr(build, "ROOT", tmp_path)
+    monkeypatch.setattr(build, "FUNCTION_DOCKERFILE", tmp_path / "functions/Dockerfile")
+
+    def stamps():
+        return {name: build.function_stamp("base", name) for name in build.FUNCTION_BUILDS}
+
+    before = stamps()
+    assert len(set(before.values())) == len(before), "each function its own stamp"
+    assert build.function_stamp("another base", "buy") != before["buy"]
+    with (tmp_path / "functions/buy/main.py").open("a") as source:
+        source.write("\n# changed\n")
+    after_buy = stamps()
+    assert after_buy["buy"] != before["buy"]
+    assert {n: v for n, v in after_buy.items() if n != "buy"} == {n: v for n, v in before.items() if n != "buy"}
+    for changed in ("functions/Dockerfile", "lib/purchase_common/purchase_common/config.py", ".dockerignore"):
+        previous = stamps()
+        with (tmp_path / changed).open("a") as file:
+            file.write("\n# changed\n")
+        assert all(previous[name] != stamp for name, stamp in stamps().items()), changed
+
 
 @pytest.mark.parametrize("function", list(h.FUNCTIONS))
 def test_dockerfile_is_multistage_slim_and_non_root(function):
-    all_stages = stages(function)
-    preamble_args = [i.args for i in all_stages[0] if i.op == "ARG"]
+    image = h.function_image(function)
+    preamble_args = [i.args for i in h.parse_dockerfile(image.dockerfile)[0] if i.op == "ARG"]
     assert "PYTHON_IMAGE=python:3.11-slim" in preamble_args
-    froms = [i.args for stage in all_stages for i in stage if i.op == "FROM"]
-    assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"], "build stage + runtime stage on slim Python 3.11"
-    final = all_stages[-1]
+    assert set(image.stages) == {"build", "runtime", image.target}, "build stage + runtime stage (+ its kind)"
+    assert [i.args for i in image.stages["build"] if i.op == "FROM"] == ["${PYTHON_IMAGE} AS build"]
+    final = image.final
+    froms = [i.args for i in final if i.op == "FROM"]
+    assert froms == ["${PYTHON_IMAGE} AS runtime", f"runtime AS {image.target}"], \
+        "the image descends from the slim Python 3.11 runtime stage, not from the build stage"
     runs = " ".join(i.args for i in final if i.op == "RUN")
     for tool in ("apt-get install", "gcc", "build-essential", "pip install"):
         assert tool not in runs, f"the runtime stage must not install {tool!r}"
@@ -53,7 +109,7 @@ def test_dockerfile_is_multistage_slim_and_non_root(function):
 
 @pytest.mark.parametrize("function", list(h.FUNCTIONS))
 def test_dockerfile_installs_pinned_requirements_and_the_shared_package(function):
-    build = stages(function)[-2]
+    build = h.function_image(function).stages["build"]
     copies = [i.args for i in build if i.op == "COPY"]
     assert f"{FOLDERS[function]}/requirements.lock requirements.lock" in copies
     assert "lib/purchase_common lib/purchase_common" in copies
@@ -66,19 +122,32 @@ def test_dockerfile_installs_pinned_requirements_and_the_shared_package(function
     assert pins and all("==" in line for line in pins), f"unpinned: {[p for p in pins if '==' not in p]}"
 
 
+# functions-framework's options, read from the environment when not given on its command line.
+FRAMEWORK_ENV = {"target": "FUNCTION_TARGET", "source": "FUNCTION_SOURCE",
+                 "signature_type": "FUNCTION_SIGNATURE_TYPE", "host": "HOST", "port": "PORT"}
+
+
+def test_functions_framework_reads_its_options_from_the_environment():
+    from functions_framework._cli import _cli
+    assert {p.name: p.envvar for p in _cli.params if p.name in FRAMEWORK_ENV} == FRAMEWORK_ENV
+
+
 def test_http_images_run_functions_framework_on_port():
     for function, target in TARGETS.items():
-        final = stages(function)[-1]
-        command = h.dockerfile_exec(final, "ENTRYPOINT") + h.dockerfile_exec(final, "CMD")
-        assert command == ["functions-framework", f"--target={target}", "--source=main.py",
-                           "--signature-type=http"]
+        image = tagged(function)
+        command = h.dockerfile_exec(image, "ENTRYPOINT") + h.dockerfile_exec(image, "CMD")
+        assert command == ["functions-framework"], "exec form, so SIGTERM reaches it as PID 1"
+        env = h.dockerfile_env(image)
+        # = functions-framework --target=<target> --source=main.py --signature-type=http
+        options = [env.get(FRAMEWORK_ENV[option]) for option in ("target", "source", "signature_type")]
+        assert options == [target, "main.py", "http"]
         # functions-framework takes --port from PORT (Knative sets it) and --host from HOST.
-        assert h.dockerfile_env(final)["PORT"] == "8080"
-        assert "8080" in [i.args for i in final if i.op == "EXPOSE"]
+        assert env["PORT"] == "8080"
+        assert "8080" in [i.args for i in image if i.op == "EXPOSE"]
 
 
 def test_consumer_image_runs_the_consumer():
-    final = stages("persist-purchase")[-1]
+    final = tagged("persist-purchase")
     assert h.dockerfile_exec(final, "ENTRYPOINT") == []
     assert h.dockerfile_exec(final, "CMD") == ["python", "consumer.py"]
     assert h.dockerfile_env(final)["HEALTH_PORT"] == "8081"
@@ -119,7 +188,7 @@ def test_dockerignore_keeps_what_the_images_copy_and_drops_the_rest():
                 if line.strip() and not line.startswith("#")]
     needed = []
     for function in h.FUNCTIONS:
-        for stage in stages(function):
+        for stage in h.function_image(function).stages.values():
             for instruction in stage:
                 if instruction.op == "COPY" and not instruction.args.startswith("--from"):
                     source = instruction.args.split()[0]
@@ -190,8 +259,7 @@ def build_image_like_venv(function: str, root: Path) -> Path:
             raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stdout}\n{result.stderr}")
     app = root / "app"
     app.mkdir()
-    final = stages(function)[-1]
-    for instruction in final:
+    for instruction in tagged(function):
         if instruction.op == "COPY" and not instruction.args.startswith("--from"):
             for source in glob.glob(str(h.ROOT / instruction.args.split()[0])):
                 shutil.copy(source, app)
@@ -210,7 +278,7 @@ def image_venvs(tmp_path_factory):
 def container_env(function: str, venv: Path, **overrides) -> dict:
     """The image's ENV, pointed at this venv, with servers that are surely not there."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "MONGODB_", "PURCHASES_", "CONSUMER_"))}
-    env.update(h.dockerfile_env(stages(function)[-1]))
+    env.update(h.dockerfile_env(tagged(function)))
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"
     env.update(HOST="127.0.0.1", KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
                MONGODB_URI=f"mongodb://127.0.0.1:{free_port()}/", MONGODB_TIMEOUT_MS="500")
@@ -251,9 +319,9 @@ def stop(proc, timeout_s=20.0) -> int:
 @pytest.mark.parametrize("function", list(TARGETS))
 def test_http_function_installs_alone_and_answers_on_port(function, image_venvs):
     venv, app = image_venvs[function]
-    final = stages(function)[-1]
+    image = tagged(function)
     port = free_port()
-    proc = start(h.dockerfile_exec(final, "ENTRYPOINT") + h.dockerfile_exec(final, "CMD"),
+    proc = start(h.dockerfile_exec(image, "ENTRYPOINT") + h.dockerfile_exec(image, "CMD"),
                  container_env(function, venv, PORT=str(port)), app)
     try:
         response = wait_for_answer(proc, f"http://127.0.0.1:{port}/healthz")
@@ -267,9 +335,9 @@ def test_http_function_installs_alone_and_answers_on_port(function, image_venvs)
 @pytest.mark.venv_install
 def test_consumer_installs_alone_and_serves_health_while_kafka_is_away(image_venvs):
     venv, app = image_venvs["persist-purchase"]
-    final = stages("persist-purchase")[-1]
     port = free_port()
-    proc = start(h.dockerfile_exec(final, "CMD"), container_env("persist-purchase", venv, HEALTH_PORT=str(port)), app)
+    proc = start(h.dockerfile_exec(tagged("persist-purchase"), "CMD"),
+                 container_env("persist-purchase", venv, HEALTH_PORT=str(port)), app)
     try:
         response = wait_for_answer(proc, f"http://127.0.0.1:{port}/healthz")
         assert response.status_code == 200, "alive while it retries the broker"

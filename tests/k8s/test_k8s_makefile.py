@@ -166,27 +166,34 @@ def test_k8s_status_only_reads(make):
     assert any("scaledobject" in " ".join(a) and "hpa" in " ".join(a) for a in argvs)
 
 
+def dockerfile_args(function):
+    """One functions/Dockerfile for all: the function's folder as FUNCTION, its kind as the target stage."""
+    folder, _, _ = h.FUNCTIONS[function]
+    return ["-f", "functions/Dockerfile", "--build-arg", f"FUNCTION={folder.removeprefix('functions/')}",
+            "--target", h.IMAGE_KINDS[function]]
+
+
 @pytest.mark.parametrize("function", list(h.FUNCTIONS))
 def test_build_and_push(function, make):
-    folder, image_name, _ = h.FUNCTIONS[function]
+    _, image_name, _ = h.FUNCTIONS[function]
     image = f"{REGISTRY}/{image_name}:{TAG}"
     _, calls = make(f"build-{function}", f"REGISTRY={REGISTRY}", f"TAG={TAG}")
-    assert calls == [{"tool": "docker", "argv": ["build", "-f", f"{folder}/Dockerfile", "-t", image, "."],
+    assert calls == [{"tool": "docker", "argv": ["build", *dockerfile_args(function), "-t", image, "."],
                       "cwd": str(h.ROOT)}], "build context = repository root"
     _, calls = make(f"push-{function}", f"REGISTRY={REGISTRY}", f"TAG={TAG}")
-    assert [c["argv"] for c in calls] == [["build", "-f", f"{folder}/Dockerfile", "-t", image, "."],
+    assert [c["argv"] for c in calls] == [["build", *dockerfile_args(function), "-t", image, "."],
                                           ["push", image]]
 
 
 @pytest.mark.parametrize("function", list(h.FUNCTIONS))
 def test_build_on_another_base_image_with_extra_flags(function, make):
     """Where python:3.11-slim cannot be pulled: PYTHON_IMAGE and DOCKER_BUILD_FLAGS reach the build."""
-    folder, image_name, _ = h.FUNCTIONS[function]
+    _, image_name, _ = h.FUNCTIONS[function]
     base = "localhost/purchase/python-base:3.11-bookworm"
     _, calls = make(f"build-{function}", "DOCKER_BUILD_FLAGS=--network host --ulimit nofile=20000:20000",
                     f"PYTHON_IMAGE={base}")
     assert [c["argv"] for c in calls] == [["build", "--build-arg", f"PYTHON_IMAGE={base}", "--network", "host",
-                                           "--ulimit", "nofile=20000:20000", "-f", f"{folder}/Dockerfile",
+                                           "--ulimit", "nofile=20000:20000", *dockerfile_args(function),
                                            "-t", f"dev.local/purchase/{image_name}:dev", "."]]
 
 
