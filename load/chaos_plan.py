@@ -1,7 +1,8 @@
 """The soak's chaos plan: which fault starts when and for how long, drawn from a seed.
 
 Pure (no I/O, no clock), so one seed always gives one plan and tests/unit/test_soak_plan.py
-checks its rules over hundreds of seeds. load/soak.py executes it.
+checks its rules over hundreds of seeds. load/soak.py executes it with the local kinds (KINDS);
+load/soak_node.py with the pod faults of the node (NODE_KINDS, tests/unit/test_soak_node_plan.py).
 
 Rules every plan keeps:
 - every kind of fault runs once per round, and within a round the faults overlap: ordered
@@ -9,10 +10,10 @@ Rules every plan keeps:
   surely over (one connected stretch of chaos, never one fault at a time);
 - every fault is planned to be over, restart allowance included, before the load ends, so
   recovery is seen under load;
-- a SIGSTOPped consumer is paused through a stretch of broker uptime of at least the session
-  timeout plus a margin. A broker that restarts during the pause reloads the group with fresh
-  session timers, so without such a stretch the paused member is never evicted and the
-  fault proves nothing.
+- a SIGSTOPped (or frozen) consumer is paused through a stretch of broker uptime of at least
+  the session timeout plus a margin. A broker that restarts during the pause reloads the group
+  with fresh session timers, so without such a stretch the paused member is never evicted and
+  the fault proves nothing.
 """
 from __future__ import annotations
 
@@ -26,9 +27,37 @@ FERRETDB_STOP = "ferretdb-stop"
 CONSUMER_SIGSTOP = "consumer-sigstop"
 KINDS = (CONSUMER_SIGKILL, BUY_WORKER_SIGKILL, BROKER_RESTART, FERRETDB_STOP, CONSUMER_SIGSTOP)
 
+# On the node (load/soak_node.py) a fault is one action on a pod or a container, and Kubernetes
+# brings it back; only the consumer's freeze is held and lifted.
+CONSUMER_POD_DELETE = "consumer-pod-delete"
+CONSUMER_CTR_SIGKILL = "consumer-ctr-sigkill"
+BUY_POD_DELETE = "buy-pod-delete"
+KAFKA_POD_DELETE = "kafka-pod-delete"
+MONGODB_POD_DELETE = "mongodb-pod-delete"
+CONSUMER_PAUSE = "consumer-pause"
+NODE_KINDS = (CONSUMER_POD_DELETE, CONSUMER_CTR_SIGKILL, BUY_POD_DELETE, KAFKA_POD_DELETE, MONGODB_POD_DELETE,
+              CONSUMER_PAUSE)
+# Six faults whose planned outages are short next to the broker's allowance: started within a
+# window of this width, a round's draws chain them; in the default window (twice the longest
+# fault + 10 s) they scatter and too few draws overlap them all.
+NODE_WINDOW_S = 75.0
+# The kinds that take the broker away, and the kinds that pause a consumer past its session.
+BROKER_OUTAGES = (BROKER_RESTART, KAFKA_POD_DELETE)
+CONSUMER_PAUSES = (CONSUMER_SIGSTOP, CONSUMER_PAUSE)
+
 # Stopping the broker, starting its JVM and waiting until it serves metadata took 4-19 s on
 # a busy 2-core machine; the plan counts the broker as maybe down for this long after its hold.
 BROKER_RESTART_ALLOWANCE_S = 25.0
+# A deleted pod (or a killed container) is surely out for less than its replacement took to be
+# Ready on the node: kafka-0 12 s and mongodb-0 7 s, buy 2 s from creation (the cluster tests'
+# .run/cluster/results/); the old pod's shutdown comes on top. Another replica may serve
+# meanwhile: this is how long the fault is on, not how long the service is down.
+NODE_POD_HOLDS_S = {CONSUMER_POD_DELETE: 3.0, CONSUMER_CTR_SIGKILL: 2.0, BUY_POD_DELETE: 2.0,
+                    KAFKA_POD_DELETE: 8.0, MONGODB_POD_DELETE: 5.0}
+# How long after its hold a target may still be out: a broker's JVM restart, a pod's replacement
+# (a StatefulSet's waits for the old pod to go), a container restarted after kubelet's back-off.
+ALLOWANCES_S = {BROKER_RESTART: BROKER_RESTART_ALLOWANCE_S, KAFKA_POD_DELETE: 40.0, MONGODB_POD_DELETE: 25.0,
+                CONSUMER_POD_DELETE: 30.0, CONSUMER_CTR_SIGKILL: 30.0, BUY_POD_DELETE: 20.0}
 # Past the session timeout, the coordinator's expiry check and the member's last heartbeat
 # (sent up to a heartbeat interval before the pause) still need a moment.
 EVICTION_MARGIN_S = 3.0
@@ -60,6 +89,8 @@ class Holds:
             BROKER_RESTART: self.broker_down_s,
             FERRETDB_STOP: self.ferretdb_down_s,
             CONSUMER_SIGSTOP: SIGSTOP_SESSION_TIMEOUTS * session_timeout_s,
+            CONSUMER_PAUSE: SIGSTOP_SESSION_TIMEOUTS * session_timeout_s,
+            **NODE_POD_HOLDS_S,
         }[kind]
 
 
@@ -76,9 +107,8 @@ class Fault:
 
     @property
     def maybe_out(self) -> tuple[float, float]:
-        """When the target may be unavailable: a restarted broker's allowance on top of the hold."""
-        extra = BROKER_RESTART_ALLOWANCE_S if self.kind == BROKER_RESTART else 0.0
-        return self.start_s, self.start_s + self.hold_s + extra
+        """When the target may be unavailable: its kind's allowance (ALLOWANCES_S) on top of the hold."""
+        return self.start_s, self.start_s + self.hold_s + ALLOWANCES_S.get(self.kind, 0.0)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -100,9 +130,9 @@ def longest_uptime_within(pause: tuple[float, float], outages: list[tuple[float,
 
 def sigstop_sees_eviction(faults: list[Fault], session_timeout_s: float) -> bool:
     """Every consumer pause holds a stretch of broker uptime of session timeout + margin."""
-    outages = [f.maybe_out for f in faults if f.kind == BROKER_RESTART]
+    outages = [f.maybe_out for f in faults if f.kind in BROKER_OUTAGES]
     return all(longest_uptime_within(f.surely_out, outages) >= session_timeout_s + EVICTION_MARGIN_S
-               for f in faults if f.kind == CONSUMER_SIGSTOP)
+               for f in faults if f.kind in CONSUMER_PAUSES)
 
 
 def overlap_as_one(faults: list[Fault]) -> bool:
@@ -118,33 +148,35 @@ def overlap_as_one(faults: list[Fault]) -> bool:
     return len(ordered) > 1
 
 
-def rounds(seconds: float, longest_s: float) -> tuple[list[tuple[float, float]], float]:
+def rounds(seconds: float, longest_s: float, window_s: float | None = None) -> tuple[list[tuple[float, float]], float]:
     """The period of each round (one per ROUND_S of load between the lead and the tail) and
     the width of the window inside it where that round's faults happen: wide enough for the
-    longest fault and others around it, narrow enough that they overlap."""
+    longest fault and others around it, narrow enough that they overlap (at most window_s)."""
     usable = seconds - LEAD_S - TAIL_S
     if usable < longest_s:
         raise PlanError(f"{seconds:.0f} s of load leave {usable:.0f} s for faults; the longest needs {longest_s:.0f} s")
     count = max(1, int(usable // max(ROUND_S, longest_s)))
     period = usable / count
-    width = min(period, 2 * longest_s + 10)
+    width = min(period, 2 * longest_s + 10, window_s or float("inf"))
     return [(LEAD_S + i * period, LEAD_S + i * period + period) for i in range(count)], width
 
 
-def draw_plan(seed: int, seconds: float, session_timeout_s: float, holds: Holds = Holds()) -> list[Fault]:
-    """The plan for a soak of `seconds` of load, redrawn from the seed's own random stream
-    until every rule holds (deterministic: same arguments, same plan)."""
+def draw_plan(seed: int, seconds: float, session_timeout_s: float, holds: Holds = Holds(),
+              kinds: tuple[str, ...] = KINDS, window_s: float | None = None) -> list[Fault]:
+    """The plan for a soak of `seconds` of load, one fault of each of `kinds` per round,
+    redrawn from the seed's own random stream until every rule holds (deterministic: same
+    arguments, same plan)."""
     if SIGSTOP_SESSION_TIMEOUTS * session_timeout_s < session_timeout_s + EVICTION_MARGIN_S:
         raise PlanError(f"a {session_timeout_s} s session timeout is too short to pause past")
     rng = random.Random(seed)
-    lengths = {kind: Fault(kind, 0.0, holds.of(kind, session_timeout_s)).maybe_out[1] for kind in KINDS}
-    spans, width = rounds(seconds, max(lengths.values()))
+    lengths = {kind: Fault(kind, 0.0, holds.of(kind, session_timeout_s)).maybe_out[1] for kind in kinds}
+    spans, width = rounds(seconds, max(lengths.values()), window_s)
     plan: list[Fault] = []
     for period_from, period_to in spans:
         for _ in range(MAX_DRAWS):
             lo = rng.uniform(period_from, period_to - width)
             faults = [Fault(kind, round(rng.uniform(lo, lo + width - lengths[kind]), 1),
-                            holds.of(kind, session_timeout_s)) for kind in KINDS]
+                            holds.of(kind, session_timeout_s)) for kind in kinds]
             if overlap_as_one(faults) and sigstop_sees_eviction(faults, session_timeout_s):
                 plan.extend(faults)
                 break
@@ -159,3 +191,8 @@ def describe(plan: list[Fault]) -> str:
     lines = [f"  {'fault':<20} {'start s':>8} {'hold s':>7} {'out until s':>12}"]
     lines += [f"  {f.kind:<20} {f.start_s:>8.1f} {f.hold_s:>7.1f} {f.maybe_out[1]:>12.1f}" for f in plan]
     return "\n".join(lines)
+
+
+def draw_node_plan(seed: int, seconds: float, session_timeout_s: float) -> list[Fault]:
+    """The plan of the soak on the node (load/soak_node.py): its pod faults in its window."""
+    return draw_plan(seed, seconds, session_timeout_s, kinds=NODE_KINDS, window_s=NODE_WINDOW_S)

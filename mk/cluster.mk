@@ -2,12 +2,13 @@
 # and KEDA operator on 127.0.0.1 and a real node (containerd, kubelet, kube-proxy,
 # kube-scheduler, CoreDNS) on the bridge purchase0, built from the registries and cached under
 # $(PURCHASE_CACHE_DIR)/cluster/ (outside the clone).
-.PHONY: cluster-build cluster-up cluster-down cluster-status test-cluster node-load node-deploy bench-node
+.PHONY: cluster-build cluster-up cluster-down cluster-status test-cluster node-load node-deploy bench-node soak-node
 
 CLUSTER_KUBECONFIG := $(CURDIR)/.run/cluster/kubeconfig
 CLUSTER_KUBECTL := $(PURCHASE_CACHE_DIR)/cluster/bin/kubectl
 CLEAN ?=
 BENCH_NODE_ARGS ?=
+SOAK_NODE_ARGS ?=
 CLUSTER_IS_UP = @$(PY) -m cluster status >/dev/null || { echo "the loopback cluster is not up: run make cluster-up first" >&2; exit 1; }
 
 cluster-build: venv ## Build/install etcd, Kubernetes (apiserver, controller-manager, scheduler, kubelet, kube-proxy, kubectl), KEDA, CoreDNS, Knative Serving and the node's images (cached)
@@ -37,3 +38,7 @@ node-deploy: venv ## Deploy the whole system on the node: make deploy OVERLAY=no
 
 bench-node: node-deploy ## Knative on the node: >=10 cold starts each of buy/history (split), warm p50/p99, peak pods, last request -> 0 pods (~15 min) -> bench-node-results.json
 	$(PY) -m bench.node --json bench-node-results.json $(BENCH_NODE_ARGS)
+
+soak-node: node-deploy ## All faults at once on the node: steady purchases to the buy Revision while a seeded plan deletes consumer, buy, kafka-0 and mongodb-0 pods, SIGKILLs and freezes consumer containers, overlapping; exact counts (~12 min; SOAK_NODE_ARGS=--help)
+	@# With CoreDNS as the resolver, so the soak reaches Kafka and MongoDB by their Service names.
+	$(PY) -m cluster run -- $(PY) -m load.soak_node $(SOAK_NODE_ARGS)
