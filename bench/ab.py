@@ -1,6 +1,7 @@
 """A/B of buy variants in one run, interleaved, on a shared (noisy) machine.
 
     python -m bench.ab --variant base= --variant linger0=KAFKA_LINGER_MS=0 [--rounds 3] [--seconds 3]
+    python -m bench.ab --variant direct= --variant gateway=GATEWAY=1
 
 Every variant is one buy process (buy's server settings, its own env overrides) started side
 by side on the same Kafka; each round loads every variant in turn at each concurrency level,
@@ -93,19 +94,26 @@ def _measured_level(bench: Bench, process, concurrency: int, seconds: float) -> 
     """One load level, and the server's CPU time per request over it (the 50 warm-up requests
     that load_levels sends first are counted in)."""
     bench.sizes["levels"] = (concurrency,)
-    before = _cpu_s(process.proc.pid)
+    pids = process.extra.get("cpu_pids", [process.proc.pid])
+    before = sum(map(_cpu_s, pids))
     level = bench.load_levels(process, seconds)[0]
-    level["cpu_us"] = round(1e6 * (_cpu_s(process.proc.pid) - before) / max(1, level["accepted"] + 50), 1)
+    level["cpu_us"] = round(1e6 * (sum(map(_cpu_s, pids)) - before) / max(1, level["accepted"] + 50), 1)
     return level
 
 
 def _start(bench: Bench, names: dict, name: str, env: dict):
-    """buy with env overrides; SOURCE=path and TARGET=name put another function on buy's settings."""
+    """buy with env overrides; SOURCE=path and TARGET=name put another function on buy's settings;
+    GATEWAY=1 loads it through devstack's gateway (CPU counted for both)."""
     env = dict(env)
-    source, target = env.pop("SOURCE", None), env.pop("TARGET", "buy")
+    source, target, gateway = env.pop("SOURCE", None), env.pop("TARGET", "buy"), env.pop("GATEWAY", "")
     process = devstack.start_buy({**bench.env(names), **env}, free_port(), bench.tmp / "logs" / name,
                                  source=Path(source).resolve() if source else None, target=target)
     bench.processes.append(process)
+    if gateway:
+        front = devstack.start_gateway(free_port(), process.port, free_port(), bench.tmp / "logs" / name)
+        bench.processes.append(front)
+        front.extra["cpu_pids"] = [front.proc.pid, process.proc.pid]
+        return front
     return process
 
 
