@@ -1,6 +1,6 @@
 """A/B of buy variants in one run, interleaved, on a shared (noisy) machine.
 
-    python -m bench.ab --variant base= --variant linger0=KAFKA_LINGER_MS=0 [--rounds 3] [--seconds 3]
+    python -m bench.ab --variant linger2=KAFKA_LINGER_MS=2 --variant linger0= [--rounds 3] [--seconds 3]
     python -m bench.ab --variant direct= --variant gateway=GATEWAY=1
 
 Every variant is one buy process (buy's server settings, its own env overrides) started side

@@ -44,7 +44,7 @@ class ProduceSection:
     """produce: raw kafka-python send().get() vs the buy function (a part of bench.run.Bench)."""
 
     def raw_produce(self, topic: str, concurrency: int, seconds: float, linger_ms: int) -> dict:
-        producer = self.producer(linger_ms=linger_ms)
+        producer = self.producer(linger_ms=linger_ms, metrics_enabled=False)  # as buy's (producer.py)
         key, value, headers = purchase_record(0)
         try:
             return _closed_loop(concurrency, seconds,
