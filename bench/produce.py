@@ -10,37 +10,81 @@ from bench.profiling import peak_rss_mb, process_tree
 from load import loadgen
 from purchase_common import config
 
+# The linger measured beside buy's when buy's is 0: the default before issue 12.
+OTHER_LINGER_MS = 2
 CEILING_SOURCE = Path(__file__).resolve().parent / "ceiling" / "main.py"
+
+
+def _closed_loop(concurrency: int, seconds: float, send_and_wait) -> dict:
+    """c threads each sending one record and waiting for its acknowledgement, for `seconds`."""
+    latencies, lock = [], threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def worker():
+        mine = []
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            send_and_wait()
+            mine.append(time.perf_counter() - started)
+        with lock:
+            latencies.extend(mine)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + 30)
+    elapsed = time.monotonic() - started
+    return {"concurrency": concurrency, "count": len(latencies), "per_s": round(len(latencies) / elapsed, 1),
+            **pct(latencies)}
 
 
 class ProduceSection:
     """produce: raw kafka-python send().get() vs the buy function (a part of bench.run.Bench)."""
 
     def raw_produce(self, topic: str, concurrency: int, seconds: float, linger_ms: int) -> dict:
-        producer = self.producer(linger_ms=linger_ms)
+        producer = self.producer(linger_ms=linger_ms, metrics_enabled=False)  # as buy's (producer.py)
         key, value, headers = purchase_record(0)
-        latencies, lock = [], threading.Lock()
-        deadline = time.monotonic() + seconds
+        try:
+            return _closed_loop(concurrency, seconds,
+                                lambda: producer.send(topic, key=key, value=value, headers=headers).get(timeout=10))
+        finally:
+            producer.close(timeout=10)
 
-        def worker():
-            mine = []
-            while time.monotonic() < deadline:
-                started = time.perf_counter()
-                producer.send(topic, key=key, value=value, headers=headers).get(timeout=10)
-                mine.append(time.perf_counter() - started)
-            with lock:
-                latencies.extend(mine)
+    def raw_produce_librdkafka(self, topic: str, concurrency: int, seconds: float) -> dict | None:
+        """The same pattern on confluent-kafka (librdkafka, C) when it is installed: what a producer
+        whose per-record work runs outside the GIL would give on the same broker and cores."""
+        try:
+            import confluent_kafka
+        except ImportError:
+            return None
+        producer = confluent_kafka.Producer({"bootstrap.servers": self.stack.kafka_bootstrap, "acks": "all",
+                                             "linger.ms": config.load({}).kafka_linger_ms,
+                                             "enable.idempotence": False})
+        key, value, headers = purchase_record(0)
+        stopping = threading.Event()
 
-        started = time.monotonic()
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=seconds + 30)
-        elapsed = time.monotonic() - started
-        producer.close(timeout=10)
-        return {"concurrency": concurrency, "count": len(latencies), "per_s": round(len(latencies) / elapsed, 1),
-                **pct(latencies)}
+        def serve_callbacks():  # delivery callbacks run inside poll()
+            while not stopping.is_set():
+                producer.poll(0.05)
+
+        poller = threading.Thread(target=serve_callbacks, daemon=True)
+        poller.start()
+
+        def send_and_wait():
+            done, failure = threading.Event(), []
+            producer.produce(topic, key=key, value=value, headers=headers,
+                             on_delivery=lambda err, _msg: (err and failure.append(err), done.set()))
+            if not done.wait(10) or failure:
+                raise RuntimeError(f"librdkafka delivery failed: {failure}")
+
+        try:
+            return _closed_loop(concurrency, seconds, send_and_wait)
+        finally:
+            stopping.set()
+            poller.join(timeout=5)
+            producer.flush(10)
 
     def raw_produce_pipelined(self, topic: str, count: int) -> dict:
         producer = self.producer(linger_ms=5, batch_size=262144)
@@ -76,12 +120,15 @@ class ProduceSection:
         self.topic(names["topic"])
         seconds = self.sizes["level_s"]
         buy_linger = config.load({}).kafka_linger_ms  # buy's default (KAFKA_LINGER_MS)
+        # Beside buy's linger, the other one measured: 2 ms (the default until issue 12) when buy's is 0.
+        other_linger = OTHER_LINGER_MS if buy_linger == 0 else 0
         raw = {}
-        for linger in sorted({0, buy_linger}):
+        for linger in sorted({other_linger, buy_linger}):
             raw[linger] = []
             for c in self.sizes["levels"]:
                 say(f"raw produce (acks=all, linger {linger} ms, send().get()) at concurrency {c} for {seconds}s")
                 raw[linger].append(self.raw_produce(names["topic"], c, seconds, linger_ms=linger))
+        librdkafka = [self.raw_produce_librdkafka(names["topic"], c, seconds) for c in self.sizes["levels"]]
         pipelined = self.raw_produce_pipelined(names["topic"], 20_000 if not self.args.quick else 5_000)
         # The ceiling: buy's own server stack and settings, a function that sends nothing.
         ceiling = self.start_buy(names, source=CEILING_SOURCE, target="ceiling")
@@ -92,8 +139,10 @@ class ProduceSection:
         self.results["rss"]["buy"] = peak_rss_mb(buy.proc.pid)
         self.stop_process(buy)
         self.results["produce"] = {
-            "raw": raw[buy_linger], "raw_linger0": raw[0], "buy_linger_ms": buy_linger, "raw_pipelined": pipelined,
+            "raw": raw[buy_linger], "raw_other_linger": raw[other_linger], "other_linger_ms": other_linger,
+            "buy_linger_ms": buy_linger, "raw_pipelined": pipelined,
+            "raw_librdkafka": [level for level in librdkafka if level],
             "buy": levels, "ceiling": ceiling_levels,
             "note": "raw: one shared KafkaProducer (acks=all), c threads each send().get() - the buy function's own "
-                    "pattern, at linger 0 and at buy's linger; ceiling: buy's server stack answering 202 without "
+                    "pattern, at buy's linger and at another; ceiling: buy's server stack answering 202 without "
                     "Kafka; the Python load generator runs on the same 2 cores"}

@@ -7,7 +7,7 @@ MONGODB_URI), gives every section its own topic, group and database, runs each f
 its own process with LOG_LEVEL=WARNING, and measures:
 
   coldstart exec -> first answer (buy, history) and exec -> first record stored (consumer), split
-  produce   raw kafka-python send().get() (acks=all; linger 0 and buy's) vs the buy function vs
+  produce   raw kafka-python send().get() (acks=all; buy's linger and 2 ms) vs the buy function vs
             the HTTP ceiling (buy's server stack answering without Kafka), concurrency 1/16/64
   persist   raw consume + insert_many + commit vs the persist_purchase consumer, pre-filled topic
   e2e       buy request -> record stored and committed by the consumer, at a fixed offered rate,

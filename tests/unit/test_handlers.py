@@ -287,3 +287,17 @@ def test_consumer_loop_never_commits_a_batch_it_could_not_write(persist):
     with pytest.raises(batch_consumer.GaveUp):
         persist[1].consume(batches)
     assert ("commit", 1) not in batches.calls
+
+
+@pytest.mark.parametrize("body", [{"message": "Purchase accepted", "id": "5f0c3f5e"}, {"error": "é \"x\"", "field": "a"},
+                                  [{"price": 12.34, "userId": "u", "timestamp": "2026-01-01T00:00:00.000Z"}], []])
+def test_json_answers_are_the_bytes_jsonify_writes(body):
+    """answers.json_answer skips flask.jsonify's per-request cost, not its output."""
+    import flask
+
+    from purchase_common import answers
+
+    with flask.Flask("bytes").app_context():
+        expected = flask.jsonify(body)
+        answer = answers.json_answer(body, 202)
+    assert (answer.status_code, answer.get_data(), answer.mimetype) == (202, expected.get_data(), expected.mimetype)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import json
 
-from flask import Response, jsonify
+from flask import Response
 from werkzeug.exceptions import HTTPException
 
 from . import probes
@@ -17,8 +18,7 @@ def error(status: int, message: str, field: str | None = None, headers: dict | N
     body = {"error": message}
     if field is not None:
         body["field"] = field
-    response = jsonify(body)
-    response.status_code = status
+    response = json_answer(body, status)
     response.headers.update(headers or {})
     return response
 
@@ -33,9 +33,9 @@ def unavailable(message: str, settings: Settings) -> Response:
 
 
 def json_answer(body, status: int = 200) -> Response:
-    response = jsonify(body)
-    response.status_code = status
-    return response
+    """The bytes flask.jsonify writes (compact, sorted keys, a closing newline) for the plain
+    JSON values the functions answer with, at half its cost per request (bench/README.md)."""
+    return Response(json.dumps(body, separators=(",", ":"), sort_keys=True) + "\n", status, mimetype="application/json")
 
 
 @functools.cache

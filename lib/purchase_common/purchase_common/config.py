@@ -49,7 +49,9 @@ class Settings:
     kafka_send_timeout_s: float = _env("KAFKA_SEND_TIMEOUT_S", 3.0,
                                        "whole-request budget for the broker's ack: a 503 comes well under 5 s")
     retry_after_s: int = _env("RETRY_AFTER_S", 2, "what every 503 asks the client to wait")
-    kafka_linger_ms: int = _env("KAFKA_LINGER_MS", 2, "a short wait lets concurrent requests share one batch")
+    kafka_linger_ms: int = _env("KAFKA_LINGER_MS", 0,
+                                "no wait: a lone purchase goes out at once (a 2 ms linger doubled c=1 latency), and "
+                                "concurrent ones still share a batch while a send is in flight (bench/README.md)")
     kafka_enable_idempotence: bool = _env(
         "KAFKA_ENABLE_IDEMPOTENCE", False,
         "off: kafka-python 3.0's idempotent producer stays wedged after a broker restart (tests/faults); "

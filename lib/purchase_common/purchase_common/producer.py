@@ -78,6 +78,9 @@ class Producer:
             delivery_timeout_ms=timeout_ms + s.kafka_linger_ms,
             bootstrap_timeout_ms=timeout_ms,
             reconnect_backoff_max_ms=1000,
+            # kafka-python's own client metrics (Sensor.record on every record and request) are
+            # read by nothing, buy exports its own: off, 4-8 % less CPU per record (bench/README.md).
+            metrics_enabled=False,
         )
 
     def _failed(self) -> None:

@@ -1,0 +1,121 @@
+"""A/B of buy variants in one run, interleaved, on a shared (noisy) machine.
+
+    python -m bench.ab --variant linger2=KAFKA_LINGER_MS=2 --variant linger0= [--rounds 3] [--seconds 3]
+    python -m bench.ab --variant direct= --variant gateway=GATEWAY=1
+
+Every variant is one buy process (buy's server settings, its own env overrides) started side
+by side on the same Kafka; each round loads every variant in turn at each concurrency level,
+so background load from other work falls on all variants alike. Prints per-variant medians
+over the rounds, the server's CPU time per request (far steadier than req/s on a busy box)
+and each variant's ratio to the first one; --json writes every round.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from bench.common import QUICK, say
+from bench.profiling import process_tree
+from bench.run import Bench
+from devstack import stack as devstack
+from devstack.servers import free_port
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    name, _, assignments = text.partition("=")
+    env = dict(part.split("=", 1) for part in assignments.split(",") if part)
+    return name, env
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", required=True, help="NAME=KEY=VALUE,KEY=VALUE (env overrides)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--levels", type=int, nargs="*", default=list(QUICK["levels"]))
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    variants = [parse_variant(v) for v in args.variant]
+    bench = Bench(SimpleNamespace(no_profile=True, quick=True), dict(QUICK, levels=tuple(args.levels)))
+    rounds: dict = {name: [] for name, _ in variants}
+    try:
+        bench.start()
+        names = bench.names("ab")
+        bench.topic(names["topic"])
+        processes = {}
+        for name, env in variants:
+            processes[name] = _start(bench, names, name, env)
+        for index in range(args.rounds):
+            for name, _ in (variants if index % 2 == 0 else list(reversed(variants))):
+                say(f"round {index + 1}/{args.rounds}: {name}")
+                rounds[name].append([_measured_level(bench, processes[name], c, args.seconds) for c in args.levels])
+    finally:
+        bench.stop()
+    base = variants[0][0]
+    summary = {}
+    for name, _ in variants:
+        summary[name] = []
+        for position, c in enumerate(args.levels):
+            per_round = [r[position] for r in rounds[name]]
+            summary[name].append({key: statistics.median(level[key] for level in per_round if level[key] is not None)
+                                  for key in ("per_s", "p50", "p99", "cpu_us")} | {"concurrency": c})
+    print(f"{'variant':<16} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} "
+          f"{'x ' + base:>10} {'CPU x':>6}")
+    for name, _ in variants:
+        for level, ref in zip(summary[name], summary[base]):
+            print(f"{name:<16} {level['concurrency']:>3} {level['per_s']:>8.0f} {level['p50']:>8.2f} "
+                  f"{level['p99']:>8.2f} {level['cpu_us']:>10.0f} {level['per_s'] / ref['per_s']:>10.2f} "
+                  f"{level['cpu_us'] / ref['cpu_us']:>6.2f}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"variants": dict(variants), "rounds": rounds, "summary": summary}, handle, indent=2)
+    return 0
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process tree: what a variant costs, whatever else the machine runs."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _measured_level(bench: Bench, process, concurrency: int, seconds: float) -> dict:
+    """One load level, and the server's CPU time per request over it (the 50 warm-up requests
+    that load_levels sends first are counted in)."""
+    bench.sizes["levels"] = (concurrency,)
+    pids = process.extra.get("cpu_pids", [process.proc.pid])
+    before = sum(map(_cpu_s, pids))
+    level = bench.load_levels(process, seconds)[0]
+    level["cpu_us"] = round(1e6 * (sum(map(_cpu_s, pids)) - before) / max(1, level["accepted"] + 50), 1)
+    return level
+
+
+def _start(bench: Bench, names: dict, name: str, env: dict):
+    """buy with env overrides; SOURCE=path and TARGET=name put another function on buy's settings;
+    GATEWAY=1 loads it through devstack's gateway (CPU counted for both)."""
+    env = dict(env)
+    source, target, gateway = env.pop("SOURCE", None), env.pop("TARGET", "buy"), env.pop("GATEWAY", "")
+    process = devstack.start_buy({**bench.env(names), **env}, free_port(), bench.tmp / "logs" / name,
+                                 source=Path(source).resolve() if source else None, target=target)
+    bench.processes.append(process)
+    if gateway:
+        front = devstack.start_gateway(free_port(), process.port, free_port(), bench.tmp / "logs" / name)
+        bench.processes.append(front)
+        front.extra["cpu_pids"] = [front.proc.pid, process.proc.pid]
+        return front
+    return process
+
+
+if __name__ == "__main__":
+    sys.exit(main())
