@@ -353,6 +353,10 @@ class Soak:
         self.buy: Process | None = None
         self.consumers: dict[str, Process] = {}
         self.paused: set[int] = set()
+        self._reset_run_state()
+
+    def _reset_run_state(self) -> None:
+        """The run's own state: one FaultRun per planned fault, the clock, no samplers yet."""
         self.stop = threading.Event()
         self.t0 = time.monotonic()
         self.runs = [FaultRun(fault) for fault in self.plan]
@@ -500,6 +504,19 @@ class Soak:
         self.servers.start_ferretdb()
         run.lifted_at = self.clock()
 
+    def hold_until_evicted(self, run: FaultRun, member: str) -> None:
+        """Keep a paused group member paused for the planned hold, then (at most
+        EVICTION_GRACE_S longer) until the group no longer lists it: the fault is its eviction."""
+        self.stop.wait(run.fault.hold_s)
+        evicted = lambda: first_absent(self.group.samples, member, run.injected_at)  # noqa: E731
+        if evicted() is None and not self.stop.is_set():
+            say(f"{run.fault.kind}: not evicted yet at the planned end; holding on (at most "
+                f"{EVICTION_GRACE_S:.0f} s more)")
+            try:
+                poll_until(evicted, EVICTION_GRACE_S, 0.25, f"eviction of the paused member {member}")
+            except TimeoutError:
+                pass
+
     def _consumer_sigstop(self, run: FaultRun) -> None:
         pid = self.consumers[PAUSED_CONSUMER].proc.pid
         client_id = self.client_id(PAUSED_CONSUMER)
@@ -507,31 +524,35 @@ class Soak:
         self._signal(pid, signal.SIGSTOP)
         self.paused.add(pid)
         try:
-            self.stop.wait(run.fault.hold_s)
-            evicted = lambda: first_absent(self.group.samples, client_id, run.injected_at)  # noqa: E731
-            if evicted() is None and not self.stop.is_set():
-                say(f"{run.fault.kind}: not evicted yet at the planned end; holding on (at most "
-                    f"{EVICTION_GRACE_S:.0f} s more)")
-                try:
-                    poll_until(evicted, EVICTION_GRACE_S, 0.25, "eviction of the paused consumer")
-                except TimeoutError:
-                    pass
+            self.hold_until_evicted(run, client_id)
         finally:
             self._signal(pid, signal.SIGCONT)
             self.paused.discard(pid)
         run.lifted_at = self.clock()
         run.detail["held_s"] = round(run.lifted_at - run.injected_at, 1)
 
+    def fault_actions(self) -> dict:
+        """Each kind of fault of the plan -> the method that injects it and waits for its lift."""
+        return {chaos_plan.CONSUMER_SIGKILL: self._consumer_sigkill,
+                chaos_plan.BUY_WORKER_SIGKILL: self._buy_worker_sigkill,
+                chaos_plan.BROKER_RESTART: self._broker_restart,
+                chaos_plan.FERRETDB_STOP: self._ferretdb_stop,
+                chaos_plan.CONSUMER_SIGSTOP: self._consumer_sigstop}
+
+    def target(self) -> loadgen.Target:
+        """Where the clients send their purchases."""
+        return loadgen.Target(f"http://127.0.0.1:{self.buy.port}")
+
+    def chaos_join_budget_s(self) -> float:
+        """How long after the load the fault threads may still take (each of their waits is bounded)."""
+        return max(30.0, self.options.seconds + 300 - self.clock())
+
     def _inject(self, run: FaultRun, lock: threading.Lock) -> None:
         """At the planned start (later if an earlier fault on the same target is still on)."""
         self.stop.wait(max(0.0, run.fault.start_s - self.clock()))
         if self.stop.is_set():
             return
-        action = {chaos_plan.CONSUMER_SIGKILL: self._consumer_sigkill,
-                  chaos_plan.BUY_WORKER_SIGKILL: self._buy_worker_sigkill,
-                  chaos_plan.BROKER_RESTART: self._broker_restart,
-                  chaos_plan.FERRETDB_STOP: self._ferretdb_stop,
-                  chaos_plan.CONSUMER_SIGSTOP: self._consumer_sigstop}[run.fault.kind]
+        action = self.fault_actions()[run.fault.kind]
         with lock:
             say(f"{self.clock():7.1f}s  {run.fault.kind} injected")
             try:
@@ -550,14 +571,14 @@ class Soak:
             f"{self.options.seconds:g} s; session timeout {self.session_timeout_s:g} s; chaos plan:\n"
             + chaos_plan.describe(self.plan))
         dlq_before = self._records_written(self.settings.dead_letter_topic)
-        target = loadgen.Target(f"http://127.0.0.1:{self.buy.port}")
+        target = self.target()
         self.t0 = time.monotonic()
         offsets, members = self._offsets(), self._group_members()
         self.offsets = Sampler("offsets", offsets, OFFSETS_SAMPLE_S, self.clock)
         self.group = Sampler("group-members", members, GROUP_SAMPLE_S, self.clock)
         clients = Clients(target, self.purchases, self.options.clients or client_threads(self.options.rate),
                           self.clock)
-        locks = {kind: threading.Lock() for kind in chaos_plan.KINDS}
+        locks = {kind: threading.Lock() for kind in {run.fault.kind for run in self.runs}}
         chaos = [threading.Thread(target=self._inject, args=(run, locks[run.fault.kind]), daemon=True,
                                   name=run.fault.kind) for run in self.runs]
         for worker in (self.offsets, self.group, clients, *chaos):
@@ -570,7 +591,7 @@ class Soak:
             clients.join(timeout_s=REQUEST_TIMEOUT_S + 10)
             self._progress(clients)
             for thread in chaos:  # a fault still on is bounded by its own waits
-                thread.join(timeout=max(30.0, self.options.seconds + 300 - self.clock()))
+                thread.join(timeout=self.chaos_join_budget_s())
             settled_at = self._settle()
             report = self._verify(clients, dlq_before, settled_at)
         finally:
@@ -820,6 +841,14 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def write_report(report: dict, data_dir: Path, also: str | None = None) -> None:
+    """report.json in the run's data folder, and at --json's path if one was given."""
+    for path in {data_dir / "report.json", *([Path(also)] if also else [])}:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        say(f"report written to {path}")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m load.soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -855,10 +884,7 @@ def main(argv=None) -> int:
         if not report["passed"]:
             print(soak.log_tails(), flush=True)
     print(format_report(report), flush=True)
-    for path in {data_dir / "report.json", *([Path(args.json)] if args.json else [])}:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2))
-        say(f"report written to {path}")
+    write_report(report, data_dir, args.json)
     return 0 if report["passed"] else 1
 
 

@@ -22,7 +22,6 @@ recovery, 503 and no-answer counts and the slowest answer. Exit code 1 when any 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import threading
@@ -37,9 +36,8 @@ from pymongo.errors import PyMongoError
 from cluster import control, node
 from cluster.observe import CONSUMER, NAMESPACE, Kube, Revision, revision_ready
 from load import chaos_plan, loadgen
-from load.soak import (EVICTION_GRACE_S, GROUP_SAMPLE_S, NO_ANSWER, OFFSETS_SAMPLE_S, PROGRESS_EVERY_S,
-                       PURCHASE_DEADLINE_S, REQUEST_TIMEOUT_S, BrokerReads, Clients, FaultRun, Options, Purchase,
-                       Sampler, Soak, _round, client_threads, first_absent, first_present, format_report, say)
+from load.soak import (NO_ANSWER, BrokerReads, Clients, FaultRun, Options, Purchase, Soak, _round, first_absent,
+                       first_present, format_report, say, write_report)
 from purchase_common import config, storage
 from purchase_common.events import event_id_for
 from purchase_common.retry import poll_until
@@ -134,11 +132,7 @@ class NodeSoak(Soak):
         self.frozen: set[str] = set()        # container ids paused by this soak, resumed on close
         self.claimed: set[str] = set()       # consumer pod uids a fault is working on
         self.claims = threading.Lock()
-        self.stop = threading.Event()
-        self.t0 = time.monotonic()
-        self.runs = [FaultRun(fault) for fault in self.plan]
-        self.offsets = self.group = None
-        self._mongo = None
+        self._reset_run_state()
 
     # -- the system under test ---------------------------------------------------------------
 
@@ -302,15 +296,7 @@ class NodeSoak(Soak):
             ctr_task("pause", container)
             self.frozen.add(container)
             try:
-                self.stop.wait(run.fault.hold_s)
-                evicted = lambda: first_absent(self.group.samples, host, run.injected_at)  # noqa: E731
-                if evicted() is None and not self.stop.is_set():
-                    say(f"{run.fault.kind}: not evicted yet at the planned end; holding on (at most "
-                        f"{EVICTION_GRACE_S:.0f} s more)")
-                    try:
-                        poll_until(evicted, EVICTION_GRACE_S, 0.25, "eviction of the frozen consumer")
-                    except TimeoutError:
-                        pass
+                self.hold_until_evicted(run, host)
             finally:
                 resumed = self._thaw(container)
         finally:
@@ -321,63 +307,19 @@ class NodeSoak(Soak):
         # Recovery counts from the thaw, not from Ready: the group's takeover starts there.
         run.lifted_at = resumed_at
 
-    def _inject(self, run: FaultRun, lock: threading.Lock) -> None:
-        """At the planned start (later if an earlier fault of the same kind is still on)."""
-        self.stop.wait(max(0.0, run.fault.start_s - self.clock()))
-        if self.stop.is_set():
-            return
-        action = {chaos_plan.CONSUMER_POD_DELETE: self._consumer_pod_delete,
-                  chaos_plan.CONSUMER_CTR_SIGKILL: self._consumer_ctr_sigkill,
-                  chaos_plan.BUY_POD_DELETE: self._buy_pod_delete,
-                  chaos_plan.KAFKA_POD_DELETE: self._kafka_pod_delete,
-                  chaos_plan.MONGODB_POD_DELETE: self._mongodb_pod_delete,
-                  chaos_plan.CONSUMER_PAUSE: self._consumer_pause}[run.fault.kind]
-        with lock:
-            say(f"{self.clock():7.1f}s  {run.fault.kind} injected")
-            try:
-                action(run)
-            except Exception as exc:  # reported as a failed fault; the soak goes on
-                run.error = f"{type(exc).__name__}: {exc}"
-                say(f"{self.clock():7.1f}s  {run.fault.kind} FAILED: {run.error}")
-                return
-            say(f"{self.clock():7.1f}s  {run.fault.kind} back"
-                + (f" ({', '.join(f'{k} {v}' for k, v in run.detail.items())})" if run.detail else ""))
+    def fault_actions(self) -> dict:
+        return {chaos_plan.CONSUMER_POD_DELETE: self._consumer_pod_delete,
+                chaos_plan.CONSUMER_CTR_SIGKILL: self._consumer_ctr_sigkill,
+                chaos_plan.BUY_POD_DELETE: self._buy_pod_delete,
+                chaos_plan.KAFKA_POD_DELETE: self._kafka_pod_delete,
+                chaos_plan.MONGODB_POD_DELETE: self._mongodb_pod_delete,
+                chaos_plan.CONSUMER_PAUSE: self._consumer_pause}
 
-    # -- the run ------------------------------------------------------------------------------
+    def target(self) -> loadgen.Target:
+        return loadgen.Target(self.revision.url, headers=self.revision.headers)
 
-    def run(self) -> dict:
-        say(f"seed {self.options.seed}: {len(self.purchases)} purchases at {self.options.rate:g}/s over "
-            f"{self.options.seconds:g} s; session timeout {self.session_timeout_s:g} s; chaos plan:\n"
-            + chaos_plan.describe(self.plan))
-        dlq_before = self._records_written(self.settings.dead_letter_topic)
-        target = loadgen.Target(self.revision.url, headers=self.revision.headers)
-        self.t0 = time.monotonic()
-        offsets, members = self._offsets(), self._group_members()
-        self.offsets = Sampler("offsets", offsets, OFFSETS_SAMPLE_S, self.clock)
-        self.group = Sampler("group-members", members, GROUP_SAMPLE_S, self.clock)
-        clients = Clients(target, self.purchases, self.options.clients or client_threads(self.options.rate),
-                          self.clock)
-        locks = {kind: threading.Lock() for kind in chaos_plan.NODE_KINDS}
-        chaos = [threading.Thread(target=self._inject, args=(run, locks[run.fault.kind]), daemon=True,
-                                  name=run.fault.kind) for run in self.runs]
-        for worker in (self.offsets, self.group, clients, *chaos):
-            worker.start()
-        try:
-            load_bound = self.options.seconds + PURCHASE_DEADLINE_S + REQUEST_TIMEOUT_S + 30
-            while not clients.done.wait(PROGRESS_EVERY_S) and self.clock() < load_bound:
-                self._progress(clients)
-            clients.stop.set()
-            clients.join(timeout_s=REQUEST_TIMEOUT_S + 10)
-            self._progress(clients)
-            for thread in chaos:  # every wait of a fault is bounded
-                thread.join(timeout=max(30.0, self.options.seconds + 2 * READY_TIMEOUT_S - self.clock()))
-            settled_at = self._settle()
-            report = self._verify(clients, dlq_before, settled_at)
-        finally:
-            self.stop.set()
-            for reads in (offsets, members):
-                reads.close()
-        return report
+    def chaos_join_budget_s(self) -> float:
+        return max(30.0, self.options.seconds + 2 * READY_TIMEOUT_S - self.clock())
 
     # -- the verdict --------------------------------------------------------------------------
 
@@ -457,10 +399,7 @@ def main(argv=None) -> int:
     if logs:
         print(logs, flush=True)
     print(format_node_report(report), flush=True)
-    for path in {data_dir / "report.json", *([Path(args.json)] if args.json else [])}:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2))
-        say(f"report written to {path}")
+    write_report(report, data_dir, args.json)
     return 0 if report["passed"] else 1
 
 
