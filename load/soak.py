@@ -849,22 +849,27 @@ def write_report(report: dict, data_dir: Path, also: str | None = None) -> None:
         say(f"report written to {path}")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m load.soak", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=DEFAULT_RATE,
-                        help=f"purchases offered per second (default {DEFAULT_RATE:g})")
-    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
-                        help=f"seconds of load (default {DEFAULT_SECONDS:g})")
+def load_arguments(prog: str, doc: str, default_rate: float, default_seconds: float) -> argparse.ArgumentParser:
+    """The options every soak takes: the offered load, the plan's seed, the clients, --json."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=default_rate,
+                        help=f"purchases offered per second (default {default_rate:g})")
+    parser.add_argument("--seconds", type=float, default=default_seconds,
+                        help=f"seconds of load (default {default_seconds:g})")
     parser.add_argument("--seed", type=int, default=None, help="seed of the chaos plan (default: a random one, printed)")
-    parser.add_argument("--ferretdb-down", type=float, default=Holds().ferretdb_down_s, metavar="S",
-                        help=f"seconds FerretDB stays stopped (default {Holds().ferretdb_down_s:g})")
     parser.add_argument("--clients", type=int, default=None,
                         help="client threads, i.e. attempts in flight at most (default: rate x request "
                              f"timeout {REQUEST_TIMEOUT_S:g} s + 32, at most {MAX_CLIENT_THREADS})")
-    parser.add_argument("--data-dir", default=None, help="servers' data and logs (default .run/soak-<date>-<time>)")
     parser.add_argument("--json", default=None, metavar="FILE",
-                        help="write the report as JSON here too (it is always written to the data dir)")
+                        help="write the report as JSON here too (it is always written to the run's data folder)")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = load_arguments("python -m load.soak", __doc__, DEFAULT_RATE, DEFAULT_SECONDS)
+    parser.add_argument("--ferretdb-down", type=float, default=Holds().ferretdb_down_s, metavar="S",
+                        help=f"seconds FerretDB stays stopped (default {Holds().ferretdb_down_s:g})")
+    parser.add_argument("--data-dir", default=None, help="servers' data and logs (default .run/soak-<date>-<time>)")
     return parser.parse_args(argv)
 
 

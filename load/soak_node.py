@@ -37,7 +37,8 @@ from cluster import control, node
 from cluster.observe import CONSUMER, NAMESPACE, Kube, Revision, revision_ready
 from load import chaos_plan, loadgen
 from load.soak import (NO_ANSWER, BrokerReads, Clients, FaultRun, Options, Purchase, Soak, _round, first_absent,
-                       first_present, format_report, say, write_report)
+                       first_present, format_report, load_arguments, say,
+                       write_report)
 from purchase_common import config, storage
 from purchase_common.events import event_id_for
 from purchase_common.retry import poll_until
@@ -362,18 +363,7 @@ def format_node_report(report: dict) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m load.soak_node", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=DEFAULT_RATE,
-                        help=f"purchases offered per second (default {DEFAULT_RATE:g})")
-    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
-                        help=f"seconds of load (default {DEFAULT_SECONDS:g})")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the chaos plan (default: a random one, printed)")
-    parser.add_argument("--clients", type=int, default=None,
-                        help="client threads (default: rate x request timeout + 32, as load.soak)")
-    parser.add_argument("--json", default=None, metavar="FILE",
-                        help="write the report as JSON here too (it is always written to .run/soak-node-<date>-<time>/)")
-    return parser.parse_args(argv)
+    return load_arguments("python -m load.soak_node", __doc__, DEFAULT_RATE, DEFAULT_SECONDS).parse_args(argv)
 
 
 def soak(options: Options, data_dir: Path, kube: Kube) -> tuple[dict, str]:
