@@ -111,11 +111,13 @@ class Purchase:
                           separators=(",", ":")).encode()
 
 
-def make_purchases(rate: float, seconds: float, run_id: str) -> list[Purchase]:
+def make_purchases(rate: float, seconds: float, run_id: str, users: str = "soak",
+                   user_count: int = USERS) -> list[Purchase]:
+    """One purchase per slot, round-robin over user_count users `<users>-<n>`, keys unique to the run."""
     purchases = []
     for index in range(round(rate * seconds)):
-        user_id, key = f"soak-{index % USERS}", f"soak-{run_id}-{index}"
-        purchases.append(Purchase(index, user_id, f"soak user {index % USERS}", 100 + index % 9999, key,
+        user_id, key = f"{users}-{index % user_count}", f"soak-{run_id}-{index}"
+        purchases.append(Purchase(index, user_id, f"soak user {index % user_count}", 100 + index % 9999, key,
                                   event_id_for(user_id, key), offered_at=index / rate))
     return purchases
 
@@ -430,8 +432,13 @@ class Soak:
             self._mongo = storage.connect(self.servers.mongodb_uri, timeout_ms=2000)
         return self._mongo[self.settings.mongodb_database][self.settings.mongodb_collection]
 
+    def stored_filter(self) -> dict:
+        """The stored purchases this run answers for: all of them in its own database."""
+        return {}
+
     def stored_documents(self) -> list[dict]:
-        return list(self.collection().find({}, {"_id": 0, "eventId": 1, "userId": 1, "username": 1, "priceCents": 1}))
+        return list(self.collection().find(self.stored_filter(),
+                                           {"_id": 0, "eventId": 1, "userId": 1, "username": 1, "priceCents": 1}))
 
     def close(self) -> None:
         self.stop.set()
@@ -633,7 +640,7 @@ class Soak:
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since >= SETTLE_QUIET_S:
                     try:
-                        if self.collection().count_documents({}) >= accepted:
+                        if self.collection().count_documents(self.stored_filter()) >= accepted:
                             return self.clock()
                     except PyMongoError:
                         pass

@@ -30,17 +30,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from kafka.errors import KafkaError
-from pymongo.errors import PyMongoError
 
 from cluster import control, node
 from cluster.observe import CONSUMER, NAMESPACE, Kube, Revision, revision_ready
 from load import chaos_plan, loadgen
-from load.soak import (NO_ANSWER, BrokerReads, Clients, FaultRun, Options, Purchase, Soak, _round, first_absent,
-                       first_present, format_report, load_arguments, say,
-                       write_report)
+from load.soak import (NO_ANSWER, BrokerReads, Clients, FaultRun, Options, Soak, _round, first_absent,
+                       first_present, format_report, load_arguments, make_purchases,
+                       say, write_report)
 from purchase_common import config, storage
-from purchase_common.events import event_id_for
 from purchase_common.retry import poll_until
 
 DEFAULT_RATE = 20.0        # buy scales to at most 5 pods on a 2-core node; 12,000 purchases in 10 minutes
@@ -50,7 +47,6 @@ READY_TIMEOUT_S = 240.0    # a deleted pod's replacement, or a restarted contain
 POD_PICK_TIMEOUT_S = 60.0  # wait this long for a consumer pod no other fault is working on
 POLL_S = 1.0               # kubectl reads while waiting for a pod
 STACK_READY_TIMEOUT_S = 300.0
-SETTLE_COUNT_TIMEOUT_S = 120.0
 MONGODB_TIMEOUT_MS = 60_000
 KAFKA_POD, MONGODB_POD = "kafka-0", "mongodb-0"
 # Knative's queue-proxy and activator answer these for a request a pod going away was holding:
@@ -68,27 +64,6 @@ class NodeServices:
 
     def stop(self) -> None:
         pass
-
-
-def node_purchases(rate: float, seconds: float, run_id: str) -> list[Purchase]:
-    """As load.soak.make_purchases, with users of this run only: MongoDB on the node keeps
-    every earlier run's purchases, and the verdict counts this run's by user."""
-    purchases = []
-    for index in range(round(rate * seconds)):
-        user_id, key = f"node-{run_id}-{index % USERS}", f"soak-node-{run_id}-{index}"
-        purchases.append(Purchase(index, user_id, f"node soak user {index % USERS}", 100 + index % 9999, key,
-                                  event_id_for(user_id, key), offered_at=index / rate))
-    return purchases
-
-
-def group_hosts(reader, group: str) -> tuple[str, list[tuple[str, str]]]:
-    """The group's state and members as (host, member id): every consumer pod has the same
-    client id, so a member is told apart by its pod IP."""
-    info = reader.admin.describe_groups([group])[group]
-    if info.get("error"):
-        raise KafkaError(info["error"])
-    return info.get("group_state") or "", sorted((m["client_host"].lstrip("/"), m["member_id"])
-                                                 for m in info.get("members") or [])
 
 
 def ready(pod: dict | None) -> bool:
@@ -126,7 +101,9 @@ class NodeSoak(Soak):
         self.session_timeout_s = self.settings.consumer_session_timeout_ms / 1000
         self.plan = chaos_plan.draw_node_plan(options.seed, options.seconds, self.session_timeout_s)
         self.run_id = uuid.uuid4().hex[:8]
-        self.purchases = node_purchases(options.rate, options.seconds, self.run_id)
+        # Users of this run only: MongoDB on the node keeps every earlier run's purchases.
+        self.purchases = make_purchases(options.rate, options.seconds, self.run_id, users=f"node-{self.run_id}",
+                                        user_count=USERS)
         self.users = sorted({p.user_id for p in self.purchases})
         self.revision: Revision | None = None
         self.buy, self.consumers, self.paused = None, {}, set()   # Soak's local processes: none here
@@ -153,7 +130,9 @@ class NodeSoak(Soak):
         super().close()
 
     def _group_members(self) -> BrokerReads:
-        return BrokerReads(self.servers.bootstrap, lambda reader: group_hosts(reader, self.settings.consumer_group))
+        # Every consumer pod has the same client id: a member is told apart by its pod IP.
+        return BrokerReads(self.servers.bootstrap,
+                           lambda reader: reader.members(self.settings.consumer_group, by="client_host"))
 
     def collection(self):
         """Soak's collection with room for FerretDB to scan (it counts by scanning): on the node
@@ -162,30 +141,8 @@ class NodeSoak(Soak):
             self._mongo = storage.connect(self.servers.mongodb_uri, timeout_ms=MONGODB_TIMEOUT_MS)
         return self._mongo[self.settings.mongodb_database][self.settings.mongodb_collection]
 
-    def _mine(self) -> dict:
+    def stored_filter(self) -> dict:
         return {"userId": {"$in": self.users}}
-
-    def stored_documents(self) -> list[dict]:
-        return list(self.collection().find(self._mine(), {"_id": 0, "eventId": 1, "userId": 1, "username": 1,
-                                                          "priceCents": 1}))
-
-    def _settle(self) -> float | None:
-        """Soak's settling (no lag for a while), then this run's own count: Soak counts the
-        whole collection, which here holds other runs' purchases too."""
-        if super()._settle() is None:
-            return None
-        accepted = sum(p.accepted_at is not None for p in self.purchases)
-
-        def all_stored() -> bool:
-            try:
-                return self.collection().count_documents(self._mine()) >= accepted
-            except PyMongoError:
-                return False
-        try:
-            poll_until(all_stored, SETTLE_COUNT_TIMEOUT_S, POLL_S, "every 202 of this run stored")
-        except TimeoutError:
-            return None
-        return self.clock()
 
     def log_tails(self, lines: int = 20) -> str:
         result = self.kube.run("logs", f"--namespace={NAMESPACE}", f"--selector=app.kubernetes.io/name={CONSUMER}",

@@ -84,13 +84,16 @@ class LagReader:
             result.append(PartitionOffsets(tp.partition, offset, ends[tp].offset, starts[tp].offset))
         return result
 
-    def members(self, group: str) -> tuple[str, list[tuple[str, str]]]:
-        """The group's state and its members as (client id, member id); raises KafkaError when
-        the coordinator cannot say (e.g. still loading the group after a restart)."""
+    def members(self, group: str, by: str = "client_id") -> tuple[str, list[tuple[str, str]]]:
+        """The group's state and its members as (client id, member id), or (host, member id) with
+        by="client_host" when every member has the same client id (the broker writes hosts
+        as "/<ip>"); raises KafkaError when the coordinator cannot say (e.g. still loading the
+        group after a restart)."""
         info = self.admin.describe_groups([group])[group]
         if info.get("error"):
             raise KafkaError(info["error"])
-        return info.get("group_state") or "", sorted((m["client_id"], m["member_id"]) for m in info.get("members") or [])
+        return info.get("group_state") or "", sorted((m[by].lstrip("/"), m["member_id"])
+                                                     for m in info.get("members") or [])
 
     def group_state(self, group: str) -> dict:
         try:

@@ -72,7 +72,7 @@ def test_the_short_node_soak_has_one_round_and_the_full_one_several():
 
 
 def test_each_run_has_users_of_its_own_and_keys_that_give_its_event_ids():
-    first, second = soak_node.node_purchases(10, 30, "aaaa"), soak_node.node_purchases(10, 30, "bbbb")
+    first, second = soak_node.make_purchases(10, 30, "aaaa", users="node-aaaa"), soak_node.make_purchases(10, 30, "bbbb", users="node-bbbb")
     assert len(first) == 300 and len({p.key for p in first}) == 300
     assert not {p.user_id for p in first} & {p.user_id for p in second}
     assert len({p.event_id for p in first + second}) == 600

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 
+from .retry import Deadline
 from .schema import Purchase
 
 PRUNE_EVERY = 1000  # claims between deletions of expired keys
@@ -43,13 +44,13 @@ def _use_wal(connection: sqlite3.Connection) -> None:
     to WAL takes a lock SQLite does not wait for (the busy timeout does not cover it): request
     threads of both workers opening the file at once got "database is locked" and a 500 (found
     by the soak, load/soak.py), so a busy answer is retried within the same budget."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    deadline = Deadline(BUSY_TIMEOUT_S)
     while True:
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or deadline.passed():
                 raise
             time.sleep(0.01)
 
