@@ -74,14 +74,14 @@ def list_purchases(request):
         with QUERY_LATENCY.time():
             documents = storage.find_user_purchases(storage.shared_collection(), user_id, limit, before)
     except ValidationError as exc:
-        return _answered("invalid", answers.invalid(exc))
+        return _answered("invalid", answers.WSGI.invalid(exc))
     except storage.InvalidCursor as exc:
-        return _answered("invalid", answers.error(400, str(exc), "before"))
+        return _answered("invalid", answers.WSGI.error(400, str(exc), "before"))
     except PyMongoError as exc:
         log(logger, logging.WARNING, "database unavailable", userId=user_id, error=type(exc).__name__)
-        return _answered("db_unavailable", answers.unavailable("purchase history temporarily unavailable; "
+        return _answered("db_unavailable", answers.WSGI.unavailable("purchase history temporarily unavailable; "
                                                                "retry later", settings))
-    response = _answered("ok", answers.json_answer([storage.to_api(doc) for doc in documents]))
+    response = _answered("ok", answers.WSGI.json([storage.to_api(doc) for doc in documents]))
     if len(documents) == limit:
         # The body stays a plain array (the original API); the next page travels in headers.
         cursor = storage.encode_cursor(documents[-1])
@@ -101,6 +101,6 @@ def history(request):
     if (path.startswith(USER_PATH[0]) and path.endswith(USER_PATH[1])) or path == LEGACY_QUERY_PATH \
             or path.startswith(LEGACY_PATH):
         if request.method not in ("GET", "HEAD"):
-            return _answered("method", answers.error(405, "method not allowed; use GET", headers={"Allow": "GET, HEAD"}))
+            return _answered("method", answers.WSGI.error(405, "method not allowed; use GET", headers={"Allow": "GET, HEAD"}))
         return list_purchases(request)
-    return answers.shared_route(request, path, PROBES) or _answered("not_found", answers.error(404, "not found"))
+    return answers.WSGI.shared_route(request.method, path, PROBES) or _answered("not_found", answers.WSGI.error(404, "not found"))

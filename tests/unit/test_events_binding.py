@@ -3,9 +3,11 @@ header (§3.2.3) and the key mapper leaves the event whole (§3.1); older record
 ce_partitionkey still decode."""
 import datetime as dt
 
+import pytest
 from cloudevents.kafka import to_binary
 
-from purchase_common.events import _marshal, build_event, from_kafka_record, purchase_from_event, to_kafka_record
+from purchase_common.events import (_marshal, build_event, from_kafka_record, purchase_from_event, purchase_record,
+                                    to_kafka_record)
 from purchase_common.schema import Purchase
 
 PURCHASE = Purchase("elad", "555", 1200)
@@ -49,3 +51,17 @@ def test_a_record_without_a_key_keeps_partitionkey_from_its_header():
     decoded = from_kafka_record(None, value, headers)
     assert decoded["partitionkey"] == "555"
     assert purchase_from_event(decoded).purchase == PURCHASE
+
+
+@pytest.mark.parametrize("purchase", [PURCHASE, Purchase("Dana Ö \"x\" 漢字", "user_9-Z", 0),
+                                      Purchase("a", "u", 100000000)])
+@pytest.mark.parametrize("idempotency_key", [None, "order-7"])
+def test_buys_direct_record_is_the_sdks_record_byte_for_byte(purchase, idempotency_key):
+    record = purchase_record(purchase, idempotency_key, now=NOW)
+    event = build_event(purchase, idempotency_key, now=NOW)
+    if idempotency_key is None:  # a random id: take the direct record's, to compare the rest
+        event["id"] = record.event_id
+    assert (record.key, record.value, record.headers) == to_kafka_record(event)
+    assert dict(record.headers)["ce_id"] == record.event_id.encode()
+    decoded = purchase_from_event(from_kafka_record(record.key, record.value, record.headers))
+    assert (decoded.event_id, decoded.time, decoded.purchase) == (record.event_id, NOW, purchase)

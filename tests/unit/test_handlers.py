@@ -11,11 +11,13 @@ from types import SimpleNamespace
 import functions_framework
 import pytest
 from pymongo.errors import ServerSelectionTimeoutError
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
 from http_cases import BAD_BUYS, BAD_HISTORY, PADDED_USER_CASES, UNKNOWN_METHODS, UNROUTABLE
 from purchase_common import batch_consumer, config, idempotency, storage
 from purchase_common.events import PurchaseEvent, build_event, to_kafka_record
-from purchase_common.producer import KafkaUnavailable
+from purchase_common.producer import Delivery, KafkaUnavailable
 from purchase_common.schema import Purchase
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,11 +25,39 @@ RETRY_AFTER = str(config.settings().retry_after_s)
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
+class AsgiClient:
+    """Starlette's TestClient for an ASGI function (buy), answering with the surface of Flask's
+    test client that these tests use, so one table of cases drives both kinds of function."""
+
+    def __init__(self, app):
+        self.client = TestClient(app, raise_server_exceptions=False)
+
+    def open(self, path, method="GET", data=None, json=None, headers=None):
+        response = self.client.request(method, path, content=data, json=json, headers=headers)
+        return SimpleNamespace(status_code=response.status_code, headers=response.headers, data=response.content,
+                               json=_json_or_none(response), get_data=lambda as_text=False: (
+                                   response.text if as_text else response.content))
+
+    def get(self, path, **kwargs):
+        return self.open(path, "GET", **kwargs)
+
+    def post(self, path, **kwargs):
+        return self.open(path, "POST", **kwargs)
+
+
+def _json_or_none(response):
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
 def load(function: str, signature_type: str = "http"):
-    """The function's Flask app and its main module (each main.py loads once per session:
+    """The function's test client and its main module (each main.py loads once per session:
     its Prometheus metrics register globally)."""
     app = functions_framework.create_app(function, str(ROOT / "functions" / function / "main.py"), signature_type)
-    return app.test_client(), sys.modules["main"]
+    client = AsgiClient(app) if isinstance(app, Starlette) else app.test_client()
+    return client, sys.modules["main"]
 
 
 @pytest.fixture(scope="session")
@@ -49,11 +79,11 @@ class FakeProducer:
     def __init__(self, fail: bool = False):
         self.fail, self.sent = fail, []
 
-    def send(self, topic, key, value, headers):
+    async def send(self, topic, key, value, headers):
         if self.fail:
-            raise KafkaUnavailable("KafkaTimeoutError")
+            raise KafkaUnavailable("_MSG_TIMED_OUT")
         self.sent.append((topic, key, value, headers))
-        return SimpleNamespace(partition=0, offset=len(self.sent))
+        return Delivery(partition=0, offset=len(self.sent))
 
 
 @pytest.fixture
@@ -292,12 +322,14 @@ def test_consumer_loop_never_commits_a_batch_it_could_not_write(persist):
 @pytest.mark.parametrize("body", [{"message": "Purchase accepted", "id": "5f0c3f5e"}, {"error": "é \"x\"", "field": "a"},
                                   [{"price": 12.34, "userId": "u", "timestamp": "2026-01-01T00:00:00.000Z"}], []])
 def test_json_answers_are_the_bytes_jsonify_writes(body):
-    """answers.json_answer skips flask.jsonify's per-request cost, not its output."""
+    """answers' JSON skips flask.jsonify's per-request cost, not its output, in both frameworks."""
     import flask
 
     from purchase_common import answers
 
     with flask.Flask("bytes").app_context():
         expected = flask.jsonify(body)
-        answer = answers.json_answer(body, 202)
+        answer = answers.WSGI.json(body, 202)
     assert (answer.status_code, answer.get_data(), answer.mimetype) == (202, expected.get_data(), expected.mimetype)
+    asgi = answers.ASGI.json(body, 202)
+    assert (asgi.status_code, asgi.body, asgi.media_type) == (202, expected.get_data(), expected.mimetype)

@@ -1,41 +1,24 @@
 """How the HTTP functions answer: JSON errors (never a stack trace), 503 with Retry-After,
-and the probe paths handed to the one probe app."""
+and the probe paths handed to the one probe app. One ``Answers`` per web framework: history is
+a Flask (WSGI) function, buy an ASGI (Starlette) one; both answer the same bytes."""
 from __future__ import annotations
 
 import functools
 import importlib.resources
 import json
-
-from flask import Response
-from werkzeug.exceptions import HTTPException
+from typing import Callable
 
 from . import probes
 from .config import Settings
 from .schema import ValidationError
 
-
-def error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> Response:
-    body = {"error": message}
-    if field is not None:
-        body["field"] = field
-    response = json_answer(body, status)
-    response.headers.update(headers or {})
-    return response
+JSON = "application/json"
 
 
-def invalid(exc: ValidationError) -> Response:
-    return error(exc.status, exc.message, exc.field)
-
-
-def unavailable(message: str, settings: Settings) -> Response:
-    """The dependency is down: 503, and when to try again."""
-    return error(503, message, headers={"Retry-After": str(settings.retry_after_s)})
-
-
-def json_answer(body, status: int = 200) -> Response:
+def json_bytes(body) -> bytes:
     """The bytes flask.jsonify writes (compact, sorted keys, a closing newline) for the plain
     JSON values the functions answer with, at half its cost per request (bench/README.md)."""
-    return Response(json.dumps(body, separators=(",", ":"), sort_keys=True) + "\n", status, mimetype="application/json")
+    return (json.dumps(body, separators=(",", ":"), sort_keys=True) + "\n").encode()
 
 
 @functools.cache
@@ -43,25 +26,59 @@ def _openapi_bytes() -> bytes:
     return importlib.resources.files(__package__).joinpath("openapi.json").read_bytes()
 
 
-def openapi(request) -> Response:
-    """The HTTP API's OpenAPI 3.1 document (the one copy, shipped in this package)."""
-    if request.method not in ("GET", "HEAD"):
-        return error(405, "method not allowed; use GET", headers={"Allow": "GET, HEAD"})
-    return Response(_openapi_bytes(), 200, mimetype="application/json")
+class Answers:
+    """``respond(body, status, headers, content_type)`` builds the framework's response."""
+
+    def __init__(self, respond: Callable[[bytes, int, dict, str], object]):
+        self.respond = respond
+
+    def json(self, body, status: int = 200, headers: dict | None = None):
+        return self.respond(json_bytes(body), status, headers or {}, JSON)
+
+    def error(self, status: int, message: str, field: str | None = None, headers: dict | None = None):
+        body = {"error": message}
+        if field is not None:
+            body["field"] = field
+        return self.json(body, status, headers)
+
+    def invalid(self, exc: ValidationError):
+        return self.error(exc.status, exc.message, exc.field)
+
+    def unavailable(self, message: str, settings: Settings):
+        """The dependency is down: 503, and when to try again."""
+        return self.error(503, message, headers={"Retry-After": str(settings.retry_after_s)})
+
+    def openapi(self, method: str):
+        """The HTTP API's OpenAPI 3.1 document (the one copy, shipped in this package)."""
+        if method not in ("GET", "HEAD"):
+            return self.error(405, "method not allowed; use GET", headers={"Allow": "GET, HEAD"})
+        return self.respond(_openapi_bytes(), 200, {}, JSON)
+
+    def shared_route(self, method: str, path: str, probe_app):
+        """The paths every HTTP function serves besides its own (probes, /metrics, the OpenAPI
+        document), `path` as the function normalised it; None for any other path."""
+        if path in probes.PATHS:
+            status, headers, body = probes.call(probe_app, path)
+            content_type = headers.pop("Content-Type")
+            headers.pop("Content-Length", None)  # each framework counts its own
+            return self.respond(body, status, headers, content_type)
+        if path == "/openapi.json":
+            return self.openapi(method)
+        return None
 
 
-def probe(probe_app, request) -> Response:
-    return Response.from_app(probe_app, request.environ)
+def _flask_response(body: bytes, status: int, headers: dict, content_type: str):
+    from flask import Response
+    return Response(body, status, headers=headers, content_type=content_type)
 
 
-def shared_route(request, path: str, probe_app) -> Response | None:
-    """The paths every HTTP function serves besides its own (probes, /metrics, the OpenAPI
-    document), `path` as the function normalised it; None for any other path."""
-    if path in probes.PATHS:
-        return probe(probe_app, request)
-    if path == "/openapi.json":
-        return openapi(request)
-    return None
+def _starlette_response(body: bytes, status: int, headers: dict, content_type: str):
+    from starlette.responses import Response
+    return Response(body, status, headers=headers, media_type=content_type)
+
+
+WSGI = Answers(_flask_response)
+ASGI = Answers(_starlette_response)
 
 
 def install_json_errors(errorhandler, logger=None) -> None:
@@ -69,14 +86,30 @@ def install_json_errors(errorhandler, logger=None) -> None:
     (a path its router rejects, e.g. with %0A in a segment, is a 404) and crashes (500,
     replacing functions-framework's plain-text crash answer). ``errorhandler`` is
     ``functions_framework.errorhandler``, bound to the app while main.py loads."""
+    from werkzeug.exceptions import HTTPException
 
     @errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
-        return error(exc.code or 500, (exc.name or "error").lower())
+        return WSGI.error(exc.code or 500, (exc.name or "error").lower())
 
     @errorhandler(500)
     def _crash(exc):
         if logger is not None:
             original = getattr(exc, "original_exception", None) or exc
             logger.error("unhandled error: %s", type(original).__name__)
-        return error(500, "internal error")
+        return WSGI.error(500, "internal error")
+
+
+def install_asgi_json_errors() -> None:
+    """The same for functions-framework's ASGI mode, which builds its Starlette app with no
+    way to add an exception handler: what its router refuses before the function runs (a
+    path it cannot match, /robots.txt, a method no route has) would be plain text. Starlette's
+    ExceptionMiddleware answers every HTTPException through its ``http_exception`` method;
+    this process's Starlette answers them as JSON instead, with the same status and headers."""
+    from starlette.middleware.exceptions import ExceptionMiddleware
+
+    def http_exception(self, request, exc):
+        message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail).lower())
+        return ASGI.error(exc.status_code, message, headers=dict(exc.headers or {}))
+
+    ExceptionMiddleware.http_exception = http_exception

@@ -54,8 +54,8 @@ class Settings:
                                 "concurrent ones still share a batch while a send is in flight (bench/README.md)")
     kafka_enable_idempotence: bool = _env(
         "KAFKA_ENABLE_IDEMPOTENCE", False,
-        "off: kafka-python 3.0's idempotent producer stays wedged after a broker restart (tests/faults); "
-        "a retried duplicate is absorbed by the unique eventId")
+        "off: a record retried after a lost ack is absorbed by the unique eventId, and idempotence adds a "
+        "producer-id round trip to every cold start")
     kafka_producer_reset_after_s: float = _env(
         "KAFKA_PRODUCER_RESET_AFTER_S", 15.0,
         "a producer failing every send this long is replaced: client states that never recover by themselves")
@@ -149,3 +149,16 @@ def kafka_client_options(s: Settings) -> dict:
     if protocol.endswith("SSL") and s.kafka_ssl_cafile:
         options["ssl_cafile"] = s.kafka_ssl_cafile
     return options
+
+
+def librdkafka_options(s: Settings) -> dict:
+    """The same connection options in librdkafka's names (buy's producer)."""
+    options = kafka_client_options(s)
+    named = {"bootstrap.servers": ",".join(options["bootstrap_servers"]), "client.id": options["client_id"],
+             "security.protocol": options["security_protocol"]}
+    if "sasl_mechanism" in options:
+        named.update({"sasl.mechanism": options["sasl_mechanism"], "sasl.username": options["sasl_plain_username"],
+                      "sasl.password": options["sasl_plain_password"]})
+    if "ssl_cafile" in options:
+        named["ssl.ca.location"] = options["ssl_cafile"]
+    return named

@@ -41,6 +41,18 @@ def app(alive: Callable[[], bool] = lambda: True, ready: Callable[[], dict] = di
     return probe
 
 
+def call(probe_app, path: str) -> tuple[int, dict, bytes]:
+    """Ask the probe app in process (an HTTP function's own server serves the path):
+    status, headers, body."""
+    answer = {}
+
+    def start_response(status: str, headers: list) -> None:
+        answer.update(status=int(status.split()[0]), headers=dict(headers))
+
+    body = b"".join(probe_app({"PATH_INFO": path, "REQUEST_METHOD": "GET"}, start_response))
+    return answer["status"], answer["headers"], body
+
+
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a stuck probe never holds the process at exit
 
