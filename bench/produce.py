@@ -1,14 +1,19 @@
-"""produce: raw kafka-python send().get() vs the buy function"""
+"""produce: buy's Kafka client alone (and kafka-python, its client before issue 12) vs the buy function"""
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
 from pathlib import Path
+
+import uvloop
 
 from bench.common import pct, purchase_record, say
 from bench.profiling import peak_rss_mb, process_tree
 from load import loadgen
 from purchase_common import config
+from purchase_common.producer import Producer
 
 # The linger measured beside buy's when buy's is 0: the default before issue 12.
 OTHER_LINGER_MS = 2
@@ -41,7 +46,8 @@ def _closed_loop(concurrency: int, seconds: float, send_and_wait) -> dict:
 
 
 class ProduceSection:
-    """produce: raw kafka-python send().get() vs the buy function (a part of bench.run.Bench)."""
+    """produce: buy's Kafka client alone, kafka-python, the HTTP ceiling and the buy function (a part of
+    bench.run.Bench)."""
 
     def raw_produce(self, topic: str, concurrency: int, seconds: float, linger_ms: int) -> dict:
         producer = self.producer(linger_ms=linger_ms, metrics_enabled=False)  # as buy's (producer.py)
@@ -52,39 +58,36 @@ class ProduceSection:
         finally:
             producer.close(timeout=10)
 
-    def raw_produce_librdkafka(self, topic: str, concurrency: int, seconds: float) -> dict | None:
-        """The same pattern on confluent-kafka (librdkafka, C) when it is installed: what a producer
-        whose per-record work runs outside the GIL would give on the same broker and cores."""
-        try:
-            import confluent_kafka
-        except ImportError:
-            return None
-        producer = confluent_kafka.Producer({"bootstrap.servers": self.stack.kafka_bootstrap, "acks": "all",
-                                             "linger.ms": config.load({}).kafka_linger_ms,
-                                             "enable.idempotence": False})
+    def raw_produce_buys_client(self, topic: str, concurrency: int, seconds: float, linger_ms: int) -> dict:
+        """buy's own producer (purchase_common.producer: librdkafka bridged to asyncio, buy's
+        settings but the linger), c tasks each awaiting one send at a time: buy's Kafka part
+        without HTTP, on the same broker and cores."""
+        settings = config.load({"KAFKA_BOOTSTRAP_SERVERS": self.stack.kafka_bootstrap,
+                                "KAFKA_LINGER_MS": str(linger_ms)})
+        producer = Producer(settings, logging.getLogger("bench.raw"))
         key, value, headers = purchase_record(0)
-        stopping = threading.Event()
 
-        def serve_callbacks():  # delivery callbacks run inside poll()
-            while not stopping.is_set():
-                producer.poll(0.05)
+        async def closed_loop() -> dict:
+            await producer.send(topic, key, value, headers)  # connect and learn the topic first
+            latencies, loop = [], asyncio.get_running_loop()
+            deadline = loop.time() + seconds
 
-        poller = threading.Thread(target=serve_callbacks, daemon=True)
-        poller.start()
+            async def worker():
+                while loop.time() < deadline:
+                    started = time.perf_counter()
+                    await producer.send(topic, key, value, headers)
+                    latencies.append(time.perf_counter() - started)
 
-        def send_and_wait():
-            done, failure = threading.Event(), []
-            producer.produce(topic, key=key, value=value, headers=headers,
-                             on_delivery=lambda err, _msg: (err and failure.append(err), done.set()))
-            if not done.wait(10) or failure:
-                raise RuntimeError(f"librdkafka delivery failed: {failure}")
+            started = loop.time()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed = loop.time() - started
+            return {"concurrency": concurrency, "count": len(latencies),
+                    "per_s": round(len(latencies) / elapsed, 1), **pct(latencies)}
 
         try:
-            return _closed_loop(concurrency, seconds, send_and_wait)
+            return uvloop.run(closed_loop())
         finally:
-            stopping.set()
-            poller.join(timeout=5)
-            producer.flush(10)
+            producer.close(10)
 
     def raw_produce_pipelined(self, topic: str, count: int) -> dict:
         producer = self.producer(linger_ms=5, batch_size=262144)
@@ -124,11 +127,11 @@ class ProduceSection:
         other_linger = OTHER_LINGER_MS if buy_linger == 0 else 0
         raw = {}
         for linger in sorted({other_linger, buy_linger}):
-            raw[linger] = []
-            for c in self.sizes["levels"]:
-                say(f"raw produce (acks=all, linger {linger} ms, send().get()) at concurrency {c} for {seconds}s")
-                raw[linger].append(self.raw_produce(names["topic"], c, seconds, linger_ms=linger))
-        librdkafka = [self.raw_produce_librdkafka(names["topic"], c, seconds) for c in self.sizes["levels"]]
+            say(f"raw produce (buy's client: librdkafka on asyncio, acks=all, linger {linger} ms) "
+                f"at concurrency {', '.join(map(str, self.sizes['levels']))} for {seconds}s each")
+            raw[linger] = [self.raw_produce_buys_client(names["topic"], c, seconds, linger) for c in self.sizes["levels"]]
+        say(f"raw produce (kafka-python, buy's client before issue 12, linger {buy_linger} ms, send().get())")
+        kafka_python = [self.raw_produce(names["topic"], c, seconds, linger_ms=buy_linger) for c in self.sizes["levels"]]
         pipelined = self.raw_produce_pipelined(names["topic"], 20_000 if not self.args.quick else 5_000)
         # The ceiling: buy's own server stack and settings, a function that sends nothing.
         ceiling = self.start_buy(names, source=CEILING_SOURCE, target="ceiling")
@@ -141,8 +144,9 @@ class ProduceSection:
         self.results["produce"] = {
             "raw": raw[buy_linger], "raw_other_linger": raw[other_linger], "other_linger_ms": other_linger,
             "buy_linger_ms": buy_linger, "raw_pipelined": pipelined,
-            "raw_librdkafka": [level for level in librdkafka if level],
+            "raw_kafka_python": kafka_python,
             "buy": levels, "ceiling": ceiling_levels,
-            "note": "raw: one shared KafkaProducer (acks=all), c threads each send().get() - the buy function's own "
-                    "pattern, at buy's linger and at another; ceiling: buy's server stack answering 202 without "
-                    "Kafka; the Python load generator runs on the same 2 cores"}
+            "note": "raw: buy's own producer (librdkafka on asyncio, acks=all), c tasks each awaiting one send - "
+                    "the buy function's own pattern without HTTP, at buy's linger and at another; raw_kafka_python: "
+                    "the client before issue 12, c threads each send().get(); ceiling: buy's server stack "
+                    "answering 202 without Kafka; the load generator runs on the same 2 cores"}
