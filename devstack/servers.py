@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +26,11 @@ CACHE_DIR = Path(os.environ.get("PURCHASE_CACHE_DIR")
 KAFKA_VERSION = "4.1.1"
 FERRETDB_VERSION = "v1.24.2"
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
+# The load generator of `make bench-versus` (issue 12's side-by-side table); the newest tag the
+# Go module proxy serves.
+HEY_VERSION = "v0.1.5"
+HEY_MODULE = "github.com/rakyll/hey"
+GO_BUILD_TIMEOUT_S = 900
 
 # A throwaway project whose only job is `mvn dependency:copy-dependencies` of its dependencies.
 MAVEN_FETCH_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -154,6 +160,41 @@ def ensure_ferretdb() -> Path:
     shutil.rmtree(source, ignore_errors=True)
     say(f"FerretDB built in {time.monotonic() - started:.0f}s")
     return binary
+
+
+def go_install(module: str, version: str, name: str, timeout_s: float = GO_BUILD_TIMEOUT_S) -> Path:
+    """A Go command built once with `go install module@version` into CACHE_DIR/name-version/,
+    reused by every clone; a marker names the version, so an interrupted build is redone."""
+    home = CACHE_DIR / f"{name}-{version}"
+    binary = home / name
+    marker = home / ".complete"
+    if binary.exists() and marker.exists() and marker.read_text().strip() == version:
+        return binary
+    if shutil.which("go") is None:
+        raise RuntimeError(f"{name} is built from the Go module proxy with Go; 'go' (1.24+) is not on PATH")
+    say(f"building {name} {version} from the Go module proxy (first run only)")
+    started = time.monotonic()
+    home.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix="build-", dir=home))  # a concurrent build has its own
+    try:
+        # `go install module@version` takes no -mod flag; GOTOOLCHAIN=local fails at once
+        # instead of fetching a newer Go should the module ever ask for one.
+        env = dict(os.environ, GOBIN=str(out), GOFLAGS="", CGO_ENABLED="0", GOTOOLCHAIN="local")
+        run_checked(["go", "install", "-ldflags=-s -w", f"{module}@{version}"], env=env, timeout_s=timeout_s)
+        parts = module.split("/")
+        # The command is named after the module's last element, a major-version suffix (/v5) left out.
+        built = parts[-2] if len(parts) > 1 and parts[-1][1:].isdigit() and parts[-1][0] == "v" else parts[-1]
+        os.replace(out / built, binary)
+        marker.write_text(version + "\n")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    say(f"{name} {version} built in {time.monotonic() - started:.0f}s")
+    return binary
+
+
+def ensure_hey() -> Path:
+    """rakyll/hey, the HTTP load generator of `make bench-versus`, built from the Go module proxy once."""
+    return go_install(HEY_MODULE, HEY_VERSION, "hey")
 
 
 @dataclass
