@@ -15,8 +15,8 @@ Each is warmed up, then loaded with rakyll/hey (built once from the Go module pr
 alternating rounds: in every round each concurrency level loads the three in turn, the order
 reversed every other round, so background load falls on all alike. One fixed, valid purchase
 body. Prints the medians over the rounds of req/s (202 answers per second), p50, p99 and the
-server's CPU time per request, the ratios buy/original and gateway/direct, and every answer
-that was not a 202; writes every round to .run/bench/versus.json. Never fails on the figures.
+server's CPU time per request, the ratios buy/original and gateway/direct (medians of the
+per-round ratios), and every answer that was not a 202; writes every round to .run/bench/versus.json. Never fails on the figures.
 """
 from __future__ import annotations
 
@@ -130,8 +130,22 @@ def summarize(rounds: dict, levels: list[int]) -> dict:
     return summary
 
 
-def ratio(a: dict, b: dict) -> float | None:
-    return round(a["per_s"] / b["per_s"], 2) if a["per_s"] and b["per_s"] else None
+# Each ratio is the median of its per-round ratios: the two sides of a round ran back to back,
+# so a noisy neighbour that slows one round slows both sides of it.
+RATIOS = {"buy/original": ("direct", "original"), "gateway/direct": ("gateway", "direct")}
+
+
+def ratios(rounds: dict, levels: list[int]) -> dict:
+    result = {}
+    for label, (top, bottom) in RATIOS.items():
+        result[label] = []
+        for position, c in enumerate(levels):
+            pairs = [(a[position], b[position]) for a, b in zip(rounds[top], rounds[bottom])]
+            rate = [a["per_s"] / b["per_s"] for a, b in pairs if a["per_s"] and b["per_s"]]
+            cpu = [a["cpu_us"] / b["cpu_us"] for a, b in pairs if a["cpu_us"] and b["cpu_us"]]
+            result[label].append({"concurrency": c, "per_s": round(statistics.median(rate), 2) if rate else None,
+                                  "cpu_us": round(statistics.median(cpu), 2) if cpu else None})
+    return result
 
 
 def cell(level: dict) -> str:
@@ -141,13 +155,13 @@ def cell(level: dict) -> str:
     return f"{level['per_s']:,.0f} req/s, p50 {ms(level['p50'])}, p99 {ms(level['p99'])}{cpu}"
 
 
-def table(summary: dict, levels: list[int]) -> str:
-    lines = ["| concurrency | " + " | ".join(LABELS[t] for t in TARGETS) + " | buy/original | gateway/direct |",
-             "|---" * (len(TARGETS) + 3) + "|"]
+def table(summary: dict, ratio: dict, levels: list[int]) -> str:
+    lines = ["| concurrency | " + " | ".join(LABELS[t] for t in TARGETS) + " | " + " | ".join(RATIOS) + " |",
+             "|---" * (len(TARGETS) + len(RATIOS) + 1) + "|"]
     for position, c in enumerate(levels):
-        row = {t: summary[t][position] for t in TARGETS}
-        lines.append(f"| {c} | " + " | ".join(cell(row[t]) for t in TARGETS)
-                     + f" | {ratio(row['direct'], row['original'])} | {ratio(row['gateway'], row['direct'])} |")
+        ratio_cells = [f"{r[position]['per_s']} (CPU/req {r[position]['cpu_us']})" for r in ratio.values()]
+        lines.append(f"| {c} | " + " | ".join(cell(summary[t][position]) for t in TARGETS) + " | "
+                     + " | ".join(ratio_cells) + " |")
     return "\n".join(lines)
 
 
@@ -212,16 +226,17 @@ def main(argv=None) -> int:
         bench.stop()
     meta["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     meta["seconds_total"] = round(time.monotonic() - started, 1)
-    summary = summarize(rounds, args.concurrency)
+    summary, ratio = summarize(rounds, args.concurrency), ratios(rounds, args.concurrency)
     print(f"\nPOST /api/buy, hey {HEY_VERSION}, medians of {args.rounds} alternating rounds x {args.seconds:g}s per "
           f"level; {meta['when']}, load average {meta['load_average_before'][0]:.2f} before, "
           f"{meta['load_average_after'][0]:.2f} after, {meta['cpus']} CPUs\n")
-    print(table(summary, args.concurrency))
-    print("\nreq/s counts 202 answers only; CPU is the server's process tree (gateway: gateway + buy) per 202.")
+    print(table(summary, ratio, args.concurrency))
+    print("\nreq/s counts 202 answers only; CPU is the server's process tree (gateway: gateway + buy) per 202;"
+          "\na ratio is the median of the per-round ratios (req/s, and CPU per request in brackets).")
     print("\n".join(non_202_lines(summary, rounds)))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "rounds": rounds, "summary": summary}, indent=2))
+    path.write_text(json.dumps({"meta": meta, "rounds": rounds, "summary": summary, "ratios": ratio}, indent=2))
     print(f"\nresults written to {path} ({meta['seconds_total']}s)")
     return 0
 
