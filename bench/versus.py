@@ -16,7 +16,8 @@ alternating rounds: in every round each concurrency level loads the three in tur
 reversed every other round, so background load falls on all alike. One fixed, valid purchase
 body. Prints the medians over the rounds of req/s (202 answers per second), p50, p99 and the
 server's CPU time per request, the ratios buy/original and gateway/direct (medians of the
-per-round ratios), and every answer that was not a 202; writes every round to .run/bench/versus.json. Never fails on the figures.
+per-round ratios), and every answer that was not a 202; writes every round to .run/bench/versus.json
+(the servers' logs to .run/bench/versus-logs/). Never fails on the figures.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ BODY = json.dumps({"username": "versus bench", "userId": "versus-1", "price": 12
 WARM_UP_REQUESTS = 300
 HEY_TIMEOUT_S = 10
 NPM_TIMEOUT_S = 600
+LOGS = OUT_DIR / "versus-logs"
 
 
 def ensure_node_modules() -> Path:
@@ -181,6 +183,13 @@ def non_202_lines(summary: dict, rounds: dict) -> list[str]:
     return lines or [f"every answer was 202 ({total:,} measured requests)"]
 
 
+def keep_logs(logs: Path) -> None:
+    """The servers' logs of the last run, kept beside the JSON (the run's own folder is removed)."""
+    shutil.rmtree(LOGS, ignore_errors=True)
+    if logs.is_dir():
+        shutil.copytree(logs, LOGS)
+
+
 def versions() -> dict:
     lock = json.loads((NODE_DIR / "package-lock.json").read_text())["packages"]
     node = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
@@ -223,6 +232,7 @@ def main(argv=None) -> int:
             for name in TARGETS:
                 rounds[name].append(per_round[name])
     finally:
+        keep_logs(bench.tmp / "logs")
         bench.stop()
     meta["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     meta["seconds_total"] = round(time.monotonic() - started, 1)
