@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 from bench.common import QUICK, say
-from bench.profiling import process_tree
+from bench.profiling import cpu_seconds
 from bench.run import Bench
 from devstack import stack as devstack
 from devstack.servers import free_port
@@ -50,7 +49,7 @@ def main(argv=None) -> int:
         bench.topic(names["topic"])
         processes = {}
         for name, env in variants:
-            processes[name] = _start(bench, names, name, env)
+            processes[name] = start_variant(bench, names, name, env)
         for index in range(args.rounds):
             for name, _ in (variants if index % 2 == 0 else list(reversed(variants))):
                 say(f"round {index + 1}/{args.rounds}: {name}")
@@ -78,30 +77,22 @@ def main(argv=None) -> int:
     return 0
 
 
-def _cpu_s(pid: int) -> float:
-    """utime + stime of a process tree: what a variant costs, whatever else the machine runs."""
-    total = 0
-    for p in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def _measured_level(bench: Bench, process, concurrency: int, seconds: float) -> dict:
     """One load level, and the server's CPU time per request over it (the 50 warm-up requests
     that load_levels sends first are counted in)."""
     bench.sizes["levels"] = (concurrency,)
-    pids = process.extra.get("cpu_pids", [process.proc.pid])
-    before = sum(map(_cpu_s, pids))
+    before = server_cpu_s(process)
     level = bench.load_levels(process, seconds)[0]
-    level["cpu_us"] = round(1e6 * (sum(map(_cpu_s, pids)) - before) / max(1, level["accepted"] + 50), 1)
+    level["cpu_us"] = round(1e6 * (server_cpu_s(process) - before) / max(1, level["accepted"] + 50), 1)
     return level
 
 
-def _start(bench: Bench, names: dict, name: str, env: dict):
+def server_cpu_s(process) -> float:
+    """CPU seconds of a variant's process tree; through the gateway, of the gateway's and buy's."""
+    return sum(map(cpu_seconds, process.extra.get("cpu_pids", [process.proc.pid])))
+
+
+def start_variant(bench: Bench, names: dict, name: str, env: dict):
     """buy with env overrides; SOURCE=path and TARGET=name put another function on buy's settings;
     GATEWAY=1 loads it through devstack's gateway (CPU counted for both)."""
     env = dict(env)

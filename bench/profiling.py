@@ -1,6 +1,7 @@
 """Processes under load: peak RSS of a process tree, and py-spy profiles when installed."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,18 @@ def process_tree(pid: int) -> list[int]:
             except OSError:
                 pass
     return sorted(set(pids))
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process tree: what a server costs, whatever else the machine runs."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> dict:

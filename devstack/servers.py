@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +26,11 @@ CACHE_DIR = Path(os.environ.get("PURCHASE_CACHE_DIR")
 KAFKA_VERSION = "4.1.1"
 FERRETDB_VERSION = "v1.24.2"
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
+# The load generator of `make bench-versus` (issue 12's side-by-side table); the newest tag the
+# Go module proxy serves.
+HEY_VERSION = "v0.1.5"
+HEY_MODULE = "github.com/rakyll/hey"
+GO_BUILD_TIMEOUT_S = 900
 
 # A throwaway project whose only job is `mvn dependency:copy-dependencies` of its dependencies.
 MAVEN_FETCH_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -154,6 +160,52 @@ def ensure_ferretdb() -> Path:
     shutil.rmtree(source, ignore_errors=True)
     say(f"FerretDB built in {time.monotonic() - started:.0f}s")
     return binary
+
+
+def cached_build(home: Path, product: str, stamp: str, what: str, build) -> Path:
+    """home/product, made once by `build(work_dir)` (which returns the path it made); a marker
+    holding `stamp` says it is complete, so an interrupted build is redone. Each build has a
+    work directory of its own under home, so two clones building at once do not collide."""
+    target, marker = home / product, home / ".complete"
+    if target.exists() and marker.exists() and marker.read_text().strip() == stamp:
+        return target
+    say(f"{what} (first run only)")
+    started = time.monotonic()
+    home.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=home))
+    try:
+        made = build(work)
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(made, target)
+        marker.write_text(stamp + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    say(f"{what}: done in {time.monotonic() - started:.1f}s")
+    return target
+
+
+def go_install(module: str, version: str, name: str, timeout_s: float = GO_BUILD_TIMEOUT_S) -> Path:
+    """A Go command built once with `go install module@version` into CACHE_DIR/name-version/name,
+    reused by every clone."""
+    def build(out: Path) -> Path:
+        if shutil.which("go") is None:
+            raise RuntimeError(f"{name} is built from the Go module proxy with Go; 'go' (1.24+) is not on PATH")
+        # `go install module@version` takes no -mod flag; GOTOOLCHAIN=local fails at once
+        # instead of fetching a newer Go should the module ever ask for one.
+        env = dict(os.environ, GOBIN=str(out), GOFLAGS="", CGO_ENABLED="0", GOTOOLCHAIN="local")
+        run_checked(["go", "install", "-ldflags=-s -w", f"{module}@{version}"], env=env, timeout_s=timeout_s)
+        parts = module.split("/")
+        # The command is named after the module's last element, a major-version suffix (/v5) left out.
+        return out / (parts[-2] if len(parts) > 1 and parts[-1][1:].isdigit() and parts[-1][0] == "v" else parts[-1])
+
+    return cached_build(CACHE_DIR / f"{name}-{version}", name, version,
+                        f"building {name} {version} from the Go module proxy", build)
+
+
+def ensure_hey() -> Path:
+    """rakyll/hey, the HTTP load generator of `make bench-versus`, built from the Go module proxy once."""
+    return go_install(HEY_MODULE, HEY_VERSION, "hey")
 
 
 @dataclass

@@ -1,8 +1,10 @@
 # Load, lag and benchmark targets (issue 4). Included by the main Makefile (-include mk/*.mk).
-.PHONY: lag load bench bench-quick soak
+.PHONY: lag load bench bench-quick bench-versus soak
 LAG_ARGS ?=
 LOAD_ARGS ?=
 BENCH_ARGS ?=
+# e.g. VERSUS_ARGS='--rounds 5 --seconds 4 --concurrency 1 16 64'
+VERSUS_ARGS ?=
 # Rate, length and seed default in load/soak.py; e.g. SOAK_ARGS='--seed 7 --json .run/soak.json'
 SOAK_ARGS ?=
 
@@ -17,6 +19,9 @@ bench: venv ## Benchmark on its own local servers vs raw baselines (minutes; not
 
 bench-quick: venv ## The benchmark with small sizes: a smoke run in about two minutes
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
+
+bench-versus: venv ## Issue 12 side by side: the original Node service (Express + kafkajs) vs buy direct vs buy via the gateway, hey in alternating rounds (~2 min; needs go, node, npm; VERSUS_ARGS=--help) -> .run/bench/versus.json
+	$(PY) -m bench.versus $(VERSUS_ARGS)
 
 soak: venv ## All faults at once: the long purchase soak on its own servers under a seeded, overlapping chaos plan, then exact counts (~13 min; not in make test; SOAK_ARGS=--help)
 	$(PY) -m load.soak $(SOAK_ARGS)

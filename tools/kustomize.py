@@ -9,16 +9,12 @@ pins: the tests render exactly what the node's `kubectl apply -k` applies.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-from devstack.servers import CACHE_DIR, run_checked, say
+from devstack.servers import CACHE_DIR, go_install, run_checked
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = "sigs.k8s.io/kustomize/kustomize/v5"
@@ -42,26 +38,7 @@ BINARY = HOME / "kustomize"
 
 def ensure() -> Path:
     """The binary, built when missing (about 40 s with a cold module cache)."""
-    marker = HOME / ".complete"
-    if BINARY.exists() and marker.exists() and marker.read_text().strip() == VERSION:
-        return BINARY
-    if shutil.which("go") is None:
-        raise RuntimeError("kustomize is built with Go; 'go' is not on PATH")
-    say(f"building kustomize {VERSION} from the Go module proxy (first run only, under a minute)")
-    started = time.monotonic()
-    HOME.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix="build-", dir=HOME))  # a concurrent build has its own
-    try:
-        # `go install module@version` takes no -mod flag; GOTOOLCHAIN=local fails at once
-        # instead of fetching a newer Go should the module ever ask for one.
-        env = dict(os.environ, GOBIN=str(out), GOFLAGS="", CGO_ENABLED="0", GOTOOLCHAIN="local")
-        run_checked(["go", "install", "-ldflags=-s -w", f"{MODULE}@{VERSION}"], env=env, timeout_s=BUILD_TIMEOUT_S)
-        os.replace(out / "kustomize", BINARY)
-        marker.write_text(VERSION + "\n")
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    say(f"kustomize built in {time.monotonic() - started:.0f}s")
-    return BINARY
+    return go_install(MODULE, VERSION, "kustomize", timeout_s=BUILD_TIMEOUT_S)
 
 
 def build(path: Path | str) -> str:
