@@ -18,11 +18,12 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+from bench import hey
 from bench.common import QUICK, say
 from bench.profiling import cpu_seconds
 from bench.run import Bench
 from devstack import stack as devstack
-from devstack.servers import free_port
+from devstack.servers import ensure_hey, free_port
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -50,6 +51,7 @@ def main(argv=None) -> int:
         processes = {}
         for name, env in variants:
             processes[name] = start_variant(bench, names, name, env)
+            hey.warm_up(ensure_hey(), f"http://127.0.0.1:{processes[name].port}/api/buy")
         for index in range(args.rounds):
             for name, _ in (variants if index % 2 == 0 else list(reversed(variants))):
                 say(f"round {index + 1}/{args.rounds}: {name}")
@@ -78,12 +80,11 @@ def main(argv=None) -> int:
 
 
 def _measured_level(bench: Bench, process, concurrency: int, seconds: float) -> dict:
-    """One load level, and the server's CPU time per request over it (the 50 warm-up requests
-    that load_levels sends first are counted in)."""
+    """One load level, and the server's CPU time per request over it (warmed up once, at start)."""
     bench.sizes["levels"] = (concurrency,)
     before = server_cpu_s(process)
-    level = bench.load_levels(process, seconds)[0]
-    level["cpu_us"] = round(1e6 * (server_cpu_s(process) - before) / max(1, level["accepted"] + 50), 1)
+    level = bench.load_levels(process, seconds, warm_up=False)[0]
+    level["cpu_us"] = round(1e6 * (server_cpu_s(process) - before) / max(1, level["accepted"]), 1)
     return level
 
 

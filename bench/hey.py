@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# What the benches POST to buy: one valid purchase.
+BUY_BODY = json.dumps({"username": "versus bench", "userId": "versus-1", "price": 12.5}, separators=(",", ":"))
+WARM_UP_REQUESTS = 300
+TIMEOUT_S = 10
 CSV_HEADER = "response-time,"
 SECTION = re.compile(r"^(Summary|Response time histogram|Latency distribution|Details \(average, fastest, slowest\)|"
                      r"Status code distribution|Error distribution):\s*$")
@@ -148,3 +153,16 @@ def run(argv: list[str], bound_s: float) -> tuple[HeyReport, str]:
     if result.returncode != 0:
         raise RuntimeError(f"hey exited with {result.returncode}: {(result.stderr or result.stdout).strip()[:500]}")
     return parse(result.stdout), result.stdout
+
+
+def warm_up(binary: Path | str, url: str) -> HeyReport:
+    """Connections, the producers' metadata: a few hundred requests, not measured."""
+    report, _ = run(command(binary, url, BUY_BODY, 4, requests=WARM_UP_REQUESTS, timeout_s=TIMEOUT_S), bound_s=60)
+    return report
+
+
+def load(binary: Path | str, url: str, concurrency: int, seconds: float) -> HeyReport:
+    """One measured level: `concurrency` keep-alive connections posting BUY_BODY for `seconds`."""
+    report, _ = run(command(binary, url, BUY_BODY, concurrency, seconds=seconds, timeout_s=TIMEOUT_S),
+                    bound_s=seconds + TIMEOUT_S + 30)
+    return report

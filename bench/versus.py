@@ -45,9 +45,6 @@ from devstack.servers import CACHE_DIR, HEY_VERSION, Process, cached_build, ensu
 NODE_DIR = ROOT / "bench" / "original_node"
 TARGETS = ("original", "direct", "gateway")
 LABELS = {"original": "original Node buy", "direct": "our buy, direct", "gateway": "our buy via gateway"}
-BODY = json.dumps({"username": "versus bench", "userId": "versus-1", "price": 12.5}, separators=(",", ":"))
-WARM_UP_REQUESTS = 300
-HEY_TIMEOUT_S = 10
 NPM_TIMEOUT_S = 600
 LOGS = OUT_DIR / "versus-logs"
 
@@ -97,8 +94,7 @@ def url(process: Process) -> str:
 
 def warm_up(binary: Path, name: str, process: Process) -> None:
     """Connections, the producers' metadata, the JIT: a few hundred requests, not measured."""
-    report, _ = hey.run(hey.command(binary, url(process), BODY, 4, requests=WARM_UP_REQUESTS, timeout_s=HEY_TIMEOUT_S),
-                        bound_s=60)
+    report = hey.warm_up(binary, url(process))
     if report.count(202) == 0:
         tail = process.log.read_text(errors="replace")[-1500:] if process.log.exists() else ""
         raise RuntimeError(f"{name} answered no 202 while warming up: {report.statuses} {report.errors}\n{tail}")
@@ -106,8 +102,7 @@ def warm_up(binary: Path, name: str, process: Process) -> None:
 
 def measure(binary: Path, process: Process, concurrency: int, seconds: float) -> dict:
     before = server_cpu_s(process)
-    report, _ = hey.run(hey.command(binary, url(process), BODY, concurrency, seconds=seconds, timeout_s=HEY_TIMEOUT_S),
-                        bound_s=seconds + HEY_TIMEOUT_S + 30)
+    report = hey.load(binary, url(process), concurrency, seconds)
     cpu_s = server_cpu_s(process) - before
     ok = report.count(202)
     return {"concurrency": concurrency, "per_s": round(report.rate(202) or 0, 1), "p50": report.ms(50),
@@ -212,7 +207,7 @@ def main(argv=None) -> int:
     binary, modules = ensure_hey(), ensure_node_modules()
     meta = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
             "load_average_before": [round(x, 2) for x in os.getloadavg()], "rounds": args.rounds,
-            "seconds": args.seconds, "concurrency": args.concurrency, "body": BODY, **versions()}
+            "seconds": args.seconds, "concurrency": args.concurrency, "body": hey.BUY_BODY, **versions()}
     bench = Bench(SimpleNamespace(no_profile=True, quick=True), dict(QUICK, levels=tuple(args.concurrency)))
     rounds: dict = {target: [] for target in TARGETS}
     try:
