@@ -6,6 +6,7 @@ every fresh clone reuses them. Every server binds 127.0.0.1 and is stopped by PI
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ CACHE_DIR = Path(os.environ.get("PURCHASE_CACHE_DIR")
 KAFKA_VERSION = "4.1.1"
 FERRETDB_VERSION = "v1.24.2"
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
+GO_BUILD_TIMEOUT_S = 600
 
 # A throwaway project whose only job is `mvn dependency:copy-dependencies` of its dependencies.
 MAVEN_FETCH_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -153,6 +155,33 @@ def ensure_ferretdb() -> Path:
     os.replace(str(binary) + ".tmp", binary)
     shutil.rmtree(source, ignore_errors=True)
     say(f"FerretDB built in {time.monotonic() - started:.0f}s")
+    return binary
+
+
+def build_go_program(name: str, source: Path, files: tuple[str, ...]) -> Path:
+    """A Go program of this repository (source: its folder, files: all its build inputs),
+    built once per version of those files into the cache outside the clone."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update((source / file).read_bytes())
+    binary = CACHE_DIR / name / digest.hexdigest()[:16] / name
+    if binary.exists():
+        return binary
+    if shutil.which("go") is None:
+        raise RuntimeError(f"{name} is built with Go (1.24+; it also builds FerretDB); 'go' is not on PATH")
+    say(f"building {name} with Go (once per version of {source.relative_to(ROOT)})")
+    started = time.monotonic()
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    partial = binary.with_name(f"{name}.{os.getpid()}.tmp")  # a concurrent build writes its own
+    # GOTOOLCHAIN=local fails at once instead of fetching a newer Go should go.mod ask for one.
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly", GOTOOLCHAIN="local")
+    try:
+        run_checked(["go", "build", "-trimpath", "-o", str(partial), "."], cwd=source, env=env,
+                    timeout_s=GO_BUILD_TIMEOUT_S)
+        os.replace(partial, binary)
+    finally:
+        partial.unlink(missing_ok=True)
+    say(f"{name} built in {time.monotonic() - started:.0f}s")
     return binary
 
 
