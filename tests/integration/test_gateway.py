@@ -37,6 +37,8 @@ class Backend(ThreadingHTTPServer):
                 server.connections.add(self.client_address)
                 if "slow" in self.path:
                     time.sleep(SLOW_S)
+                # Closes after answering without saying so, like a backend whose keep-alive ran out.
+                self.close_connection = "drop" in self.path
                 payload = json.dumps({"backend": server.name}).encode()
                 self.send_response(201)
                 self.send_header("Content-Type", "application/json")
@@ -80,6 +82,15 @@ def port(backends, tmp_path_factory):
 def exchange(port: int, request: bytes):
     status, headers, body, _ = raw_exchange(port, request)
     return status, headers, (json.loads(body) if body else None)
+
+
+def read_answer(stream) -> tuple[bytes, bytes]:
+    """One answer from a kept-alive connection: its status line and body."""
+    status, length = stream.readline(), 0
+    while (line := stream.readline()) != b"\r\n":
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return status, stream.read(length)
 
 
 def get(path: str, method: str = "GET") -> bytes:
@@ -146,13 +157,18 @@ def test_upstream_connections_are_kept_alive(port, backends):
         stream = sock.makefile("rb")
         for _ in range(20):
             sock.sendall(b"GET /api/user/1/purchases HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert stream.readline().startswith(b"HTTP/1.1 201")
-            length = 0
-            while (line := stream.readline()) != b"\r\n":
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            stream.read(length)
+            assert read_answer(stream)[0].startswith(b"HTTP/1.1 201")
     assert len(backends["history"].connections) - before <= 1
+
+
+def test_a_kept_alive_connection_the_backend_closed_is_retried_on_a_fresh_one(port, backends):
+    before = len(backends["history"].seen)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        stream = sock.makefile("rb")
+        for path in ("/api/user/drop", "/api/user/1", "/api/user/2"):
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{{}}".encode())
+            assert read_answer(stream) == (b"HTTP/1.1 201 Created\r\n", b'{"backend": "history"}')
+    assert [s["target"] for s in backends["history"].seen[before:]] == ["/api/user/drop", "/api/user/1", "/api/user/2"]
 
 
 @pytest.mark.parametrize("request_bytes,status,field", [
