@@ -175,7 +175,12 @@ func refuseHead(w *bufio.Writer, err error) bool {
 }
 
 func (g *gateway) serve(conn net.Conn) {
-	defer conn.Close()
+	defer closeGently(conn)
+	defer func() {
+		if failure := recover(); failure != nil { // one broken connection, not the whole gateway
+			log.Printf("connection from %s: %v", conn.RemoteAddr(), failure)
+		}
+	}()
 	source := &connReader{conn: conn}
 	r := bufio.NewReaderSize(source, 8<<10)
 	w := bufio.NewWriterSize(conn, 8<<10)
@@ -198,6 +203,17 @@ func (g *gateway) serve(conn net.Conn) {
 			return
 		}
 	}
+}
+
+// closeGently half-closes and reads what the client still sends (briefly) before closing:
+// closing with unread bytes would reset the connection and could discard the answer
+// (a refusal, say) before the client has read it.
+func closeGently(conn net.Conn) {
+	if tcp, ok := conn.(*net.TCPConn); ok && tcp.CloseWrite() == nil {
+		tcp.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		io.Copy(io.Discard, io.LimitReader(tcp, 256<<10))
+	}
+	conn.Close()
 }
 
 // handle answers one request; false when the connection cannot carry another.

@@ -188,6 +188,17 @@ def test_refusals_are_json_and_close(port, request_bytes, status, field):
         assert headers["allow"] == "POST"
 
 
+def test_a_refusal_survives_what_the_client_still_sends(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /api/buy HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+        time.sleep(0.2)  # the refusal is out and the gateway is closing
+        sock.sendall(b"x" * 100_000)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(b'"field":"Content-Length"}')
+
+
 def test_slow_backend_is_504_and_down_backend_is_502(port, tmp_path):
     status, _, body = exchange(port, get("/api/user/slow"))
     assert status == 504 and body == {"error": "history did not answer in time"}
