@@ -24,7 +24,7 @@ $(STAMP): requirements-dev.txt functions/*/requirements.txt lib/purchase_common/
 
 venv: $(STAMP) ## Create the virtualenv with every function's pinned requirements
 
-fetch: venv ## Download Apache Kafka (Maven Central) and build FerretDB (Go proxy) into $(PURCHASE_CACHE_DIR)
+fetch: venv ## Download Apache Kafka (Maven Central), build FerretDB (Go proxy) and the local gateway into $(PURCHASE_CACHE_DIR)
 	$(PY) -m devstack fetch
 
 run: venv ## Run the whole system locally: Kafka, FerretDB, 3 functions, gateway on :8080 (Ctrl-C stops)

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+from . import gateway
 from .servers import ROOT, ensure_ferretdb, ensure_kafka, say
 from .stack import function_env, start_functions, start_servers, stop_from_state, write_state
 
@@ -88,6 +89,7 @@ def cmd_status(_args) -> int:
 def cmd_fetch(_args) -> int:
     say(f"Kafka jars: {ensure_kafka()}")
     say(f"FerretDB:   {ensure_ferretdb()}")
+    say(f"gateway:    {gateway.ensure()}")
     return 0
 
 
@@ -99,7 +101,7 @@ def main() -> int:
         ("up", cmd_up, "start only Kafka and FerretDB in the background"),
         ("down", cmd_down, "stop what 'up' or an interrupted 'run' left running (by PID)"),
         ("status", cmd_status, "show the running stack's ports and PIDs"),
-        ("fetch", cmd_fetch, "download Kafka and build FerretDB into .cache/ without starting them"),
+        ("fetch", cmd_fetch, "download Kafka, build FerretDB and the gateway into the cache without starting them"),
     ):
         commands.add_parser(name, help=text).set_defaults(func=func)
     args = parser.parse_args()

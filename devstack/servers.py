@@ -6,6 +6,7 @@ every fresh clone reuses them. Every server binds 127.0.0.1 and is stopped by PI
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -206,6 +207,27 @@ def go_install(module: str, version: str, name: str, timeout_s: float = GO_BUILD
 def ensure_hey() -> Path:
     """rakyll/hey, the HTTP load generator of `make bench-versus`, built from the Go module proxy once."""
     return go_install(HEY_MODULE, HEY_VERSION, "hey")
+
+
+def build_go_program(name: str, source: Path, files: tuple[str, ...]) -> Path:
+    """A Go program of this repository (source: its folder, files: all its build inputs),
+    built once per version of those files into the cache outside the clone."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update((source / file).read_bytes())
+    version = digest.hexdigest()[:16]
+
+    def build(out: Path) -> Path:
+        if shutil.which("go") is None:
+            raise RuntimeError(f"{name} is built with Go (1.24+; it also builds FerretDB); 'go' is not on PATH")
+        # GOTOOLCHAIN=local fails at once instead of fetching a newer Go should go.mod ask for one.
+        env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly", GOTOOLCHAIN="local")
+        run_checked(["go", "build", "-trimpath", "-o", str(out / name), "."], cwd=source, env=env,
+                    timeout_s=GO_BUILD_TIMEOUT_S)
+        return out / name
+
+    return cached_build(CACHE_DIR / name / version, name, version,
+                        f"building {name} with Go (once per version of {source.relative_to(ROOT)})", build)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from purchase_common import config
 
+from . import gateway
 from .servers import ROOT, Process, ensure_topics, free_port, pick_port, spawn, start_ferretdb, start_kafka, \
     stop_pid, wait_for_kafka_ready, wait_for_port
 
@@ -158,9 +159,8 @@ def start_consumer(env: dict, health_port: int, log_dir: Path, name: str = "pers
     return Process(name, proc, health_port, log_dir / f"{name}.log")
 
 
-def start_gateway(port: int, buy_port: int, history_port: int, log_dir: Path) -> Process:
-    argv = [sys.executable, "-m", "devstack.gateway", "--port", str(port),
-            "--buy", f"127.0.0.1:{buy_port}", "--history", f"127.0.0.1:{history_port}"]
+def start_gateway(port: int, buy_port: int, history_port: int, log_dir: Path, extra: tuple[str, ...] = ()) -> Process:
+    argv = gateway.command(port, f"127.0.0.1:{buy_port}", f"127.0.0.1:{history_port}", extra)
     proc = spawn("gateway", argv, log_dir / "gateway.log", cwd=ROOT)
     wait_for_port(port, 30, proc, "gateway")
     return Process("gateway", proc, port, log_dir / "gateway.log")

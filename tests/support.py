@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,29 @@ from devstack import stack as devstack
 from devstack.servers import ensure_topics
 from purchase_common import config
 from purchase_common.retry import poll_until
+
+ANSWER_WITHIN_S = 5
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict, bytes, float]:
+    """Send bytes as they are; return status, headers, body and how long the answer took."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_WITHIN_S) as sock:
+        sock.sendall(request)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed without an answer to {request[:60]!r}"
+            received += chunk
+        head, body = received.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {name.lower(): value.strip() for name, value in (line.split(":", 1) for line in lines[1:])}
+        while len(body) < int(headers.get("content-length", 0)):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    return int(lines[0].split()[1]), headers, body, time.monotonic() - started
 
 
 def isolated_env(stack: devstack.Stack, tag: str, **overrides: str) -> tuple[dict, dict]:

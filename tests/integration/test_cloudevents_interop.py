@@ -7,10 +7,7 @@ sees partitionkey exactly when buy transmits it as a header, as the Kafka protoc
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -21,7 +18,7 @@ import requests
 from cloudevents.kafka import to_binary
 from kafka import KafkaProducer
 
-from devstack.servers import CACHE_DIR, ROOT
+from devstack.servers import ROOT, build_go_program
 from purchase_common.events import DATA_CONTENT_TYPE, EVENT_SOURCE, EVENT_TYPE, _marshal, build_event
 from purchase_common.schema import Purchase
 from support import wait_until
@@ -34,22 +31,7 @@ PURCHASES = 12
 @pytest.fixture(scope="module")
 def go_reader():
     """The reader binary, built once per source version into the cache outside the clone."""
-    if shutil.which("go") is None:
-        pytest.fail("the Go toolchain is needed (it also builds FerretDB for the stack)")
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((READER_SOURCE / name).read_bytes())
-    binary = CACHE_DIR / "ce_go_reader" / digest.hexdigest()[:16] / "ce_go_reader"
-    if not binary.exists():
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly")
-        build = subprocess.run(["go", "build", "-o", f"{binary}.tmp", "."], cwd=READER_SOURCE, env=env,
-                               capture_output=True, text=True, timeout=600)
-        assert build.returncode == 0, f"go build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
-        os.replace(f"{binary}.tmp", binary)
-        print(f"built {binary} in {time.monotonic() - started:.1f}s")
-    return binary
+    return build_go_program("ce_go_reader", READER_SOURCE, ("go.mod", "go.sum", "main.go"))
 
 
 def read_with_go(binary, pipeline) -> list[dict]:

@@ -4,39 +4,15 @@ The same tables run in process in tests/unit/test_handlers.py."""
 from __future__ import annotations
 
 import json
-import socket
-import time
 import uuid
 
 import pytest
 import requests
 
 from http_cases import BAD_FRAMING, PADDED_USER_CASES, UNKNOWN_METHODS, UNROUTABLE
-from support import wait_until
+from support import ANSWER_WITHIN_S, raw_exchange, wait_until
 
 pytestmark = pytest.mark.integration
-ANSWER_WITHIN_S = 5
-
-
-def raw_exchange(port: int, request: bytes) -> tuple[int, dict, bytes, float]:
-    """Send bytes as they are; return status, headers, body and how long the answer took."""
-    started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_WITHIN_S) as sock:
-        sock.sendall(request)
-        received = b""
-        while b"\r\n\r\n" not in received:
-            chunk = sock.recv(65536)
-            assert chunk, f"connection closed without an answer to {request[:60]!r}"
-            received += chunk
-        head, body = received.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {name.lower(): value.strip() for name, value in (line.split(":", 1) for line in lines[1:])}
-        while len(body) < int(headers.get("content-length", 0)):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-    return int(lines[0].split()[1]), headers, body, time.monotonic() - started
 
 
 def port_of(url: str) -> int:

@@ -1,6 +1,6 @@
 """The objects each overlay renders (the `docs` fixture, once per h.VARIANTS entry) agree with
 each other, with the code (lib/purchase_common/config.py, batch_consumer.py,
-devstack/gateway.py) and with what `make build-*` produces."""
+devstack/gateway/routes.json) and with what `make build-*` produces."""
 from __future__ import annotations
 
 import ast

@@ -1,0 +1,3 @@
+module purchase.local/gateway
+
+go 1.24
