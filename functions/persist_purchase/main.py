@@ -12,7 +12,7 @@ import functions_framework
 from prometheus_client import Counter, Histogram
 
 from purchase_common import batch_consumer, config, storage
-from purchase_common.events import PoisonRecord, PurchaseEvent, from_kafka_record, purchase_from_event
+from purchase_common.events import PoisonRecord, PurchaseEvent, purchase_from_event, purchase_from_kafka_record
 from purchase_common.logs import get_logger, log
 
 settings = config.settings()
@@ -48,7 +48,7 @@ def decode(records) -> tuple[list[PurchaseEvent], list[tuple[object, str]]]:
     events, poison = [], []
     for record in records:
         try:
-            events.append(purchase_from_event(from_kafka_record(record.key, record.value, record.headers)))
+            events.append(purchase_from_kafka_record(record.key, record.value, record.headers))
         except PoisonRecord as exc:
             poison.append((record, str(exc)))
     return events, poison
