@@ -2,7 +2,7 @@
 
 ``BatchConsumer`` owns the group membership, the outage and retry policy, the dead-letter
 producer and the commit policy (offsets only after a batch is stored); the function's
-own loop (functions/persist_purchase/main.py) only says decode -> write -> commit.
+own loop (functions/persist_purchase/persist.py) only says decode -> write -> commit.
 Giving up on a dependency raises ``GaveUp``: the process exits non-zero with nothing
 committed, so nothing is lost and the orchestrator decides what happens next.
 """
