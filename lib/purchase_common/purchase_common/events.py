@@ -4,8 +4,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 from cloudevents.exceptions import DataUnmarshallerError, MissingRequiredFields
 from cloudevents.http import CloudEvent
@@ -111,8 +111,9 @@ def from_kafka_record(key, value, headers) -> CloudEvent:
         raise PoisonRecord(f"undecodable CloudEvent: {type(exc).__name__}: {exc}") from None
 
 
-@dataclass(frozen=True)
-class PurchaseEvent:
+class PurchaseEvent(NamedTuple):
+    """One stored purchase to be. Immutable like a frozen dataclass, made in a tenth of the
+    time: the consumer makes one per record."""
     event_id: str
     time: dt.datetime
     purchase: Purchase
