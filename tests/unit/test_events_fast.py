@@ -45,6 +45,9 @@ RECORDS = {
     "upper-case specversion only": (KEY, VALUE, headers(drop=("ce_specversion",), CE_SPECVERSION=b"1.0")),
     "specversion 2.0": (KEY, VALUE, headers(ce_specversion=b"2.0")),
     "no source": (KEY, VALUE, headers(drop=("ce_source",))),
+    "no id": (KEY, VALUE, headers(drop=("ce_id",))),
+    "no id, no source": (KEY, VALUE, headers(drop=("ce_id", "ce_source"))),
+    "no id, undecodable extension": (KEY, VALUE, headers(drop=("ce_id",), ce_other=b"\xff")),
     "no type": (KEY, VALUE, headers(drop=("ce_type",))),
     "no source, no type": (KEY, VALUE, headers(drop=("ce_source", "ce_type"))),
     "other type": (KEY, VALUE, headers(ce_type=b"com.other")),
@@ -104,7 +107,7 @@ def test_the_valid_record_is_the_purchase_it_was_built_from():
 
 
 @pytest.mark.parametrize("name", ["valid", "upper-case specversion only", "no type", "bad time", "not JSON",
-                                  "price a string"])
+                                  "price a string", "no id"])
 def test_poison_or_not_as_before(name):
     expected_poison = name != "valid"
     assert isinstance(outcome(purchase_from_kafka_record, RECORDS[name]), str) == expected_poison
@@ -115,3 +118,10 @@ def test_a_missing_time_is_the_time_of_reading_as_in_the_sdk():
     decoded = purchase_from_kafka_record(KEY, VALUE, headers(drop=("ce_time",)))
     assert before <= decoded.time <= dt.datetime.now(dt.timezone.utc)
     assert decoded.purchase == PURCHASE
+
+
+def test_a_record_without_an_id_is_poison_not_stored_under_a_made_up_one():
+    """The SDK would give it a fresh uuid4 on every read: each redelivery stored once more."""
+    for decode in (purchase_from_kafka_record, sdk_path):
+        with pytest.raises(PoisonRecord, match="ce_id header missing"):
+            decode(*RECORDS["no id"])

@@ -18,7 +18,12 @@ EVENT_SOURCE = "/purchase/buy"
 DATA_CONTENT_TYPE = "application/json"
 # What the SDK's CloudEvent requires of the spec versions it reads (1.0 and 0.3 alike).
 SPEC_VERSIONS = ("1.0", "0.3")
-REQUIRED_ATTRIBUTES = frozenset(("id", "source", "type", "specversion"))
+# Built as the SDK builds its own (cloudevents.sdk.event.v1), so that a "Missing required keys"
+# reason lists them in the same (hash) order.
+REQUIRED_ATTRIBUTES = {"id", "source", "type", "specversion"}
+# The SDK makes an id up for a record without one (a fresh uuid4 on every read), so a redelivered
+# copy would be stored again: such a record is poison instead, on both decoding paths.
+MISSING_ID = "not a binary-mode CloudEvent: ce_id header missing"
 # The headers buy writes, by their attribute: the names from_binary would derive for them.
 _HEADER_ATTRIBUTES = {"content-type": "datacontenttype", **{f"ce_{name}": name for name in (
     "specversion", "id", "type", "source", "time", "partitionkey")}}
@@ -104,11 +109,14 @@ def from_kafka_record(key, value, headers) -> CloudEvent:
     if "ce_specversion" not in header_map:
         raise PoisonRecord("not a binary-mode CloudEvent: ce_specversion header missing")
     try:
-        return from_binary(KafkaMessage(headers=header_map, key=key, value=value), data_unmarshaller=_unmarshal)
+        event = from_binary(KafkaMessage(headers=header_map, key=key, value=value), data_unmarshaller=_unmarshal)
     except (ValueError, UnicodeDecodeError, TypeError, KeyError) as exc:
         raise PoisonRecord(f"undecodable CloudEvent: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # cloudevents raises its own GenericException subclasses
         raise PoisonRecord(f"undecodable CloudEvent: {type(exc).__name__}: {exc}") from None
+    if not any(name.lower() == "ce_id" for name in header_map):
+        raise PoisonRecord(MISSING_ID)
+    return event
 
 
 class PurchaseEvent(NamedTuple):
@@ -159,8 +167,8 @@ def purchase_from_kafka_record(key, value, headers) -> PurchaseEvent:
 
     The same rules, step by step: from_binary's (header names lower-cased, ``content-type`` as
     datacontenttype, every ``ce_*`` header decoded as UTF-8, the value through ``_unmarshal``),
-    CloudEvent's (specversion 1.0 or 0.3; id and time made up when absent; source and type
-    required), then purchase_from_event's. The same records are poison, with the same reasons:
+    CloudEvent's (specversion 1.0 or 0.3; time made up when absent; source and type required;
+    an absent id is poison, MISSING_ID, where the SDK would make one up), then purchase_from_event's. The same records are poison, with the same reasons:
     tests/unit/test_events_fast.py holds the two paths equal. The key is not read: it only
     becomes the partitionkey attribute, which no rule looks at."""
     header_map = dict(headers or ())
@@ -183,14 +191,17 @@ def purchase_from_kafka_record(key, value, headers) -> PurchaseEvent:
             data = _unmarshal(value)
         except Exception as exc:
             raise DataUnmarshallerError(f"Failed to unmarshall data with error: {type(exc).__name__}('{exc}')")
-        if "id" not in attributes:
-            attributes["id"] = str(uuid.uuid4())
         if "time" not in attributes:
             attributes["time"] = dt.datetime.now(dt.timezone.utc).isoformat()
         if attributes["specversion"] not in SPEC_VERSIONS:
             raise MissingRequiredFields(f"Invalid specversion: {attributes['specversion']}")
-        if not REQUIRED_ATTRIBUTES <= attributes.keys():
-            raise MissingRequiredFields(f"Missing required keys: {REQUIRED_ATTRIBUTES - attributes.keys()}")
+        missing = set(REQUIRED_ATTRIBUTES)  # what `REQUIRED_ATTRIBUTES - attributes.keys()` does
+        missing.difference_update(attributes.keys())
+        missing.discard("id")  # the SDK had made one up by here
+        if missing:
+            raise MissingRequiredFields(f"Missing required keys: {missing}")
     except Exception as exc:  # from_kafka_record's rule: whatever decoding raises is poison
         raise PoisonRecord(f"undecodable CloudEvent: {type(exc).__name__}: {exc}") from None
+    if "id" not in attributes:
+        raise PoisonRecord(MISSING_ID)
     return _purchase_event(attributes["type"], attributes["id"], data, attributes["time"])
