@@ -75,8 +75,6 @@ def new_consumer(settings: config.Settings) -> KafkaConsumer:
         # A record batch larger than these still comes whole (the broker returns at least one).
         max_partition_fetch_bytes=256 * 1024,
         fetch_max_bytes=1024 * 1024,
-        # kafka-python's own client metrics are read by nothing (the consumer exports its own).
-        metrics_enabled=False,
     )
 
 
