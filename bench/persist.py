@@ -3,12 +3,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
+from pathlib import Path
 
 from bench.common import purchase_record, say
 from bench.profiling import peak_rss_mb
 from purchase_common import storage
 from tools.lag_reader import LagReader
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) from /proc, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_us_per_record(cpu_s: float | None, records: int) -> float | None:
+    return round(cpu_s * 1e6 / records, 1) if cpu_s is not None and records > 0 else None
 
 
 class PersistSection:
@@ -31,6 +43,7 @@ class PersistSection:
         consumer = KafkaConsumer(topic, bootstrap_servers=self.stack.kafka_bootstrap, group_id=f"raw-{self.run}",
                                  enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=500)
         done, first, first_count, last = 0, None, 0, None
+        first_cpu = last_cpu = None
         deadline = time.monotonic() + timeout_s
         try:
             while done < count and time.monotonic() < deadline:
@@ -48,14 +61,15 @@ class PersistSection:
                 collection.insert_many(docs, ordered=False)
                 consumer.commit()
                 done += len(records)
-                last = time.monotonic()
+                last, last_cpu = time.monotonic(), time.process_time()
                 if first is None:
-                    first, first_count = last, done
+                    first, first_count, first_cpu = last, done, last_cpu
         finally:
             consumer.close(autocommit=False)
         elapsed = (last - first) if first and last and last > first else None
         return {"docs": done, "per_s": round((done - first_count) / elapsed, 1) if elapsed else None,
-                "note": "poll 500 -> json + headers -> insert_many(ordered=False) -> commit(), one thread"}
+                "cpu_us_per_record": cpu_us_per_record(last_cpu - first_cpu if elapsed else None, done - first_count),
+                "note": "this process's CPU (the loop and its consumer's threads); poll 500 -> json + headers -> insert_many(ordered=False) -> commit(), one thread"}
 
     def section_persist(self) -> None:
         count = self.sizes["prefill"]
@@ -67,7 +81,7 @@ class PersistSection:
         say("persist_purchase consumer on the same topic (its own group and database)")
         reader = LagReader(self.stack.kafka_bootstrap, timeout_ms=5000)
         consumer = self.start_consumer(fn_names)
-        first = first_count = last = None
+        first = first_count = last = first_cpu = last_cpu = None
         done = 0
         deadline = time.monotonic() + 900
         profiled = False
@@ -76,12 +90,12 @@ class PersistSection:
                 done = self.committed_total(reader, fn_names["topic"], fn_names["group"])
                 now = time.monotonic()
                 if done and first is None:
-                    first, first_count = now, done
+                    first, first_count, first_cpu = now, done, cpu_seconds(consumer.proc.pid)
                 if first is not None and not profiled:
                     self.profiler.start("persist-consumer", consumer.proc.pid, min(10, self.sizes["level_s"] + 2))
                     profiled = True
                 if done >= count:
-                    last = now
+                    last, last_cpu = now, cpu_seconds(consumer.proc.pid)
                     break
                 if consumer.proc.poll() is not None:
                     raise RuntimeError(f"consumer exited with {consumer.proc.returncode}; see {consumer.log}")
@@ -93,6 +107,7 @@ class PersistSection:
         self.stop_process(consumer)
         elapsed = (last - first) if first and last else None
         fn = {"docs": done, "stored": stored, "per_s": round((done - first_count) / elapsed, 1) if elapsed else None,
+              "cpu_us_per_record": cpu_us_per_record(last_cpu - first_cpu if elapsed else None, done - first_count),
               "note": "consumer.py, CONSUMER_BATCH_MAX=500; measured from its first commit to the last"}
         ratio = round(fn["per_s"] / raw["per_s"], 3) if fn["per_s"] and raw["per_s"] else None
         self.results["persist"] = {"records": count, "raw": raw, "function": fn, "ratio": ratio}

@@ -45,6 +45,10 @@ def table(results: dict) -> str:
         ok = persist["ratio"] >= TARGETS["persist_ratio"] if persist["ratio"] is not None else None
         rows.append((f"persist docs/s ({persist['records']} records)", persist["function"]["per_s"],
                      persist["raw"]["per_s"], persist["ratio"], f">=0.90 of raw: {verdict(ok)}"))
+        if persist["function"].get("cpu_us_per_record") or persist["raw"].get("cpu_us_per_record"):
+            fn_us, raw_us = persist["function"].get("cpu_us_per_record"), persist["raw"].get("cpu_us_per_record")
+            rows.append(("persist CPU µs per record", fn_us, raw_us,
+                         round(fn_us / raw_us, 2) if fn_us and raw_us else None, ""))
     e2e = results.get("e2e")
     if e2e:
         s = e2e["stored"]

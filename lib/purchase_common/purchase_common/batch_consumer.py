@@ -2,7 +2,7 @@
 
 ``BatchConsumer`` owns the group membership, the outage and retry policy, the dead-letter
 producer and the commit policy (offsets only after a batch is stored); the function's
-own loop (functions/persist_purchase/main.py) only says decode -> write -> commit.
+own loop (functions/persist_purchase/persist.py) only says decode -> write -> commit.
 Giving up on a dependency raises ``GaveUp``: the process exits non-zero with nothing
 committed, so nothing is lost and the orchestrator decides what happens next.
 """
@@ -68,6 +68,13 @@ def new_consumer(settings: config.Settings) -> KafkaConsumer:
         max_poll_interval_ms=int(settings.write_retry_deadline_s * 1000) + 60000,
         bootstrap_timeout_ms=5000,
         reconnect_backoff_max_ms=2000,
+        # What one fetch may bring: 256 KiB a partition, 1 MiB in all, i.e. ~850 and ~3,400
+        # purchase records, still several CONSUMER_BATCH_MAX batches ahead. kafka-python's
+        # defaults (1 MiB a partition, 50 MiB) buffer ~18,000 unpacked records from a backlog
+        # on 6 partitions: peak RSS 76-82 -> 52-59 MiB, no slower (bench/README.md, issue 12).
+        # A record batch larger than these still comes whole (the broker returns at least one).
+        max_partition_fetch_bytes=256 * 1024,
+        fetch_max_bytes=1024 * 1024,
     )
 
 

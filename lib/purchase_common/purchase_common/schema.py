@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 FIELDS = ("username", "userId", "price")
+_FIELD_SET = frozenset(FIELDS)
 USERNAME_MAX_CHARS = 100
 USER_ID_MAX_CHARS = 64
 # userId is used as a Kafka key and a MongoDB equality value: a conservative alphabet
@@ -152,8 +153,8 @@ def validate_purchase(payload) -> Purchase:
     """Validate a decoded purchase object. Unknown fields are rejected, not ignored."""
     if not isinstance(payload, dict):
         raise ValidationError("body", "request body must be a JSON object")
-    unknown = sorted(set(payload) - set(FIELDS))
-    if unknown:
+    if payload.keys() - _FIELD_SET:
+        unknown = sorted(payload.keys() - _FIELD_SET)
         shown = unknown[0][:64] or '""'  # echo a bounded, non-empty name back
         raise ValidationError(shown, f"unknown field {shown!r}; allowed: {', '.join(FIELDS)}")
     for name in FIELDS:
