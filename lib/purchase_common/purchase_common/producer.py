@@ -1,7 +1,7 @@
 """buy's Kafka producer: librdkafka (confluent-kafka) bridged to asyncio.
 
-One producer per worker process, created on first use (never in the pre-fork master: its
-threads would not survive the fork). ``send`` hands the record to librdkafka and awaits the
+One producer per worker process, created as the worker is forked or on first use (never in the
+pre-fork master: its threads would not survive the fork). ``send`` hands the record to librdkafka and awaits the
 broker's acknowledgement (acks=all) as an asyncio future, so a request in flight costs no
 thread. One daemon thread serves librdkafka's delivery reports and wakes the waiting event
 loop. Why librdkafka and not kafka-python: its per-record work runs in C outside the GIL, and a
@@ -63,7 +63,10 @@ class _Client:
 
     def _serve_reports(self) -> None:
         while self.open:
-            self.kafka.poll(POLL_INTERVAL_S)
+            try:
+                self.kafka.poll(POLL_INTERVAL_S)
+            except Exception:  # a callback's error must not end the thread every later send waits on
+                logging.getLogger(__name__).exception("delivery report failed")
 
     def close(self, timeout_s: float) -> None:
         """Deliver what is queued within timeout_s, then stop the report thread."""
@@ -91,7 +94,8 @@ class Producer:
         future = loop.create_future()
 
         def delivered(error, message):  # on the report thread
-            loop.call_soon_threadsafe(_settle, future, error, message.partition(), message.offset())
+            if not loop.is_closed():  # else nobody waits for this answer any more
+                loop.call_soon_threadsafe(_settle, future, error, message.partition(), message.offset())
 
         # One timer instead of asyncio.wait_for's task and waiter: the cheaper wait per request.
         expiry = loop.call_later(self.budget_s, _settle, future, _NO_ACK_IN_BUDGET, -1, -1)
