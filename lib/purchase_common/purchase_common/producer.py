@@ -4,7 +4,15 @@ One producer per worker process, created as the worker is forked or on first use
 pre-fork master: its threads would not survive the fork). ``send`` hands the record to librdkafka and awaits the
 broker's acknowledgement (acks=all) as an asyncio future, so a request in flight costs no
 thread. One daemon thread serves librdkafka's delivery reports and wakes the waiting event
-loop. Why librdkafka and not kafka-python: its per-record work runs in C outside the GIL, and a
+loop.
+
+Two lanes, each its own librdkafka client: a send that finds no other of this process in
+flight takes the *lone* lane (linger 0: it goes out at once, the c=1 latency), one that finds
+others in flight takes the *shared* lane (KAFKA_BATCH_LINGER_MS: it waits that long to share a
+request with them). librdkafka wakes its broker thread for every record at linger 0 and that
+was buy's limit under load; any linger above 0 doubled a lone purchase's latency
+(bench/README.md). Concurrent purchases have no order to keep, and one sent after another's
+202 is sent after it, whichever lane each took. Why librdkafka and not kafka-python: its per-record work runs in C outside the GIL, and a
 lone send-and-wait takes 0.3-0.5 ms where kafka-python's takes 1.1-1.8 ms (bench/README.md).
 """
 from __future__ import annotations
@@ -20,6 +28,8 @@ import confluent_kafka
 from .config import Settings, librdkafka_options
 from .logs import log
 
+LONE, SHARED = "lone", "shared"
+LANES = (LONE, SHARED)
 POLL_INTERVAL_S = 0.1  # how soon the report thread notices a close; reports wake it at once
 
 
@@ -79,13 +89,14 @@ class Producer:
     def __init__(self, settings: Settings, logger: logging.Logger):
         self.settings, self.logger = settings, logger
         self.budget_s = settings.kafka_send_timeout_s
-        self._client: _Client | None = None
+        self._clients: dict[str, _Client] = {}
         self._lock = threading.Lock()
         self._failing_since: float | None = None
+        self._in_flight = 0  # this process's sends awaiting their ack (one event loop)
 
     @property
     def connected(self) -> bool:
-        return self._client is not None
+        return bool(self._clients)
 
     async def send(self, topic: str, key: bytes, value: bytes, headers: list) -> Delivery:
         """Send with acks=all and await the acknowledgement within the send budget; returns the
@@ -99,38 +110,43 @@ class Producer:
 
         # One timer instead of asyncio.wait_for's task and waiter: the cheaper wait per request.
         expiry = loop.call_later(self.budget_s, _settle, future, _NO_ACK_IN_BUDGET, -1, -1)
+        lane = SHARED if self._in_flight else LONE
+        self._in_flight += 1
         try:
-            self._ensure_client().kafka.produce(topic, value, key, headers=headers, on_delivery=delivered)
+            self._ensure_client(lane).kafka.produce(topic, value, key, headers=headers, on_delivery=delivered)
             delivery = await future
         except (BufferError, confluent_kafka.KafkaException, KafkaUnavailable) as exc:
             self._failed()
             raise KafkaUnavailable(str(exc) if isinstance(exc, KafkaUnavailable) else type(exc).__name__) from exc
         finally:
+            self._in_flight -= 1
             expiry.cancel()
         self._failing_since = None
         return delivery
 
     def start(self) -> None:
-        """Create the client now (it connects in the background) instead of on the first send."""
-        self._ensure_client()
+        """Create both lanes now (they connect in the background) instead of on the first sends."""
+        for lane in LANES:
+            self._ensure_client(lane)
 
-    def _ensure_client(self) -> _Client:
-        client = self._client
+    def _ensure_client(self, lane: str) -> _Client:
+        client = self._clients.get(lane)
         if client is None:
             with self._lock:
-                if self._client is None:
-                    self._client = _Client(self._options())
-                client = self._client
+                if lane not in self._clients:
+                    self._clients[lane] = _Client(self._options(lane))
+                client = self._clients[lane]
         return client
 
-    def _options(self) -> dict:
+    def _options(self, lane: str) -> dict:
         s = self.settings
         budget_ms = int(s.kafka_send_timeout_s * 1000)
         return {
             **librdkafka_options(s),
+            "client.id": f"{s.kafka_client_id}-{lane}",
             "acks": "all",
             "enable.idempotence": s.kafka_enable_idempotence,  # why it is off: config.py
-            "linger.ms": s.kafka_linger_ms,
+            "linger.ms": s.kafka_linger_ms if lane == LONE else s.kafka_batch_linger_ms,
             # Java's (and kafka-python's) key hashing: a userId lands on the same partition
             # whichever client wrote it, so each user's purchases stay in order.
             "partitioner": "murmur2_random",
@@ -162,13 +178,14 @@ class Producer:
         if now - self._failing_since <= self.settings.kafka_producer_reset_after_s:
             return
         with self._lock:
-            stale, self._client, self._failing_since = self._client, None, None
-        if stale is not None:
+            stale, self._clients, self._failing_since = self._clients, {}, None
+        if stale:
             log(self.logger, logging.WARNING, "replacing a Kafka producer that kept failing")
-            threading.Thread(target=stale.close, args=(0,), daemon=True).start()
+        for client in stale.values():
+            threading.Thread(target=client.close, args=(0,), daemon=True).start()
 
     def close(self, timeout_s: float = 5.0) -> None:
         with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
+            clients, self._clients = self._clients, {}
+        for client in clients.values():
             client.close(timeout_s)
