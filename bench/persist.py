@@ -3,20 +3,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
-from pathlib import Path
 
 from bench.common import purchase_record, say
-from bench.profiling import peak_rss_mb
+from bench.profiling import cpu_seconds, peak_rss_mb
 from purchase_common import storage
 from tools.lag_reader import LagReader
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads) from /proc, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_us_per_record(cpu_s: float | None, records: int) -> float | None:

@@ -186,12 +186,16 @@ def cached_build(home: Path, product: str, stamp: str, what: str, build) -> Path
     return target
 
 
+def _require_go(name: str) -> None:
+    if shutil.which("go") is None:
+        raise RuntimeError(f"{name} is built with Go (1.24+; it also builds FerretDB); 'go' is not on PATH")
+
+
 def go_install(module: str, version: str, name: str, timeout_s: float = GO_BUILD_TIMEOUT_S) -> Path:
     """A Go command built once with `go install module@version` into CACHE_DIR/name-version/name,
     reused by every clone."""
     def build(out: Path) -> Path:
-        if shutil.which("go") is None:
-            raise RuntimeError(f"{name} is built from the Go module proxy with Go; 'go' (1.24+) is not on PATH")
+        _require_go(name)
         # `go install module@version` takes no -mod flag; GOTOOLCHAIN=local fails at once
         # instead of fetching a newer Go should the module ever ask for one.
         env = dict(os.environ, GOBIN=str(out), GOFLAGS="", CGO_ENABLED="0", GOTOOLCHAIN="local")
@@ -218,8 +222,7 @@ def build_go_program(name: str, source: Path, files: tuple[str, ...]) -> Path:
     version = digest.hexdigest()[:16]
 
     def build(out: Path) -> Path:
-        if shutil.which("go") is None:
-            raise RuntimeError(f"{name} is built with Go (1.24+; it also builds FerretDB); 'go' is not on PATH")
+        _require_go(name)
         # GOTOOLCHAIN=local fails at once instead of fetching a newer Go should go.mod ask for one.
         env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly", GOTOOLCHAIN="local")
         run_checked(["go", "build", "-trimpath", "-o", str(out / name), "."], cwd=source, env=env,

@@ -110,6 +110,12 @@ def _event_time(now: dt.datetime) -> str:
     return now.isoformat().replace("+00:00", "Z")
 
 
+# The attributes every purchase carries alike, as purchase_record writes them (encoded once).
+_CONTENT_TYPE_HEADER = ("content-type", DATA_CONTENT_TYPE.encode())
+_TYPE_SOURCE_VERSION_HEADERS = (("ce_type", EVENT_TYPE.encode()), ("ce_source", EVENT_SOURCE.encode()),
+                                ("ce_specversion", b"1.0"))
+
+
 def purchase_record(purchase: Purchase, idempotency_key: str | None = None,
                     now: dt.datetime | None = None) -> PurchaseRecord:
     """buy's hot path: the Kafka record of build_event's event, without building the SDK's
@@ -117,9 +123,7 @@ def purchase_record(purchase: Purchase, idempotency_key: str | None = None,
     included (tests/unit/test_events_binding.py), at a fifth of the cost per purchase."""
     event_id = event_id_for(purchase.user_id, idempotency_key)
     key = purchase.user_id.encode("utf-8")
-    headers = [("content-type", DATA_CONTENT_TYPE.encode()), ("ce_id", event_id.encode()),
-               ("ce_type", EVENT_TYPE.encode()), ("ce_source", EVENT_SOURCE.encode()),
-               ("ce_specversion", b"1.0"),
+    headers = [_CONTENT_TYPE_HEADER, ("ce_id", event_id.encode()), *_TYPE_SOURCE_VERSION_HEADERS,
                ("ce_time", _event_time(now or dt.datetime.now(dt.timezone.utc)).encode()),
                ("ce_partitionkey", key)]
     return PurchaseRecord(event_id, key, _marshal(purchase.event_data()), headers)

@@ -94,10 +94,6 @@ class Producer:
         self._failing_since: float | None = None
         self._in_flight = 0  # this process's sends awaiting their ack (one event loop)
 
-    @property
-    def connected(self) -> bool:
-        return bool(self._clients)
-
     async def send(self, topic: str, key: bytes, value: bytes, headers: list) -> Delivery:
         """Send with acks=all and await the acknowledgement within the send budget; returns the
         record's partition and offset or raises KafkaUnavailable."""
