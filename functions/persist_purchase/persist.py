@@ -49,15 +49,25 @@ def decode(records) -> tuple[list[PurchaseEvent], list[tuple[object, str]]]:
 
 
 def consume(batches: batch_consumer.BatchConsumer) -> None:
-    """Until told to stop: decode, dead-letter the poison, write, and only then commit."""
+    """Until told to stop: decode, dead-letter the poison, write, and only then commit.
+
+    Behind a backlog (a full batch) the write of one batch overlaps the poll and decode of the
+    next: +10-15 % records/s (bench/README.md). Each batch is still committed only once it is
+    stored, and before the next one is written. A partial batch is written and committed at
+    once, so a quiet topic's commit never waits for the next poll."""
     while batches.running:
         records = batches.poll()
-        if not records:
-            continue
         events, poison = decode(records)
         batches.dead_letter(poison)
-        batches.write(persist_batch, events)
-        batches.commit(records)
+        batches.commit_written()  # the batch before, if it was written behind
+        if not records:
+            continue
+        if batches.full(records):
+            batches.write_behind(persist_batch, events, records)
+        else:
+            batches.write(persist_batch, events)
+            batches.commit(records)
+    batches.commit_written()
 
 
 def run_consumer() -> int:

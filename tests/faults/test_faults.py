@@ -99,6 +99,27 @@ def test_database_outage_is_waited_out_without_crash_or_loss(scenario, fault_sta
            lost=len(set(load.accepted) - set(counts)), readyz_503_seen=not_ready, consumer_restarts=0)
 
 
+def test_database_outage_in_the_middle_of_a_backlog_loses_and_duplicates_nothing(scenario, fault_stack):
+    """Behind a backlog each full batch is written behind (its write overlaps the next poll):
+    a write that fails there is retried under the outage policy, and no batch is committed
+    before it is stored."""
+    buy = scenario.start_buy()
+    load = send_purchases(buy, count=6000, concurrency=16, users=200)
+    assert set(load.statuses) == {202}, load.statuses
+    # Small batches: the drain lasts long enough for the outage to fall in the middle of it.
+    consumer = scenario.start_consumer(CONSUMER_BATCH_MAX="10")
+    wait_until(lambda: scenario.collection().estimated_document_count() >= 50, 60, 0.005, "the consumer is draining")
+    fault_stack.stop_ferretdb()
+    stored_before = committed_total(fault_stack.bootstrap, scenario.names["group"], scenario.names["topic"])
+    assert stored_before < len(load.accepted), "the backlog was drained before the outage began"
+    time.sleep(5)
+    fault_stack.start_ferretdb()
+    counts, duplicates = assert_exactly_once(scenario, load.accepted, timeout_s=90)
+    assert consumer.proc.poll() is None, "the consumer crashed during the outage"
+    report("FerretDB down 5 s in the middle of a backlog", accepted=len(load.accepted),
+           committed_at_outage=stored_before, stored=len(counts), duplicates=duplicates)
+
+
 def test_broker_restart_under_load(scenario, fault_stack):
     buy = scenario.start_buy()
     history = scenario.start_history()

@@ -272,26 +272,42 @@ def test_cloudevent_is_stored(persist, monkeypatch):
 
 
 class FakeBatches:
-    """Records what the consumer loop asks of its BatchConsumer, one batch then stop."""
+    """Records what the consumer loop asks of its BatchConsumer: these batches, then stop."""
 
-    def __init__(self, records, write_fails: bool = False):
-        self.records, self.write_fails, self.calls = records, write_fails, []
+    def __init__(self, *batches, write_fails: bool = False, batch_max: int = 500):
+        self.batches, self.write_fails, self.batch_max = list(batches), write_fails, batch_max
+        self.calls, self.behind = [], None
 
     @property
     def running(self):
-        return bool(self.records)
+        return bool(self.batches)
 
     def poll(self):
-        records, self.records = self.records, []
-        return records
+        return self.batches.pop(0)
+
+    def full(self, records):
+        return len(records) >= self.batch_max
 
     def dead_letter(self, poison):
-        self.calls.append(("dead_letter", [reason for _, reason in poison]))
+        if poison:
+            self.calls.append(("dead_letter", [reason for _, reason in poison]))
 
     def write(self, store, events):
         if self.write_fails:
             raise batch_consumer.GaveUp("mongodb write abandoned")
         self.calls.append(("write", [e.event_id for e in events]))
+
+    def write_behind(self, store, events, records):
+        assert self.behind is None, "a second batch written behind before the first was committed"
+        self.calls.append(("write behind", [e.event_id for e in events]))
+        self.behind = records
+
+    def commit_written(self):
+        if self.behind is not None:
+            if self.write_fails:
+                raise batch_consumer.GaveUp("mongodb write abandoned")
+            self.commit(self.behind)
+            self.behind = None
 
     def commit(self, records):
         self.calls.append(("commit", len(records)))
@@ -317,6 +333,26 @@ def test_consumer_loop_never_commits_a_batch_it_could_not_write(persist):
     with pytest.raises(batch_consumer.GaveUp):
         persist[1].consume(batches)
     assert ("commit", 1) not in batches.calls
+
+
+def purchase_records(count):
+    return [kafka_record(i, *to_kafka_record(build_event(Purchase("a", f"u{i}", 100)))) for i in range(count)]
+
+
+def test_a_full_batch_is_written_behind_and_committed_before_the_next_is_written(persist):
+    records = purchase_records(5)
+    batches = FakeBatches(records[:2], records[2:4], records[4:], batch_max=2)
+    persist[1].consume(batches)
+    assert [name for name, _ in batches.calls] == ["write behind", "commit", "write behind", "commit", "write", "commit"]
+    assert [n for name, n in batches.calls if name == "commit"] == [2, 2, 1]
+
+
+def test_a_batch_written_behind_that_could_not_be_stored_is_never_committed(persist):
+    records = purchase_records(4)
+    batches = FakeBatches(records[:2], records[2:], batch_max=2, write_fails=True)
+    with pytest.raises(batch_consumer.GaveUp):
+        persist[1].consume(batches)
+    assert not [call for call in batches.calls if call[0] == "commit"]
 
 
 @pytest.mark.parametrize("body", [{"message": "Purchase accepted", "id": "5f0c3f5e"}, {"error": "é \"x\"", "field": "a"},

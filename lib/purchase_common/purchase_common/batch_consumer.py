@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -89,10 +90,16 @@ class BatchConsumer:
         self.health = Health()
         self.consumer: KafkaConsumer | None = None
         self._dlq: KafkaProducer | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._behind: tuple[Future, Callable[[list], object], list, list] | None = None
 
     @property
     def running(self) -> bool:
         return self.consumer is not None and not self.stop.is_set()
+
+    def full(self, records: list) -> bool:
+        """A whole CONSUMER_BATCH_MAX batch: the consumer is behind a backlog."""
+        return len(records) >= self.settings.consumer_batch_max
 
     def connect(self, open_store: Callable[[], object]) -> None:
         """Join the group (retrying a broker that is not there yet), then open the store."""
@@ -194,6 +201,30 @@ class BatchConsumer:
             if paused:
                 self.consumer.resume(*self.consumer.paused())
 
+    def write_behind(self, store: Callable[[list], object], events: list, records: list) -> None:
+        """Start store(events) on the writer thread and return at once: the next poll and decode
+        overlap the database's answer (pymongo waits for it outside the GIL). commit_written()
+        waits for it and commits the batch; nothing else is written or committed before that."""
+        if self._behind is not None:
+            raise RuntimeError("the batch written behind was not committed yet")
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="mongodb-writer")
+        self._behind = (self._writer.submit(store, events), store, events, records)
+
+    def commit_written(self) -> None:
+        """Wait for the batch written behind (if any), then commit it. A write that failed is
+        retried here under write()'s policy first; giving up leaves it uncommitted."""
+        if self._behind is None:
+            return
+        future, store, events, records = self._behind
+        self._behind = None
+        try:
+            future.result()
+            self.health.db_ready = True
+        except PyMongoError:
+            self.write(store, events)
+        self.commit(records)
+
     def _wait_paused(self, seconds: float) -> None:
         """Keep the group membership alive while waiting; rewind anything a rebalance let through."""
         self.health.beat()
@@ -235,6 +266,11 @@ class BatchConsumer:
         LAG.set(total)
 
     def close(self) -> None:
+        if self._writer is not None:
+            # A write still in flight (when giving up) finishes or fails within pymongo's own
+            # timeouts; its batch stays uncommitted either way and is read again.
+            self._writer.shutdown(wait=True)
+            self._writer, self._behind = None, None
         if self.consumer is not None:
             # Offsets were committed per batch; closing sends LeaveGroup so partitions move at once.
             self.consumer.close(autocommit=False)
