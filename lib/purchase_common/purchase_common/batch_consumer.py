@@ -129,9 +129,11 @@ class BatchConsumer:
         backoff, down_since = Backoff(), None
         while not self.stop.is_set():
             self.health.beat()
+            # With a batch being written behind, take only what is at hand: when nothing is,
+            # that batch is committed as soon as it is stored, not after a poll's wait.
+            timeout_ms = 0 if self._behind is not None else self.settings.consumer_poll_timeout_ms
             try:
-                polled = self.consumer.poll(timeout_ms=self.settings.consumer_poll_timeout_ms,
-                                            max_records=self.settings.consumer_batch_max)
+                polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.settings.consumer_batch_max)
             except KafkaError as exc:
                 self.health.kafka_ready = False
                 down_since = down_since or time.monotonic()
