@@ -48,16 +48,19 @@ def _media_type(request) -> str:
     return request.headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
+def _too_large() -> ValidationError:
+    return ValidationError("body", f"request body larger than {MAX_BODY_BYTES} bytes", status=413)
+
+
 async def _read_body(request) -> bytes:
-    too_large = ValidationError("body", f"request body larger than {MAX_BODY_BYTES} bytes", status=413)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_large
+        raise _too_large()
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise too_large
+            raise _too_large()
     return bytes(body)
 
 

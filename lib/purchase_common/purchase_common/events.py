@@ -11,7 +11,7 @@ from cloudevents.exceptions import DataUnmarshallerError, MissingRequiredFields
 from cloudevents.http import CloudEvent
 from cloudevents.kafka import KafkaMessage, from_binary, to_binary
 
-from .schema import Purchase, ValidationError, validate_purchase
+from .schema import Purchase, ValidationError, decode_json_text, validate_purchase
 
 EVENT_TYPE = "com.purchase.created"
 EVENT_SOURCE = "/purchase/buy"
@@ -68,8 +68,12 @@ def build_event(purchase: Purchase, idempotency_key: str | None = None, now: dt.
     return CloudEvent(attributes, purchase.event_data())
 
 
+# json.dumps with any option set builds a new encoder per call; this one is built once.
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _marshal(data) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _JSON_ENCODER.encode(data).encode("utf-8")
 
 
 # json.loads(text, parse_float=Decimal) would build this decoder anew for every record.
@@ -78,10 +82,7 @@ _JSON_DECODER = json.JSONDecoder(parse_float=Decimal)
 
 def _unmarshal(raw: bytes):
     """json.loads(raw.decode("utf-8"), parse_float=Decimal), the same answers and errors."""
-    text = raw.decode("utf-8")
-    if text.startswith("\ufeff"):
-        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-    return _JSON_DECODER.decode(text)
+    return decode_json_text(_JSON_DECODER, raw.decode("utf-8"))
 
 
 def to_kafka_record(event: CloudEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
@@ -225,11 +226,12 @@ def purchase_from_kafka_record(key, value, headers) -> PurchaseEvent:
             attributes["time"] = dt.datetime.now(dt.timezone.utc).isoformat()
         if attributes["specversion"] not in SPEC_VERSIONS:
             raise MissingRequiredFields(f"Invalid specversion: {attributes['specversion']}")
-        missing = set(REQUIRED_ATTRIBUTES)  # what `REQUIRED_ATTRIBUTES - attributes.keys()` does
-        missing.difference_update(attributes.keys())
-        missing.discard("id")  # the SDK had made one up by here
-        if missing:
-            raise MissingRequiredFields(f"Missing required keys: {missing}")
+        if not REQUIRED_ATTRIBUTES <= attributes.keys() | {"id"}:  # the SDK had made an id up by here
+            # The SDK's refusal names the missing keys in its own set's order, which varies
+            # with how its module was compiled: this rare record takes the SDK path for it.
+            return purchase_from_event(from_kafka_record(key, value, headers))
+    except PoisonRecord:
+        raise
     except Exception as exc:  # from_kafka_record's rule: whatever decoding raises is poison
         raise PoisonRecord(f"undecodable CloudEvent: {type(exc).__name__}: {exc}") from None
     if "id" not in attributes:

@@ -12,6 +12,7 @@ from .config import secret_values, settings
 # The password of any URL with credentials (a MONGODB_URI in a client's error message, say).
 URL_PASSWORD = re.compile(r"(?P<keep>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^@\s/?#]+@")
 REDACTED = "***"
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)  # built once, not per line
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -61,7 +62,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         # Secrets never reach a log line, whatever a client library put into its message.
-        return redact(json.dumps(entry, ensure_ascii=False, default=str), self._hidden)
+        return redact(_LINE_ENCODER.encode(entry), self._hidden)
 
 
 def get_logger(service: str) -> logging.Logger:

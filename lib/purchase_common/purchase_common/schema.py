@@ -81,6 +81,20 @@ def _check_depth(value, depth: int = 0) -> None:
             _check_depth(item, depth + 1)
 
 
+def decode_json_text(decoder: json.JSONDecoder, text: str):
+    """json.loads(text) for a decoder built once (json.loads with options builds one per call):
+    the same BOM refusal first, then the decoder's answers and errors."""
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return decoder.decode(text)
+
+
+# Integers as Decimal too: int() refuses literals over 4300 digits with a bare ValueError.
+# Built once: json.loads with these options would build a decoder per request.
+_BODY_DECODER = json.JSONDecoder(parse_float=_decimal_or_marker, parse_int=_decimal_or_marker,
+                                 parse_constant=_NonFinite)
+
+
 def parse_json_body(raw: bytes):
     """Decode a request body strictly: UTF-8, JSON, bounded depth, exact decimals."""
     if not raw or not raw.strip():
@@ -90,9 +104,7 @@ def parse_json_body(raw: bytes):
     except UnicodeDecodeError:
         raise ValidationError("body", "request body is not valid UTF-8") from None
     try:
-        # Integers as Decimal too: int() refuses literals over 4300 digits with a bare ValueError.
-        value = json.loads(text, parse_float=_decimal_or_marker, parse_int=_decimal_or_marker,
-                           parse_constant=_NonFinite)
+        value = decode_json_text(_BODY_DECODER, text)
     except RecursionError:
         raise ValidationError("body", "JSON nested too deeply") from None
     except json.JSONDecodeError as exc:
