@@ -12,8 +12,12 @@ from purchase_common import storage
 from tools.lag_reader import LagReader
 
 
-def cpu_us_per_record(cpu_s: float | None, records: int) -> float | None:
-    return round(cpu_s * 1e6 / records, 1) if cpu_s is not None and records > 0 else None
+def drain_figures(done: int, first_count: int, elapsed: float | None, cpu_s: float | None) -> dict:
+    """One drain's records, rate and CPU µs per record, counted from its first commit."""
+    records = done - first_count
+    return {"docs": done, "per_s": round(records / elapsed, 1) if elapsed else None,
+            "cpu_us_per_record": round(cpu_s * 1e6 / records, 1) if elapsed and cpu_s is not None and records > 0
+            else None}
 
 
 class PersistSection:
@@ -60,8 +64,7 @@ class PersistSection:
         finally:
             consumer.close(autocommit=False)
         elapsed = (last - first) if first and last and last > first else None
-        return {"docs": done, "per_s": round((done - first_count) / elapsed, 1) if elapsed else None,
-                "cpu_us_per_record": cpu_us_per_record(last_cpu - first_cpu if elapsed else None, done - first_count)}
+        return drain_figures(done, first_count, elapsed, last_cpu - first_cpu if elapsed else None)
 
     def consumer_drain(self, topic: str, count: int, names: dict, profile: bool = False) -> dict:
         """The persist_purchase consumer (its own group and database) drains the topic; measured
@@ -91,9 +94,8 @@ class PersistSection:
         rss = peak_rss_mb(consumer.proc.pid)
         self.stop_process(consumer)
         elapsed = (last - first) if first and last else None
-        return {"docs": done, "stored": stored, "per_s": round((done - first_count) / elapsed, 1) if elapsed else None,
-                "cpu_us_per_record": cpu_us_per_record(last_cpu - first_cpu if elapsed else None, done - first_count),
-                "peak_rss": rss}
+        return {**drain_figures(done, first_count or 0, elapsed, last_cpu - first_cpu if elapsed else None),
+                "stored": stored, "peak_rss": rss}
 
     def section_persist(self) -> None:
         count = self.sizes["prefill"]
