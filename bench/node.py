@@ -12,13 +12,22 @@ Kubernetes Service, the activator while it has no pod):
 3. warm latency: sequential requests once a pod serves.
 
 The two services run side by side, but one cold start at a time, so they never share the cores
-while being timed. Needs `make cluster-up` and the system deployed (`make test-cluster` or
-`make bench-node`, which deploys first). Prints a table; --json writes the figures.
+while being timed.
+
+Then, for persist-purchase, KEDA's path (issue "performance", cold start on the node): records
+put straight on the topic while no pod runs, timed through KEDA's poll -> Deployment scaled ->
+pod created -> scheduled -> container started -> first record stored -> all stored, and back to
+zero after cooldownPeriod, with the timings the node overlay deploys.
+
+Needs `make cluster-up` and the system deployed (`make test-cluster` or `make bench-node`, which
+deploys first, and runs this with CoreDNS as its resolver: the broker is reached by its
+in-cluster name). Prints tables; --json writes the figures; --parts picks what to measure.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import threading
@@ -30,9 +39,12 @@ from pathlib import Path
 import requests
 
 from cluster import control
-from cluster.observe import Kube, PodWatch, Revision, revision_ready
+from cluster.observe import CONSUMER, NAMESPACE, Kube, Revision, StepWatch, parse_time, revision_ready
 from load import loadgen
+from purchase_common import config, storage
+from purchase_common.events import purchase_record
 from purchase_common.retry import poll_until
+from purchase_common.schema import Purchase
 
 SERVICES = ("buy", "history")
 FAST_SCALE_DOWN = {"autoscaling.knative.dev/window": "6s", "autoscaling.knative.dev/scale-down-delay": "0s"}
@@ -113,7 +125,7 @@ def burst_then_zero(target: Target, concurrency: int, seconds: float, to_zero_bu
 def cold_start(target: Target, one_at_a_time: threading.Lock, to_zero_budget_s: float) -> dict:
     """One request sent at zero pods, with the new pod's steps timed by a watch."""
     poll_until(lambda: not target.serving_pods(), to_zero_budget_s, 0.5, f"{target.name} at zero pods")
-    with one_at_a_time, PodWatch(target.kube, f"serving.knative.dev/revision={target.revision.name}") as watch:
+    with one_at_a_time, StepWatch(target.kube, f"serving.knative.dev/revision={target.revision.name}") as watch:
         time.sleep(0.5)  # the watch's initial (empty) list is in
         with requests.Session() as session:
             sent = time.monotonic()
@@ -176,6 +188,144 @@ def bench_service(kube: Kube, name: str, args, one_at_a_time: threading.Lock) ->
     return result
 
 
+def deployment_scaled(deployment: dict) -> dict[str, bool]:
+    return {"scaled": int(deployment.get("spec", {}).get("replicas") or 0) >= 1}
+
+
+class ConsumerPath:
+    """persist-purchase's KEDA path from zero: records land on the topic while no pod runs ->
+    KEDA's next poll sees the lag and scales the Deployment to 1 -> the ReplicaSet's pod is
+    created, scheduled and started -> the consumer joins the group and stores the records ->
+    after cooldownPeriod without lag, back to zero. The records go straight to the broker
+    (acks=all), so no buy cold start is inside the figures."""
+
+    def __init__(self, kube: Kube):
+        from kafka import KafkaProducer
+
+        self.kube = kube
+        self.settings = config.load(kube.get("configmap", "purchase-config")["data"])
+        self.timings = kube.get("scaledobject.keda.sh", CONSUMER)["spec"]
+        self.mongo = storage.connect(kube.secret_value("mongodb-credentials", "MONGODB_ADMIN_URI"))
+        self.purchases = self.mongo[self.settings.mongodb_database][self.settings.mongodb_collection]
+        self.producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all")
+
+    def close(self) -> None:
+        self.producer.close(timeout=10)
+        self.mongo.close()
+
+    def idle(self) -> bool:
+        return self.kube.replicas() == 0 and not self.kube.consumer_pods()
+
+    def stored(self, user: str) -> int:
+        return self.purchases.count_documents({"userId": user})
+
+    def own_steps(self, pod_name: str, user: str, records: int, wall_offset: float) -> dict[str, float] | None:
+        """From the consumer's own log lines (milliseconds, this host's clock), as monotonic
+        times: connected to Kafka and MongoDB, partitions assigned, the first and the last of
+        `user`'s purchases stored; None until all of them are logged."""
+        steps, stored = {}, []
+        for line in self.kube.run("logs", pod_name, f"--namespace={NAMESPACE}").stdout.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(entry, dict):
+                continue
+            at = parse_time(entry.get("time")).timestamp() - wall_offset if entry.get("time") else None
+            if entry.get("msg") == "consumer started":
+                steps.setdefault("connected", at)
+            elif entry.get("msg") == "partitions assigned":
+                steps.setdefault("assigned", at)
+            elif entry.get("msg") == "purchase stored" and entry.get("userId") == user:
+                stored.append(at)
+        if len(steps) != 2 or len(stored) < records:
+            return None
+        return {**steps, "first_stored": min(stored), "all_stored": max(stored)}
+
+    def cold_start(self, records: int, to_zero_budget_s: float) -> dict:
+        poll_until(self.idle, to_zero_budget_s, 0.5, "persist-purchase at zero replicas with no pod")
+        user = f"bench-node-{uuid.uuid4().hex[:8]}"
+        wall_offset = time.time() - time.monotonic()
+        with StepWatch(self.kube, f"app.kubernetes.io/name={CONSUMER}") as pods, \
+                StepWatch(self.kube, kind="deployment", name=CONSUMER, steps=deployment_scaled) as deployment:
+            time.sleep(0.5)  # both watches' initial lists are in
+            # A round lasts about a whole number of KEDA's polls: without a random phase, every
+            # round would meet the poll at the same point and time the same share of its wait.
+            time.sleep(random.uniform(0, self.timings["pollingInterval"]))
+            for index in range(records):
+                record = purchase_record(Purchase(f"bench node {index}", user, 100 + index))
+                self.producer.send(self.settings.purchases_topic, key=record.key, value=record.value,
+                                   headers=record.headers)
+            self.producer.flush(timeout=30)
+            produced = time.monotonic()
+            # Done when the database holds them all; the times come from the consumer's log (the
+            # stand-in's count is a scan of the whole collection, too slow to time with).
+            poll_until(lambda: self.stored(user) >= records, to_zero_budget_s, 0.1,
+                       f"all {records} of {user}'s purchases stored")
+            pod_name, pod = min(pods.seen.items(), key=lambda item: item[1]["created"])
+            own = poll_until(lambda: self.own_steps(pod_name, user, records, wall_offset), 30, 0.5,
+                             f"{pod_name}'s log lines up to {user}'s last purchase stored")
+            # Watching on: kubelet may report the container running only after it has stored.
+            back_to_zero = poll_until(lambda: self.kube.replicas() == 0 and time.monotonic(), to_zero_budget_s,
+                                      0.5, "KEDA back to 0 replicas")
+        if self.stored(user) != records:
+            raise RuntimeError(f"{user}: {self.stored(user)} documents stored for {records} records")
+        scaled = deployment.seen[CONSUMER]["scaled"]
+        pod_gone = poll_until(lambda: not self.kube.consumer_pods() and time.monotonic(), 120, 0.5,
+                              "the consumer pod gone")
+        split = {"produced_to_scaled_s": scaled - produced,          # KEDA's poll
+                 "scaled_to_created_s": pod["created"] - scaled,     # the ReplicaSet
+                 "created_to_scheduled_s": pod["scheduled"] - pod["created"],
+                 "scheduled_to_started_s": pod["started"] - pod["scheduled"],  # containerd, runc
+                 "started_to_connected_s": own["connected"] - pod["started"],  # Python, imports, connections
+                 "connected_to_assigned_s": own["assigned"] - own["connected"],  # the group join
+                 "assigned_to_first_stored_s": own["first_stored"] - own["assigned"],  # fetch, insert_many
+                 "first_to_all_stored_s": own["all_stored"] - own["first_stored"],
+                 "all_stored_to_replicas_0_s": back_to_zero - own["all_stored"],  # cooldownPeriod
+                 "replicas_0_to_pod_gone_s": pod_gone - back_to_zero}
+        return {"first_stored_s": round(own["first_stored"] - produced, 3),
+                **{key: round(value, 3) for key, value in split.items()}}
+
+
+CONSUMER_START = ("produced_to_scaled_s", "scaled_to_created_s", "created_to_scheduled_s", "scheduled_to_started_s",
+                  "started_to_connected_s", "connected_to_assigned_s", "assigned_to_first_stored_s",
+                  "first_to_all_stored_s")
+CONSUMER_STOP = ("all_stored_to_replicas_0_s", "replicas_0_to_pod_gone_s")
+
+
+def bench_consumer(kube: Kube, args) -> dict:
+    path = ConsumerPath(kube)
+    try:
+        say(f"{CONSUMER}: {args.consumer_cold} starts from zero through KEDA, {args.records} records each "
+            f"(pollingInterval {path.timings['pollingInterval']} s, cooldownPeriod {path.timings['cooldownPeriod']} s)")
+        colds = []
+        for index in range(args.consumer_cold):
+            colds.append(path.cold_start(args.records, args.to_zero_budget_s))
+            say(f"{CONSUMER}: start from zero {index + 1}/{args.consumer_cold}: {colds[-1]}")
+    finally:
+        path.close()
+    first = sorted(c["first_stored_s"] for c in colds)
+    return {"records": args.records, "polling_interval_s": path.timings["pollingInterval"],
+            "cooldown_period_s": path.timings["cooldownPeriod"], "cold_starts": len(colds),
+            **{f"first_stored_{k}_s": round(v, 3) for k, v in loadgen.percentiles(first, (50, 99)).items()},
+            **{f"median_{key}": round(statistics.median(c[key] for c in colds), 3)
+               for key in CONSUMER_START + CONSUMER_STOP},
+            "runs": colds}
+
+
+def format_consumer(r: dict) -> str:
+    def medians(keys):
+        return "  ".join(f"{key.removesuffix('_s').replace('_to_', '>')} {r[f'median_{key}']:.2f}s" for key in keys)
+    return (f"{CONSUMER} through KEDA ({r['cold_starts']} starts from zero, {r['records']} records each, "
+            f"pollingInterval {r['polling_interval_s']} s, cooldownPeriod {r['cooldown_period_s']} s):\n"
+            f"  records acked > first stored: p50 {r['first_stored_p50_s']:.3f}s, p99 {r['first_stored_p99_s']:.3f}s\n"
+            f"  start, medians: {medians(CONSUMER_START)}\n"
+            f"  back to zero, medians: {medians(CONSUMER_STOP)}\n"
+            f"  (KEDA's poll waits up to pollingInterval for the lag; 'started' is when kubelet reports the "
+            f"container running, up to its 1 s relist late; 'connected', 'assigned' and the stores are the "
+            f"consumer's own log lines)")
+
+
 def format_table(results: dict) -> str:
     lines = [f"{'service':<8} {'cold p50':>9} {'cold p99':>9} {'req>created':>11} {'>scheduled':>10} "
              f"{'>started':>9} {'>answered':>9} {'warm p50':>9} {'warm p99':>9} {'peak pods':>9} {'last req>0 pods':>15}"]
@@ -195,7 +345,12 @@ def format_table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.node", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cold", type=int, default=10, help="cold starts per service (default 10)")
+    parser.add_argument("--parts", nargs="+", choices=(*SERVICES, CONSUMER), default=[*SERVICES, CONSUMER],
+                        help="what to measure (default: all three)")
+    parser.add_argument("--cold", type=int, default=10, help="cold starts per Knative service (default 10)")
+    parser.add_argument("--consumer-cold", type=int, default=5, help=f"{CONSUMER} starts from zero (default 5)")
+    parser.add_argument("--records", type=int, default=100,
+                        help=f"records per {CONSUMER} start; at most lagThreshold keeps it to one pod (default 100)")
     parser.add_argument("--warm", type=int, default=200, help="sequential warm requests per service")
     parser.add_argument("--concurrency", type=int, default=40, help="clients in the burst (KPA target is 10)")
     parser.add_argument("--burst-s", type=float, default=20)
@@ -207,10 +362,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the cluster is not up: make cluster-up (and deploy) first")
     kube = Kube(control.read_state())
     one_at_a_time = threading.Lock()
-    with ThreadPoolExecutor(len(SERVICES)) as pool:
-        futures = {name: pool.submit(bench_service, kube, name, args, one_at_a_time) for name in SERVICES}
-        results = {name: future.result() for name, future in futures.items()}
-    print(format_table(results))
+    services = [name for name in SERVICES if name in args.parts]
+    results = {}
+    if services:
+        with ThreadPoolExecutor(len(services)) as pool:
+            futures = {name: pool.submit(bench_service, kube, name, args, one_at_a_time) for name in services}
+            results = {name: future.result() for name, future in futures.items()}
+        print(format_table(results))
+    # After the Knative parts, so that no burst shares the cores with a timed start.
+    if CONSUMER in args.parts:
+        results[CONSUMER] = bench_consumer(kube, args)
+        print(format_consumer(results[CONSUMER]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
         say(f"figures written to {args.json}")

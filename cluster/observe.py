@@ -1,5 +1,5 @@
 """Reading the running cluster: kubectl with the few reads every caller repeats, Knative
-Revisions reached the way a networking layer reaches them, and a pod watch that timestamps each
+Revisions reached the way a networking layer reaches them, and a watch that timestamps each
 step of a pod's start as it happens (the API's timestamps have one-second resolution).
 
 Used by tests/cluster (through clusterlib) and by `make bench-node` (bench/node.py).
@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -116,19 +117,26 @@ def pod_steps(pod: dict) -> dict[str, bool]:
 
 
 @dataclass
-class PodWatch:
-    """`kubectl get pods --watch` on a selector, noting the monotonic time at which each pod
-    first reached each step (pod_steps). Start it before the request it should time."""
+class StepWatch:
+    """`kubectl get <kind> --watch` on a label selector (or one object by name), noting the
+    monotonic time at which each object first reached each of its steps (by default a pod's:
+    pod_steps). Start it before the request it should time."""
     kube: Kube
-    selector: str
+    selector: str | None = None
+    kind: str = "pods"
+    name: str | None = None
+    steps: Callable[[dict], dict[str, bool]] = pod_steps
     seen: dict[str, dict[str, float]] = field(default_factory=dict)
     _proc: subprocess.Popen | None = None
     _thread: threading.Thread | None = None
 
-    def __enter__(self) -> "PodWatch":
-        argv = [str(self.kube.kubectl_path), f"--kubeconfig={self.kube.kubeconfig}", "get", "pods",
-                f"--namespace={NAMESPACE}", f"--selector={self.selector}", "--watch", "--output-watch-events",
-                "-o", "json"]
+    def __enter__(self) -> "StepWatch":
+        argv = [str(self.kube.kubectl_path), f"--kubeconfig={self.kube.kubeconfig}", "get", self.kind,
+                f"--namespace={NAMESPACE}", "--watch", "--output-watch-events", "-o", "json"]
+        if self.selector:
+            argv.append(f"--selector={self.selector}")
+        if self.name:
+            argv.append(f"--field-selector=metadata.name={self.name}")
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -145,11 +153,11 @@ class PodWatch:
                     break  # an object spread over more lines: read on
                 buffer = buffer.lstrip()[end:]
                 now = time.monotonic()
-                pod = event.get("object") or {}
-                if event.get("type") == "DELETED" or pod.get("metadata", {}).get("deletionTimestamp"):
+                obj = event.get("object") or {}
+                if event.get("type") == "DELETED" or obj.get("metadata", {}).get("deletionTimestamp"):
                     continue
-                steps = self.seen.setdefault(pod["metadata"]["name"], {})
-                for step, reached in pod_steps(pod).items():
+                steps = self.seen.setdefault(obj["metadata"]["name"], {})
+                for step, reached in self.steps(obj).items():
                     if reached:
                         steps.setdefault(step, now)
 

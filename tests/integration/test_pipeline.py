@@ -91,6 +91,25 @@ def test_logs_trace_one_purchase_from_buy_to_persist(pipeline):
     assert stored[0]["msg"] == "purchase stored" and stored[0]["userId"] == user
 
 
+def test_the_consumer_logs_the_partitions_its_group_assigned_it(pipeline):
+    """The only member of its group gets every partition of the topic, and says so once it has
+    joined: the step between "consumer started" and the first purchase stored."""
+    metadata = KafkaConsumer(bootstrap_servers=pipeline.stack.kafka_bootstrap)
+    try:
+        partitions = sorted(metadata.partitions_for_topic(pipeline.topic))
+    finally:
+        metadata.close()
+
+    def entries():
+        return [json.loads(line) for line in (pipeline.log_dir / "persist-purchase.log").read_text().splitlines()
+                if line.startswith("{")]
+    assigned = wait_until(lambda: [e for e in entries() if e["msg"] == "partitions assigned"], 10,
+                          message="the consumer's assignment log line")
+    assert assigned[-1]["partitions"] == partitions and assigned[-1]["service"] == "persist-purchase"
+    messages = [e["msg"] for e in entries()]
+    assert messages.index("consumer started") < messages.index("partitions assigned")
+
+
 def test_kafka_record_is_a_binary_mode_cloudevent_keyed_by_user(pipeline):
     user = new_user()
     response = buy(pipeline, user, 3.5, base=pipeline.buy)

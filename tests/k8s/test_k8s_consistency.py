@@ -70,11 +70,15 @@ def service_for_host(docs, host: str, port: int) -> h.Doc:
     return svc
 
 
-def consumer_call() -> ast.Call:
+def consumer_calls() -> tuple[ast.Call, ast.Call]:
+    """The consumer's KafkaConsumer(...) and its subscribe(...), each made in one place."""
     tree = ast.parse((h.ROOT / "lib/purchase_common/purchase_common/batch_consumer.py").read_text())
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "KafkaConsumer"]
-    assert len(calls) == 1, "the consumer should create its KafkaConsumer in one place"
-    return calls[0]
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    created = [n for n in calls if getattr(n.func, "id", None) == "KafkaConsumer"]
+    subscribed = [n for n in calls if getattr(n.func, "attr", None) == "subscribe"]
+    assert len(created) == 1, "the consumer should create its KafkaConsumer in one place"
+    assert len(subscribed) == 1, "the consumer should subscribe in one place"
+    return created[0], subscribed[0]
 
 
 # --- config.py, consumer.py, ConfigMap, ScaledObject, topic Job --------------------------
@@ -92,11 +96,11 @@ def test_configmap_matches_config_constants(docs):
 
 
 def test_consumer_code_uses_the_config_constants():
-    call = consumer_call()
-    keywords = {k.arg: ast.unparse(k.value) for k in call.keywords if k.arg}
+    created, subscribed = consumer_calls()
+    keywords = {k.arg: ast.unparse(k.value) for k in created.keywords if k.arg}
     assert keywords["group_id"] == "settings.consumer_group"
     assert keywords["auto_offset_reset"] == "config.AUTO_OFFSET_RESET"
-    assert ast.unparse(call.args[0]) == "settings.purchases_topic"
+    assert ast.unparse(subscribed.args[0]) == "[settings.purchases_topic]"
 
 
 def test_scaledobject_matches_consumer_and_config(docs):

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge
@@ -55,9 +55,23 @@ class Health:
         return {"kafka": self.kafka_ready, "mongodb": self.db_ready}
 
 
-def new_consumer(settings: config.Settings) -> KafkaConsumer:
-    return KafkaConsumer(
-        settings.purchases_topic,
+class AssignmentLog(ConsumerRebalanceListener):
+    """Each rebalance in the log: which partitions this member gave up and got. KEDA rebalances
+    the group whenever it adds or removes a pod, and a start from zero waits for the first one."""
+
+    def __init__(self, logger: logging.Logger):
+        self.logger = logger
+
+    def on_partitions_revoked(self, revoked) -> None:
+        if revoked:
+            log(self.logger, logging.INFO, "partitions revoked", partitions=sorted(tp.partition for tp in revoked))
+
+    def on_partitions_assigned(self, assigned) -> None:
+        log(self.logger, logging.INFO, "partitions assigned", partitions=sorted(tp.partition for tp in assigned))
+
+
+def new_consumer(settings: config.Settings, logger: logging.Logger) -> KafkaConsumer:
+    consumer = KafkaConsumer(
         **config.kafka_client_options(settings),
         group_id=settings.consumer_group,
         auto_offset_reset=config.AUTO_OFFSET_RESET,
@@ -77,6 +91,8 @@ def new_consumer(settings: config.Settings) -> KafkaConsumer:
         max_partition_fetch_bytes=256 * 1024,
         fetch_max_bytes=1024 * 1024,
     )
+    consumer.subscribe([settings.purchases_topic], listener=AssignmentLog(logger))
+    return consumer
 
 
 def new_dead_letter_producer(settings: config.Settings) -> KafkaProducer:
@@ -106,7 +122,7 @@ class BatchConsumer:
         deadline, backoff = Deadline(self.settings.consumer_startup_deadline_s), Backoff()
         while self.consumer is None and not self.stop.is_set():
             try:
-                self.consumer = new_consumer(self.settings)
+                self.consumer = new_consumer(self.settings, self.logger)
             except KafkaError as exc:
                 if deadline.passed():
                     log(self.logger, logging.ERROR, "kafka unreachable at start-up; giving up", error=str(exc))
