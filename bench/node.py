@@ -229,9 +229,9 @@ class ConsumerPath:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if not isinstance(entry, dict):
+            if not isinstance(entry, dict) or "time" not in entry:
                 continue
-            at = parse_time(entry.get("time")).timestamp() - wall_offset if entry.get("time") else None
+            at = parse_time(entry["time"]).timestamp() - wall_offset
             if entry.get("msg") == "consumer started":
                 steps.setdefault("connected", at)
             elif entry.get("msg") == "partitions assigned":
