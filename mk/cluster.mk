@@ -36,7 +36,7 @@ node-deploy: venv ## Deploy the whole system on the node: make deploy OVERLAY=no
 	$(CLUSTER_IS_UP)
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(MAKE) --no-print-directory deploy KUBECTL=$(CLUSTER_KUBECTL) OVERLAY=node
 
-bench-node: node-deploy ## On the node: >=10 Knative cold starts each of buy/history (split), warm p50/p99, peak pods, last request -> 0 pods; 5 KEDA starts from zero of the consumer (split) (~20 min; BENCH_NODE_ARGS=--help) -> bench-node-results.json
+bench-node: node-deploy ## On the node: >=10 Knative cold starts each of buy/history (split), warm p50/p99, peak pods, last request -> 0 pods; 5 KEDA starts from zero of the consumer (split) (~12 min; BENCH_NODE_ARGS=--help) -> bench-node-results.json
 	@# With CoreDNS as the resolver: the consumer part writes to the broker by its in-cluster name.
 	$(PY) -m cluster run -- $(PY) -m bench.node --json bench-node-results.json $(BENCH_NODE_ARGS)
 
