@@ -1,7 +1,8 @@
 """make bench-node: Knative Serving on the real node, as issue "Knative for real" asks to measure.
 
-For buy and for history, reached the way the networking layer reaches a Revision (its
-Kubernetes Service, the activator while it has no pod):
+For buy and for history, reached through the node's ingress as a client reaches them (Traefik,
+Host purchase.local -> the KIngress route -> the Revision's Service, the activator while it has
+no pod):
 1. peak pods under a burst of concurrent requests, then the time from the last request until no
    pod serves, with the shipped annotations (window 60 s, scale-down-delay 60 s);
 2. cold starts (request sent at zero pods -> answer) split into request -> pod created ->

@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     down.add_argument("--clean", action="store_true", help="also delete .run/cluster (certificates, etcd data)")
     sub.add_parser("status", help="show the processes, ports and KUBECONFIG")
     sub.add_parser("env", help="print `export KUBECONFIG=... KUBECTL=...` for a shell")
+    sub.add_parser("url", help="print the ingress address (the node's, reachable from this machine only)")
     check = sub.add_parser("hostcheck", help="save, or compare with, what the node changes on the host")
     check.add_argument("--save", metavar="FILE", help="write the host's state to FILE (before cluster-up)")
     check.add_argument("--compare", metavar="FILE", help="fail if the host differs from FILE (after cluster-down)")
@@ -63,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         if not argv:
             parser.error("run needs a command")
         os.execvp("unshare", node.with_cluster_dns(node.Paths(control.RUN), argv))
+    if args.command == "url":
+        from .observe import INGRESS_HOST, Kube, ingress_url
+        if not control.is_up():
+            print("the cluster is not up: make cluster-up", file=sys.stderr)
+            return 1
+        url = ingress_url(Kube(control.read_state()))
+        print(url)
+        print(f"# e.g. curl -s {url}/api/user/555/purchases -H 'Host: {INGRESS_HOST}'", file=sys.stderr)
+        return 0
     if args.command == "env":
         print(f"export KUBECONFIG={control.KUBECONFIG} KUBECTL={build.BIN / 'kubectl'}")
         return 0

@@ -14,6 +14,7 @@ binary is rebuilt only when it is missing or its stamp names another version.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -32,6 +33,8 @@ KUBE_MODULE_DIR = Path(__file__).resolve().parent / "kube"
 KUBERNETES_VERSION = "v1.37.2"
 KEDA_MODULE = "github.com/kedacore/keda/v2"
 KEDA_VERSION = "v2.20.1"
+BINARY_SHA_LABEL = "dev.purchase-system.binary-sha256"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet", "kubectl")
 
 
@@ -104,14 +107,30 @@ def ensure_kube() -> dict[str, Path]:
     return {cmd: BIN / cmd for cmd in KUBE_COMMANDS}
 
 
-def keda_module_dir() -> Path:
-    """The downloaded (read-only) KEDA module: its config/crd and config/rbac are applied from here."""
-    result = subprocess.run(["go", "mod", "download", "-json", f"{KEDA_MODULE}@{KEDA_VERSION}"],
+def module_dir(module: str, version: str) -> Path:
+    """A module downloaded (read-only) into Go's module cache."""
+    result = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"],
                             env=_go_env(), capture_output=True, text=True, timeout=1800, cwd=ROOT)
     info = json.loads(result.stdout or "{}")
     if result.returncode != 0 or info.get("Error") or not info.get("Dir"):
-        raise RuntimeError(f"go mod download {KEDA_MODULE}@{KEDA_VERSION} failed: {info.get('Error')} {result.stderr}")
+        raise RuntimeError(f"go mod download {module}@{version} failed: {info.get('Error')} {result.stderr}")
     return Path(info["Dir"])
+
+
+def writable_module_copy(module: str, version: str) -> Path:
+    """A writable copy of a downloaded module under SRC, to build in: a module whose go.mod has
+    replace directives builds only from its own folder (`go install module@version` refuses it)."""
+    source = SRC / f"{module.replace('/', '_')}@{version}"
+    shutil.rmtree(source, ignore_errors=True)
+    shutil.copytree(module_dir(module, version), source)
+    for path in [source, *source.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o200)
+    return source
+
+
+def keda_module_dir() -> Path:
+    """The downloaded (read-only) KEDA module: its config/crd and config/rbac are applied from here."""
+    return module_dir(KEDA_MODULE, KEDA_VERSION)
 
 
 # KEDA's metrics adapter serves its own /metrics with `fmt.Sprintf(":%v", port)`, i.e. on every
@@ -135,12 +154,7 @@ def ensure_keda() -> dict[str, Path]:
     say(f"building KEDA operator and metrics adapter {KEDA_VERSION} from the Go module proxy "
         f"(first run: ~6-15 min; log {log})")
     started = time.monotonic()
-    module = keda_module_dir()
-    source = SRC / f"keda-{KEDA_VERSION}"
-    shutil.rmtree(source, ignore_errors=True)
-    shutil.copytree(module, source)
-    for path in [source, *source.rglob("*")]:
-        path.chmod(path.stat().st_mode | 0o200)
+    source = writable_module_copy(KEDA_MODULE, KEDA_VERSION)
     main_go = source / ADAPTER_MAIN
     text = main_go.read_text()
     if text.count(ADAPTER_BIND[0]) != 1:
@@ -212,3 +226,50 @@ def ensure_all() -> dict[str, Path]:
     paths.update(ensure_keda())
     paths["coredns"] = ensure_coredns()
     return paths
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _buildah(*args: str, timeout_s: float = 300) -> str:
+    result = subprocess.run(["buildah", *args], capture_output=True, text=True, timeout=timeout_s)
+    if result.returncode != 0:
+        raise RuntimeError(f"buildah {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def _image_label(ref: str, label: str) -> str | None:
+    result = subprocess.run(["podman", "image", "inspect", "--format", f'{{{{index .Labels "{label}"}}}}', ref],
+                            capture_output=True, text=True, timeout=60)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def pack_scratch_image(ref: str, binary: Path, entrypoint: str, user: str, labels: dict[str, str]) -> None:
+    """`buildah from scratch` + a static binary + the host's CA bundle, in podman's storage as
+    `ref`, labelled with the binary's sha256 so that an unchanged binary is not packed again."""
+    if shutil.which("buildah") is None or shutil.which("podman") is None:
+        raise RuntimeError(f"packing {ref} needs buildah and podman")
+    binary_sha = _sha256(binary)
+    if _image_label(ref, BINARY_SHA_LABEL) == binary_sha:
+        return
+    say(f"packing {ref}")
+    container = _buildah("from", "--quiet", "scratch")
+    try:
+        _buildah("copy", "--quiet", "--chmod", "0755", container, str(binary), entrypoint)
+        # Go reads this file for TLS roots (the API server's CA comes from the service-account
+        # mount; this covers any other HTTPS a component makes).
+        _buildah("copy", "--quiet", "--chmod", "0644", container, str(HOST_CA_BUNDLE),
+                 "/etc/ssl/certs/ca-certificates.crt")
+        _buildah("config", "--entrypoint", json.dumps([entrypoint]), "--user", user,
+                 "--label", f"{BINARY_SHA_LABEL}={binary_sha}",
+                 *(arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")), container)
+        # A fixed timestamp: the same binary gives the same image ID, so the node does not load
+        # an unchanged image again.
+        _buildah("commit", "--quiet", "--timestamp", "0", container, ref, timeout_s=600)
+    finally:
+        _buildah("rm", container)

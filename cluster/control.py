@@ -356,11 +356,13 @@ def install_knative(images: dict[str, str]) -> None:
 
 def node_images() -> dict:
     """The images the node runs, built (or found cached) in podman's storage: the three
-    functions under the names the manifests use, and the local substitutes (pause, Kafka,
-    MongoDB) for upstream images that cannot be pulled here."""
+    functions under the names the manifests use, the local substitutes (pause, Kafka,
+    MongoDB) for upstream images that cannot be pulled here, the ingress (Traefik) and Knative."""
     sys.path.insert(0, str(ROOT))
     from images import build as images_build
-    refs = [*images_build.build_function_images(), *images_build.build_substitutes().values()]
+    from . import traefik
+    refs = [*images_build.build_function_images(), *images_build.build_substitutes().values(),
+            traefik.ensure_traefik_image()]
     knative_images = {}
     if knative_enabled():
         from . import knative

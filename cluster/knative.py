@@ -17,7 +17,6 @@ local images, and its own config/core manifests with only the changes this node 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
@@ -36,8 +35,6 @@ KNATIVE_VERSION = "v0.50.0"  # Knative Serving 1.23, the release of the CRDs in 
 KNATIVE_COMPONENTS = ("controller", "webhook", "activator", "autoscaler", "queue")
 LOG = build.CACHE / "logs" / "build-knative.log"
 IMAGE_REPOSITORY = "localhost/knative-serving"
-BINARY_SHA_LABEL = "dev.purchase-system.binary-sha256"
-HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 SHARED_CRDS_DIR = Path(os.environ.get("PURCHASE_CRDS_DIR", build.ROOT.parent / "shared" / "crds"))
 
 # Shared CRD file -> the file of config/core/300-resources it must equal byte for byte.
@@ -57,10 +54,10 @@ SYMLINKED_FILES = {
     "configmaps/network.yaml": ("knative.dev/networking", "config/config-network.yaml"),
 }
 
-# No Envoy-based layer (Kourier, Istio, Contour, Gateway API) can be built here, so no
-# controller claims this class: KIngresses are created and never Ready, hence Routes and
-# Knative Services are not Ready either. Revisions do not depend on it.
-UNCLAIMED_INGRESS_CLASS = "none.ingress.networking.knative.dev"
+# The networking layer: Traefik's knative provider (cluster/traefik.py; deployed by the node
+# overlay, k8s/overlays/node/traefik/) claims this class, routes each KIngress and marks it
+# Ready. Kourier, Istio, Contour and net-gateway-api cannot be built from the Go module proxy.
+INGRESS_CLASS = "traefik.ingress.networking.knative.dev"
 
 # Upstream's defaults plus `localhost`, the registry of the node's own images: the
 # controller never contacts a registry to turn these tags into digests.
@@ -149,27 +146,6 @@ def ensure_knative() -> dict[str, Path]:
     return paths
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        for block in iter(lambda: source.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _buildah(*args: str, timeout_s: float = 300) -> str:
-    result = subprocess.run(["buildah", *args], capture_output=True, text=True, timeout=timeout_s)
-    if result.returncode != 0:
-        raise RuntimeError(f"buildah {' '.join(args)} failed: {result.stderr.strip()}")
-    return result.stdout.strip()
-
-
-def _image_label(ref: str, label: str) -> str | None:
-    result = subprocess.run(["podman", "image", "inspect", "--format", f'{{{{index .Labels "{label}"}}}}', ref],
-                            capture_output=True, text=True, timeout=60)
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
 def image_ref(component: str) -> str:
     return f"{IMAGE_REPOSITORY}/{component}:{KNATIVE_VERSION}"
 
@@ -177,38 +153,14 @@ def image_ref(component: str) -> str:
 def ensure_knative_images() -> dict[str, str]:
     """One image per component in podman's storage: component -> image reference."""
     binaries = ensure_knative()
-    if shutil.which("buildah") is None or shutil.which("podman") is None:
-        raise RuntimeError("packing Knative's images needs buildah and podman")
     refs = {}
     for component, binary in binaries.items():
-        ref = image_ref(component)
-        binary_sha = _sha256(binary)
-        refs[component] = ref
-        if _image_label(ref, BINARY_SHA_LABEL) == binary_sha:
-            continue
-        build.say(f"packing {ref}")
-        container = _buildah("from", "--quiet", "scratch")
-        try:
-            # Where ko puts the binary in upstream's images, so paths in logs and docs match.
-            entrypoint = f"/ko-app/{component}"
-            _buildah("copy", "--quiet", "--chmod", "0755", container, str(binary), entrypoint)
-            # Go reads this file for TLS roots (the API server's CA comes from the
-            # service-account mount; this covers any other HTTPS the components make).
-            _buildah("copy", "--quiet", "--chmod", "0644", container, str(HOST_CA_BUNDLE),
-                     "/etc/ssl/certs/ca-certificates.crt")
-            # No KO_DATA_PATH/kodata: nothing in Serving, knative.dev/pkg, networking or caching
-            # at these versions reads it (the commit for logs comes from Go's build info).
-            _buildah("config", "--entrypoint", json.dumps([entrypoint]),
-                     "--user", "65532:65532",  # the non-root user of ko's default base images
-                     "--label", f"{BINARY_SHA_LABEL}={binary_sha}",
-                     "--label", f"org.opencontainers.image.version={KNATIVE_VERSION}",
-                     "--label", f"org.opencontainers.image.source=https://{KNATIVE_MODULE}/cmd/{component}",
-                     container)
-            # A fixed timestamp: the same binary gives the same image ID, so the node does
-            # not load an unchanged image again.
-            _buildah("commit", "--quiet", "--timestamp", "0", container, ref, timeout_s=600)
-        finally:
-            _buildah("rm", container)
+        refs[component] = image_ref(component)
+        # Where ko puts the binary in upstream's images, so paths in logs and docs match; user
+        # 65532 is the non-root user of ko's default base images.
+        build.pack_scratch_image(refs[component], binary, f"/ko-app/{component}", user="65532:65532",
+                                 labels={"org.opencontainers.image.version": KNATIVE_VERSION,
+                                         "org.opencontainers.image.source": f"https://{KNATIVE_MODULE}/cmd/{component}"})
     return refs
 
 
@@ -272,8 +224,8 @@ def _edit_document(doc: dict, images: dict[str, str], overlay: str) -> None:
         doc["data"]["queue-sidecar-image"] = images[_ko_component(doc["data"]["queue-sidecar-image"])]
         doc["data"]["registries-skipping-tag-resolving"] = REGISTRIES_SKIPPING_TAG_RESOLVING
     elif kind == "ConfigMap" and name == "config-network":
-        # Explicit, instead of upstream's default Istio class, which would suggest Istio runs.
-        doc.setdefault("data", {})["ingress-class"] = UNCLAIMED_INGRESS_CLASS
+        # Traefik's class instead of upstream's default, Istio's.
+        doc.setdefault("data", {})["ingress-class"] = INGRESS_CLASS
     elif kind == "ConfigMap" and name == "config-autoscaler" and overlay == "test":
         doc.setdefault("data", {}).update(TEST_AUTOSCALER)
 

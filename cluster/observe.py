@@ -1,5 +1,5 @@
 """Reading the running cluster: kubectl with the few reads every caller repeats, Knative
-Revisions reached the way a networking layer reaches them, and a watch that timestamps each
+Revisions reached through the node's ingress as any client reaches them, and a watch that timestamps each
 step of a pod's start as it happens (the API's timestamps have one-second resolution).
 
 Used by tests/cluster (through clusterlib) and by `make bench-node` (bench/node.py).
@@ -19,6 +19,7 @@ from typing import Callable
 import yaml
 
 from . import control
+from .node import NODE_IP
 
 NAMESPACE = "purchase"
 CONSUMER = "persist-purchase"
@@ -79,17 +80,36 @@ class Kube:
 
 
 
+# The node's ingress (k8s/overlays/node/traefik/): the public Service and the host the
+# purchase.local Ingresses route, as a client outside the cluster reaches the functions.
+INGRESS_NAMESPACE = "traefik"
+INGRESS_SERVICE = "traefik"
+INGRESS_HOST = "purchase.local"
+
+
+def ingress_url(kube: "Kube") -> str:
+    """http://<node address>:<NodePort> of the ingress's public Service (kube-proxy binds NodePorts
+    to the node's bridge address only: reachable from this machine, nowhere else)."""
+    service = kube.get("service", INGRESS_SERVICE, namespace=INGRESS_NAMESPACE)
+    if service is None:
+        raise RuntimeError(f"no Service {INGRESS_NAMESPACE}/{INGRESS_SERVICE}: deploy the node overlay first")
+    node_port = next(p["nodePort"] for p in service["spec"]["ports"] if p["name"] == "web")
+    return f"http://{NODE_IP}:{node_port}"
+
+
 @dataclass(frozen=True)
 class Revision:
-    """A Knative Revision reached the way the networking layer reaches it: its Kubernetes
-    Service (pods, or the activator while it has none) with the routing headers Knative's
-    ingress adds (no Envoy-based networking layer can run here)."""
+    """The latest Ready Revision of a Knative Service, reached as a client reaches it: through the
+    ingress, Host purchase.local (Traefik -> Knative's KIngress route -> the Revision's pods, or the
+    activator while it has none). Knative's routing headers are the ingress's to add, not ours."""
     name: str
     url: str
+    host: str = INGRESS_HOST
 
     @property
     def headers(self) -> dict:
-        return {"Knative-Serving-Namespace": NAMESPACE, "Knative-Serving-Revision": self.name}
+        """For `requests`, which sends this Host instead of the URL's."""
+        return {"Host": self.host}
 
     def pods(self, kube: "Kube") -> list[dict]:
         return [p for p in kube.items("pods", f"serving.knative.dev/revision={self.name}")
@@ -97,14 +117,14 @@ class Revision:
 
 
 def revision_ready(kube: "Kube", service: str) -> Revision | None:
-    """The latest Revision of a Knative Service once it is Ready, with its Service's address."""
+    """The latest Ready Revision of a Knative Service once the Service is Ready, which includes its
+    Route: the ingress has configured the KIngress and traffic reaches the Revision through it."""
     ksvc = kube.get("service.serving.knative.dev", service)
     name = ((ksvc or {}).get("status") or {}).get("latestReadyRevisionName")
-    if not name or kube.condition(kube.get("revision.serving.knative.dev", name), "Ready") != "True":
+    if not name or kube.condition(ksvc, "Ready") != "True" or \
+            ksvc["status"].get("observedGeneration") != ksvc["metadata"]["generation"]:
         return None
-    cluster_ip = kube.get("service", name)["spec"]["clusterIP"]
-    return Revision(name, f"http://{cluster_ip}")
-
+    return Revision(name, ingress_url(kube))
 
 
 def pod_steps(pod: dict) -> dict[str, bool]:

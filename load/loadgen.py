@@ -30,7 +30,7 @@ class Target:
     url: str
     host_header: str | None = None
     path: str = "/api/buy"
-    # Sent with every request, e.g. the routing headers a Knative networking layer adds.
+    # Sent with every request (scale.sh --header).
     headers: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help=f"Host header (default {DEFAULT_HOST}; '' sends the URL's host)")
     load.add_argument("--path", default="/api/buy", help="request path (default /api/buy)")
     load.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
-                      help="extra request header, repeatable (e.g. Knative's routing headers to reach a Revision)")
+                      help="extra request header, repeatable")
     load.add_argument("--rate", type=float, default=None, help="pace to this many requests/s (default: as fast as possible)")
     load.add_argument("--users", type=int, default=1000, help="distinct userIds in the bodies (default 1000)")
     load.add_argument("--timeout", type=float, default=10, help="per-request timeout in seconds (default 10)")

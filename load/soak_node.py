@@ -2,8 +2,8 @@
 --seed N --rate R --seconds S` (`make soak-node`; the cluster up and the system deployed).
 
 The local soak (load/soak.py) against the deployed system instead of its own servers: clients
-offer purchases at a steady rate to the buy Revision, reached as tests/cluster reaches it (its
-Service's cluster IP with Knative's routing headers), and retry 503s, 502/504s and missing answers
+offer purchases at a steady rate to buy through the node's ingress, as tests/cluster reaches it
+(Traefik's NodePort, Host purchase.local), and retry 503s, 502/504s and missing answers
 under the same Idempotency-Key. Meanwhile a chaos plan drawn from the seed (load/chaos_plan.py,
 NODE_KINDS, printed at the start) deletes a persist-purchase pod, SIGKILLs a persist-purchase
 container through containerd, deletes a buy pod, deletes kafka-0 and mongodb-0, and freezes a
@@ -274,7 +274,7 @@ class NodeSoak(Soak):
                 chaos_plan.CONSUMER_PAUSE: self._consumer_pause}
 
     def target(self) -> loadgen.Target:
-        return loadgen.Target(self.revision.url, headers=self.revision.headers)
+        return loadgen.Target(self.revision.url, host_header=self.revision.host)
 
     def chaos_join_budget_s(self) -> float:
         return max(30.0, self.options.seconds + 2 * READY_TIMEOUT_S - self.clock())

@@ -2,7 +2,7 @@
 # and KEDA operator on 127.0.0.1 and a real node (containerd, kubelet, kube-proxy,
 # kube-scheduler, CoreDNS) on the bridge purchase0, built from the registries and cached under
 # $(PURCHASE_CACHE_DIR)/cluster/ (outside the clone).
-.PHONY: cluster-build cluster-up cluster-down cluster-status test-cluster node-load node-deploy bench-node soak-node
+.PHONY: cluster-build cluster-up cluster-down cluster-status cluster-url test-cluster node-load node-deploy bench-node soak-node
 
 CLUSTER_KUBECONFIG := $(CURDIR)/.run/cluster/kubeconfig
 CLUSTER_KUBECTL := $(PURCHASE_CACHE_DIR)/cluster/bin/kubectl
@@ -22,6 +22,10 @@ cluster-down: ## Stop the cluster by PID and put the host back as it was (CLEAN=
 
 cluster-status: venv ## Show the loopback cluster's processes, ports and KUBECONFIG
 	$(PY) -m cluster status
+
+cluster-url: venv ## Print the ingress address on the node (Traefik; send Host: purchase.local), after make node-deploy
+	$(CLUSTER_IS_UP)
+	@$(PY) -m cluster url
 
 test-cluster: venv ## Run tests/cluster on the node: make deploy, every pod real, KEDA 0->N->0, faults
 	$(CLUSTER_IS_UP)

@@ -110,11 +110,14 @@ minikube-load: ## Copy the three built images into minikube's container runtime
 deploy: deploy-infra ## Deploy everything to k8s/overlays/$(OVERLAY) (minikube; OVERLAY=node: the cluster in a box): infra, then the functions
 	$(MAKE) --no-print-directory deploy-buy deploy-history deploy-persist-purchase
 
-deploy-infra: ## Apply namespace, config, Kafka (KRaft), MongoDB and its app user, topic Job, NetworkPolicies, Kourier gateway; wait for them
+deploy-infra: ## Apply namespace, config, Kafka (KRaft), MongoDB and its app user, topic Job, NetworkPolicies, the ingress's gateway Service (node: Traefik); wait for them
 	$(kustomization)
 	$(KUBECTL) apply -k $(DEPLOY_DIR) -l '$(INFRA_SELECTOR)'
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) rollout status statefulset/kafka --timeout=$(WAIT_TIMEOUT))
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) rollout status statefulset/mongodb --timeout=$(WAIT_TIMEOUT))
+	@# The node overlay brings its own ingress (Traefik), which the Knative Routes need to be Ready.
+	$(if $(DEPLOY_WAIT),$(if $(filter node,$(OVERLAY)),$(KUBECTL) -n traefik rollout status deployment/traefik \
+	  --timeout=$(WAIT_TIMEOUT)))
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) wait job/kafka-create-topics \
 	  --for=condition=complete --timeout=$(WAIT_TIMEOUT))
 	@# The functions' MongoDB user; the Job may already be gone (ttlSecondsAfterFinished) on a redeploy.

@@ -1,7 +1,7 @@
 """Helpers of the node tests (importable by the test modules, unlike conftest.py).
 
-Everything here talks to the real cluster: kubectl against the API server, HTTP to pod IPs on
-the node's bridge, pymongo and kafka-python to the in-cluster Services by their cluster DNS
+Everything here talks to the real cluster: kubectl against the API server, HTTP through the
+node's ingress (Traefik's NodePort on the node's bridge address), pymongo and kafka-python to the in-cluster Services by their cluster DNS
 names (`make test-cluster` runs pytest with CoreDNS as its resolver: `python -m cluster run`).
 """
 from __future__ import annotations
@@ -61,8 +61,8 @@ def pod_timeline(pod: dict) -> dict:
 
 @dataclass
 class NodeStack:
-    """The deployed system on the node: the buy/history test pods, MongoDB and Kafka by their
-    Service names, and KEDA's objects in the `purchase` namespace."""
+    """The deployed system on the node: buy and history through the ingress, MongoDB and Kafka by
+    their Service names, and KEDA's objects in the `purchase` namespace."""
     kube: Kube
     buy_revision: Revision
     history_revision: Revision

@@ -62,9 +62,8 @@ def deployed(kube) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def stack(kube, deployed) -> NodeStack:
-    """The deployed system: buy and history as Knative Revisions (reached through their
-    Revision Services, with the routing headers a Knative networking layer would add: none can
-    run here)."""
+    """The deployed system: buy and history as Knative Services whose Routes are Ready, reached
+    through the node's ingress (Traefik) with Host: purchase.local, as a client reaches them."""
     revisions = {name: wait_for(lambda n=name: revision_ready(kube, n), 180, f"{name}'s Revision Ready")
                  for name in ("buy", "history")}
     mongodb_uri = kube.secret_value("mongodb-credentials", "MONGODB_ADMIN_URI")

@@ -2,10 +2,11 @@
 real on kubelet + containerd, the topic Job complete, and KEDA taking the ScaledObject."""
 from __future__ import annotations
 
+import requests
 import yaml
 
 from clusterlib import CONSUMER, NAMESPACE, NODE_OVERLAY, pod_timeline, record_timeline, wait_for
-from cluster import node
+from cluster import knative, node
 from tools import kustomize
 
 
@@ -97,18 +98,50 @@ def test_keda_takes_the_scaledobject_ready_with_the_in_cluster_broker(stack, kub
     assert hpa["metadata"]["ownerReferences"][0]["kind"] == "ScaledObject"
 
 
-def test_knative_revisions_are_ready_and_only_the_route_waits_for_a_networking_layer(stack, kube):
+def test_knative_services_are_ready_with_their_routes_served_by_the_ingress(stack, kube):
     for name in ("buy", "history"):
         ksvc = kube.get("service.serving.knative.dev", name)
         assert ksvc["spec"]["template"]["spec"]["containers"][0]["image"].endswith(f"/{name}:dev")
-        assert kube.condition(ksvc, "ConfigurationsReady") == "True"
-        # No Envoy-based networking layer can run here: the Route's ingress is never configured.
-        route = {c["type"]: c for c in ksvc["status"]["conditions"]}["RoutesReady"]
-        assert route["status"] != "True" and route.get("reason") == "IngressNotConfigured", route
+        for condition in ("ConfigurationsReady", "RoutesReady", "Ready"):
+            assert kube.condition(ksvc, condition) == "True", (name, condition, ksvc["status"])
+        assert ksvc["status"]["url"] == f"http://{name}.{NAMESPACE}.svc.cluster.local"
+        # Knative's KIngress, claimed and marked Ready by Traefik's knative provider, which names
+        # its internal Service as the cluster-local load balancer (the Route's Service points there).
+        kingress = kube.get("ingress.networking.internal.knative.dev", name)
+        assert kingress["metadata"]["annotations"]["networking.knative.dev/ingress.class"] == knative.INGRESS_CLASS
+        assert kube.condition(kingress, "Ready") == "True", kingress["status"]
+        private = kingress["status"]["privateLoadBalancer"]["ingress"][0]["domainInternal"]
+        assert private == "traefik-internal.traefik.svc.cluster.local"
+        route_service = kube.get("service", name)
+        assert route_service["spec"]["type"] == "ExternalName" and route_service["spec"]["externalName"] == private
+        # The purchase.local Ingress, served by Traefik's kubernetesIngress provider (status: the node).
+        ingress = kube.get("ingress.networking.k8s.io", name)
+        assert ingress["spec"]["ingressClassName"] == "traefik"
+        assert ingress["status"]["loadBalancer"]["ingress"] == [{"ip": node.NODE_IP}]
+
+
+def test_the_readme_routes_answer_through_the_ingress(stack):
+    """The README's curl lines, against the node's ingress: POST /api/buy, the user's history and
+    the original system's two routes, all with Host: purchase.local."""
+    user = "readme" + __import__("uuid").uuid4().hex[:8]
+    ids = stack.buy(2, user=user)
+    wait_for(lambda: sorted(stack.stored_ids(user)) == sorted(ids), 120, "2 purchases stored")
+    front = stack.history_revision
+    answers = {path: requests.get(f"{front.url}{path}", headers=front.headers, timeout=35)
+               for path in (f"/api/user/{user}/purchases", f"/api/purchases?userId={user}",
+                            f"/api/getAllUserBuys/{user}")}
+    for path, response in answers.items():
+        assert response.status_code == 200, (path, response.status_code, response.text)
+        assert [p["id"] for p in response.json()] == ids[::-1], path
+    # Prefix per path element, and only for the purchase.local host.
+    assert requests.post(f"{front.url}/api/buyer", headers=front.headers, json={}, timeout=10).status_code == 404
+    assert requests.get(f"{front.url}/api/user/{user}/purchases", headers={"Host": "other.local"},
+                        timeout=10).status_code == 404
 
 
 def test_a_purchase_goes_through_the_pods_end_to_end(stack, kube):
-    """buy Revision -> Kafka pod -> persist-purchase pods (KEDA) -> MongoDB pod -> history Revision."""
+    """ingress -> buy Revision -> Kafka pod -> persist-purchase pods (KEDA) -> MongoDB pod -> ingress ->
+    history Revision."""
     user = "e2e" + __import__("uuid").uuid4().hex[:8]
     ids = stack.buy(3, user=user)
     wait_for(lambda: sorted(stack.stored_ids(user)) == sorted(ids), 120, "3 purchases stored")

@@ -1,9 +1,9 @@
 """Knative Serving for real: buy and history scale to zero and back through the real activator,
 and KPA adds buy pods when concurrency passes its target.
 
-The Revisions are reached through their Kubernetes Services with the routing headers a
-Knative networking layer adds (clusterlib.Revision): with no pod, that Service's endpoints are
-the activator, which holds the request while KPA starts one.
+Every request goes through the node's ingress (clusterlib.Revision): Traefik routes it by the
+KIngress to the Revision's Service, whose endpoints, while it has no pod, are the activator,
+which holds the request while KPA starts one.
 """
 from __future__ import annotations
 

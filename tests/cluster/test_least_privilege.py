@@ -87,3 +87,41 @@ def test_no_secret_shows_in_make_status_or_in_any_pod_log(stack, kube):
     for where, text in {"make status": status.stdout + status.stderr, **logs}.items():
         leaked = [name for name, value in secrets.items() if value in text]
         assert not leaked, f"{leaked} in {where}"
+
+
+TRAEFIK = "system:serviceaccount:traefik:traefik"
+
+
+def _can(kube, verb: str, resource: str, namespace: str | None) -> bool:
+    args = ["auth", "can-i", verb, resource, f"--as={TRAEFIK}"]
+    args += [f"--namespace={namespace}"] if namespace else []
+    result = kube.run(*args, check=False)
+    return result.stdout.strip() == "yes"
+
+
+def test_the_ingress_runs_non_root_read_only_and_reads_only_what_its_two_providers_need(stack, kube):
+    pods = [p for p in kube.items("pods", "app.kubernetes.io/name=traefik", namespace="traefik")
+            if kube.condition(p, "Ready") == "True"]
+    assert pods, "no Ready Traefik pod"
+    spec = pods[0]["spec"]
+    container = spec["containers"][0]
+    assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["runAsUser"] != 0
+    assert container["securityContext"]["readOnlyRootFilesystem"]
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    allowed = [("list", "ingresses.networking.k8s.io", NAMESPACE),
+               ("update", "ingresses.networking.k8s.io/status", NAMESPACE),
+               ("watch", "ingresses.networking.internal.knative.dev", NAMESPACE),
+               ("update", "ingresses.networking.internal.knative.dev/status", NAMESPACE),
+               ("list", "endpointslices.discovery.k8s.io", NAMESPACE),
+               ("list", "services", NAMESPACE),
+               ("list", "ingressclasses.networking.k8s.io", None)]
+    refused = [("create", "ingresses.networking.k8s.io", NAMESPACE),
+               ("update", "ingresses.networking.internal.knative.dev", NAMESPACE),
+               ("list", "pods", NAMESPACE),
+               ("list", "secrets", "kube-system"),
+               ("list", "secrets", "knative-serving"),
+               ("list", "services", "default"),
+               ("list", "nodes", None),
+               ("create", "pods/exec", NAMESPACE)]
+    assert [a for a in allowed if not _can(kube, *a)] == []
+    assert [r for r in refused if _can(kube, *r)] == []

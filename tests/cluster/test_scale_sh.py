@@ -22,11 +22,10 @@ def test_scale_sh_prints_the_real_timeline(stack, kube, tmp_path, capsys):
     out = tmp_path / "scale.json"
     env = dict(os.environ, KUBECONFIG=str(kube.kubeconfig),
                PATH=f"{kube.kubectl_path.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    # The buy Revision's Service address is on the node, on this machine: --allow-remote only
-    # lifts scale.sh's loopback-only guard for it.
+    # The ingress's address is the node's, on this machine: --allow-remote only lifts scale.sh's
+    # loopback-only guard for it.
     revision = stack.buy_revision
-    routing = [arg for name, value in revision.headers.items() for arg in ("--header", f"{name}: {value}")]
-    argv = ["bash", str(SCALE_SH), "--url", revision.url, "--host", "", *routing, "--tool", "python", "--allow-remote",
+    argv = ["bash", str(SCALE_SH), "--url", revision.url, "--host", revision.host, "--tool", "python", "--allow-remote",
             "-n", "1500", "-c", "8", "-d", "60", "--users", str(USERS),
             "--namespace", NAMESPACE, "--deployment", CONSUMER, "--bootstrap", stack.bootstrap,
             "--manifest", str(manifest), "--drain-timeout", "120",

@@ -60,7 +60,50 @@ FUNCTIONS = {
 # Function -> the kind of image it is: the stage of functions/Dockerfile its build targets.
 IMAGE_KINDS = {"buy": "http-function", "history": "http-function", "persist-purchase": "consumer"}
 
-CORE_GROUPS = {"", "apps", "batch", "networking.k8s.io"}
+CORE_GROUPS = {"", "apps", "batch", "networking.k8s.io", "rbac.authorization.k8s.io"}
+
+
+@dataclass(frozen=True)
+class IngressLayer:
+    """How an overlay's purchase.local Ingresses reach Knative (k8s/README.md, "Which ingress
+    each overlay uses"): the Ingress class, the Service knative-gateway stands for, the namespace
+    the functions take requests from, and whether the controller's own objects ship in the overlay."""
+    ingress_class: str
+    gateway: str
+    namespace: str
+    shipped: bool
+
+
+NGINX_KOURIER = IngressLayer("nginx", "kourier-internal.kourier-system.svc.cluster.local", "kourier-system", False)
+TRAEFIK = IngressLayer("traefik", "traefik-internal.traefik.svc.cluster.local", "traefik", True)
+INGRESS_OF = {"node": TRAEFIK}
+# The objects of the ingress controller an overlay ships (its own namespace; the Role and its
+# binding in the functions' namespace; the cluster-scoped ones in none).
+INGRESS_CONTROLLER = {
+    ("Namespace", "", "traefik"), ("ServiceAccount", "", "traefik"),
+    ("ClusterRole", "rbac.authorization.k8s.io", "traefik-ingress-classes"),
+    ("ClusterRoleBinding", "rbac.authorization.k8s.io", "traefik-ingress-classes"),
+    ("Role", "rbac.authorization.k8s.io", "traefik"), ("RoleBinding", "rbac.authorization.k8s.io", "traefik"),
+    ("IngressClass", "networking.k8s.io", "traefik"), ("ConfigMap", "", "traefik-dynamic"),
+    ("Deployment", "apps", "traefik"), ("Service", "", "traefik"), ("Service", "", "traefik-internal"),
+}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "IngressClass"}
+
+
+def overlay_of(variant: str) -> str:
+    return variant.partition("+")[0]
+
+
+def ingress_layer(variant: str) -> IngressLayer:
+    return INGRESS_OF.get(overlay_of(variant), NGINX_KOURIER)
+
+
+def expected_namespace(doc: "Doc") -> str | None:
+    if doc.kind in CLUSTER_SCOPED:
+        return None
+    if doc.key in INGRESS_CONTROLLER and doc.kind not in ("Role", "RoleBinding"):
+        return TRAEFIK.namespace
+    return NAMESPACE
 
 
 @dataclass

@@ -50,7 +50,7 @@ def test_the_base_lists_every_object_file():
         assert listed == files, f"{folder}: a file the kustomization does not list is never deployed"
 
 
-def test_the_node_overlay_changes_only_the_substitute_images_and_kedas_timings():
+def test_the_node_overlay_changes_only_the_substitute_images_kedas_timings_and_the_ingress():
     timings = yaml.safe_load((h.K8S / "overlays/node/scaledobject-timings.yaml").read_text())["spec"]
     substitutes = {"apache/kafka:4.1.1": images_build.KAFKA_IMAGE, "mongo:8.0": images_build.MONGODB_IMAGE}
     minikube, node = h.rendered("minikube"), h.rendered("node")
@@ -62,6 +62,21 @@ def test_the_node_overlay_changes_only_the_substitute_images_and_kedas_timings()
     for name, value in timings.items():
         expected[(scaled_object, f".spec.{name}")] = (spec[name], value)
     assert set(timings) == {"pollingInterval", "cooldownPeriod"}
+    # The ingress: Traefik's own objects added, and the wiring of the base's ingress objects to it.
+    expected.update({(d.key, ""): (None, d.obj) for d in node if d.key in h.INGRESS_CONTROLLER})
+    for name in ("buy", "history"):
+        ingress = h.find(minikube, "Ingress", name).key
+        vhost = ".metadata.annotations.nginx.ingress.kubernetes.io/upstream-vhost"
+        expected[(ingress, ".spec.ingressClassName")] = ("nginx", "traefik")
+        expected[(ingress, vhost)] = (f"{name}.purchase.svc.cluster.local", None)
+        expected[(ingress, ".metadata.annotations.traefik.ingress.kubernetes.io/router.middlewares")] = (
+            None, f"{name}-host@file")
+        policy = h.find(minikube, "NetworkPolicy", f"{name}-from-knative").key
+        expected[(policy, ".spec.ingress[0].from[1].namespaceSelector.matchLabels.kubernetes.io/metadata.name")] = (
+            "kourier-system", "traefik")
+    gateway = h.find(minikube, "Service", "knative-gateway", group="").key
+    expected[(gateway, ".spec.externalName")] = ("kourier-internal.kourier-system.svc.cluster.local",
+                                                "traefik-internal.traefik.svc.cluster.local")
     assert differences(minikube, node) == expected
 
 

@@ -47,8 +47,7 @@ def test_object_basics(doc):
     meta = doc.obj["metadata"]
     assert set(meta) <= {"name", "namespace", "labels", "annotations"}, f"{doc}: unexpected metadata"
     assert h.dns_label(doc.name), f"{doc}: name is not a DNS-1123 label"
-    if doc.kind != "Namespace":
-        assert meta.get("namespace") == h.NAMESPACE, f"{doc}: must live in namespace {h.NAMESPACE}"
+    assert meta.get("namespace") == h.expected_namespace(doc), f"{doc}: must live in {h.expected_namespace(doc)}"
     labels = meta.get("labels", {})
     assert labels.get("app.kubernetes.io/part-of") == h.PART_OF, f"{doc}: missing part-of label"
     assert labels.get("app.kubernetes.io/name"), f"{doc}: missing name label"
