@@ -14,6 +14,7 @@ from load import loadgen
 RUN_DIR = Path(__file__).resolve().parent.parent / ".run"
 PHASE_COLOURS = {"Pending": "#f2a541", "Running": "#3c9d5d", "Succeeded": "#8f8f8f", "Failed": "#c0392b",
                  "Unknown": "#b0b0b0", "Terminating": "#7d5ba6"}
+KNATIVE_COLOURS = ("#17becf", "#e377c2", "#bcbd22")
 
 
 def _series(values) -> list[float]:
@@ -92,9 +93,13 @@ def write_chart(path: Path, samples, load_rows, result, load_offset: float, summ
             replicas.stackplot(times, [[s.pod_phases.get(phase, 0) for s in samples] for phase in phases],
                                labels=[f"pods {phase}" for phase in phases], step="pre", alpha=0.35,
                                colors=[PHASE_COLOURS.get(phase, "#b0b0b0") for phase in phases])
-        replicas.step(times, _series(s.replicas for s in samples), where="pre", color="#000000", label="replicas")
+        replicas.step(times, _series(s.replicas for s in samples), where="pre", color="#000000",
+                      label="persist-purchase replicas (KEDA)")
         replicas.step(times, _series(s.ready_replicas for s in samples), where="pre", color="#3c9d5d",
                       linestyle=":", label="ready")
+        for service, colour in zip(sorted({name for s in samples for name in s.knative_pods}), KNATIVE_COLOURS):
+            replicas.step(times, _series(s.knative_pods.get(service) for s in samples), where="pre", color=colour,
+                          linewidth=1.5, label=f"{service} pods (Knative, Ready)")
     else:
         replicas.text(0.02, 0.92, "no replica counts: " + (summary.get("cluster_note") or "no cluster reachable")
                       + "\n(the local stack runs one consumer all along; the line is what KEDA would ask for)",
@@ -103,7 +108,7 @@ def write_chart(path: Path, samples, load_rows, result, load_offset: float, summ
     if any(s.keda_desired is not None for s in samples):
         replicas.step(times, _series(s.keda_desired for s in samples), where="pre", color="#f2a541", linestyle="--",
                       linewidth=1, label="KEDA's verdict on the lag")
-    replicas.set_ylabel("replicas")
+    replicas.set_ylabel("replicas / pods")
     replicas.set_ylim(bottom=0)
     replicas.yaxis.get_major_locator().set_params(integer=True)
     if replicas.get_legend_handles_labels()[0]:

@@ -33,6 +33,8 @@ class Sample:
     ready_replicas: int | None = None
     desired_replicas: int | None = None  # deployment .spec.replicas (what KEDA/HPA set)
     pod_phases: dict = field(default_factory=dict)
+    # Knative Service -> its Ready pods (Revisions of that Service, all of them), when watched.
+    knative_pods: dict = field(default_factory=dict)
     error: str = ""
 
     @property
@@ -49,8 +51,10 @@ class Sample:
 class Kube:
     """kubectl with a short timeout per call; `reachable` says whether a cluster answered."""
 
-    def __init__(self, namespace: str, deployment: str, context: str | None = None):
+    def __init__(self, namespace: str, deployment: str, context: str | None = None,
+                 knative_services: tuple[str, ...] = ()):
         self.namespace, self.deployment, self.context = namespace, deployment, context
+        self.knative_services = knative_services
         self.selector: str | None = None
         self.reason = ""
         self.reachable = self._probe()
@@ -100,6 +104,12 @@ class Kube:
                         pod.get("status", {}).get("phase", "Unknown")
                     phases[phase] = phases.get(phase, 0) + 1
                 sample.pod_phases = phases
+            for service in self.knative_services:
+                pods = self._kubectl("get", "pods", "-l", f"serving.knative.dev/service={service}").get("items", [])
+                sample.knative_pods[service] = sum(
+                    1 for pod in pods if not pod["metadata"].get("deletionTimestamp") and any(
+                        c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in pod.get("status", {}).get("conditions", []) or []))
         except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
             sample.error = (sample.error + "; " if sample.error else "") + f"kubectl: {exc}"
 

@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     watch.add_argument("--namespace", default="purchase", help="Kubernetes namespace (default purchase)")
     watch.add_argument("--deployment", default="persist-purchase", help="consumer deployment (default persist-purchase)")
     watch.add_argument("--context", default=None, help="kubectl context (default: the current one)")
+    watch.add_argument("--knative-service", action="append", default=[], metavar="NAME",
+                       help="also count the Ready pods of this Knative Service (repeatable; e.g. buy)")
     watch.add_argument("--bootstrap", default=None,
                        help="Kafka bootstrap for lag (default: KAFKA_BOOTSTRAP_SERVERS, .run/state.json, 127.0.0.1:9092;"
                             " on a cluster use a port-forward)")
@@ -156,6 +158,8 @@ def summarize(samples, load_rows, result, load_offset: float, load_end_t: float,
             "first_ready_t": ready[0].t if ready else None,
             "peak_replicas": max(peak_r.replicas or 0, peak_r.pods or 0) if peak_r else None,
             "peak_replicas_t": peak_r.t if peak_r else None,
+            "peak_knative_pods": {name: max((s.knative_pods.get(name, 0) for s in samples), default=0)
+                                  for name in kube.knative_services},
             "zero_replicas_t": zero.t if zero else None,
             "zero_after_drain_s": round(zero.t - after, 2) if zero else None,
         })
@@ -196,6 +200,8 @@ def print_summary(summary: dict, samples) -> None:
               + (f"{summary['first_pod_after_load_start_s']}s after the load started" if summary["first_pod_t"] is not None
                  else "never"))
         print(f"  peak replicas        {summary['peak_replicas']}")
+        for name, peak in summary["peak_knative_pods"].items():
+            print(f"  peak {name} pods{' ' * max(1, 11 - len(name))}{peak} (Knative, Ready)")
         print("  back to 0 replicas   " + (f"{summary['zero_after_drain_s']}s after the drain"
                                          if summary["zero_replicas_t"] is not None else "not within --zero-timeout"))
     else:
@@ -215,6 +221,7 @@ def write_outputs(args, samples, load_rows, summary, config: dict) -> None:
                "replicas": sample.replicas, "ready_replicas": sample.ready_replicas,
                "deployment_spec_replicas": sample.desired_replicas,
                "pod_phases": ";".join(f"{k}={v}" for k, v in sorted(sample.pod_phases.items())),
+               **{f"knative_ready_pods_{name}": count for name, count in sorted(sample.knative_pods.items())},
                "error": sample.error}
         rows.append(row)
     if args.csv:
@@ -257,7 +264,7 @@ def main(argv=None) -> int:
         settings = keda_scaler.ScalerSettings()
     bootstrap = args.bootstrap or lag_reader.default_bootstrap()
     topic, group = args.topic or config.settings().purchases_topic, args.group or config.settings().consumer_group
-    kube = Kube(args.namespace, args.deployment, args.context)
+    kube = Kube(args.namespace, args.deployment, args.context, tuple(args.knative_service))
     zero_timeout = args.zero_timeout
     if zero_timeout is None:
         zero_timeout = settings.cooldown_period_s + settings.polling_interval_s + 60
@@ -289,6 +296,7 @@ def main(argv=None) -> int:
         if sample.replicas is not None:
             phases = " ".join(f"{k}:{v}" for k, v in sorted(sample.pod_phases.items()))
             pods = f" | replicas {sample.replicas} ready {sample.ready_replicas} [{phases}]"
+            pods += "".join(f" | {name} pods {count}" for name, count in sorted(sample.knative_pods.items()))
         sent = f" | sent {done}" if done is not None else ""
         print(f"t={sample.t:6.1f}s {sample.phase:<10}{sent} | lag {lag} ({parts}){keda}{pods}"
               + (f" | {sample.error[:80]}" if sample.error else ""), flush=True)

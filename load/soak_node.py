@@ -22,6 +22,7 @@ recovery, 503 and no-answer counts and the slowest answer. Exit code 1 when any 
 from __future__ import annotations
 
 import argparse
+import collections
 import random
 import sys
 import threading
@@ -298,6 +299,7 @@ class NodeSoak(Soak):
         unrecovered = [f for f in faults if f["recovery_s"] is None]
         unexpected = report["totals"]["unexpected_answers"]
         report["totals"]["answered_502_504"] = sum(unexpected.pop(str(s), 0) for s in PLATFORM_UNCONFIRMED)
+        report["totals"]["502_504_traced"] = trace_platform_answers(clients.attempts, self.runs)
         wrong_ids = sum(p.accepted_at is not None and p.answered_id != p.event_id for p in self.purchases)
         report["checks"].update({name: {"ok": ok, "detail": "" if ok else detail} for name, (ok, detail) in {
             "answers as documented": (not unexpected and not wrong_ids,
@@ -314,9 +316,31 @@ class NodeSoak(Soak):
         return report
 
 
+def trace_platform_answers(attempts, runs: list[FaultRun]) -> dict:
+    """Each 502/504 (sent, answered) matched to the faults whose window it overlaps: from the
+    injection to READY_TIMEOUT_S after the lift (a replaced pod's Revision settles meanwhile).
+    Kind -> count; those no fault explains are listed by the time they were answered."""
+    by_kind: collections.Counter = collections.Counter()
+    untraced = []
+    for sent, answered, status, _ in attempts:
+        if status not in PLATFORM_UNCONFIRMED:
+            continue
+        kinds = sorted({run.fault.kind for run in runs if run.injected_at is not None
+                        and run.injected_at <= answered
+                        and sent <= (run.lifted_at if run.lifted_at is not None else answered) + READY_TIMEOUT_S})
+        by_kind.update(kinds)
+        if not kinds:
+            untraced.append(round(answered, 1))
+    return {"by_fault": dict(sorted(by_kind.items())), "untraced": len(untraced), "untraced_at_s": untraced[:50]}
+
+
 def format_node_report(report: dict) -> str:
+    traced = report["totals"]["502_504_traced"]
     return (format_report(report)
-            + f"\n502/504 answers from Knative (retried under the same key): {report['totals']['answered_502_504']}")
+            + f"\n502/504 answers through the ingress (retried under the same key): "
+            + f"{report['totals']['answered_502_504']}; overlapping each fault's window: {traced['by_fault']}; "
+            + f"explained by no fault: {traced['untraced']}"
+            + (f" (answered at {traced['untraced_at_s']} s)" if traced["untraced"] else ""))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -27,7 +27,7 @@ def test_scale_sh_prints_the_real_timeline(stack, kube, tmp_path, capsys):
     revision = stack.buy_revision
     argv = ["bash", str(SCALE_SH), "--url", revision.url, "--host", revision.host, "--tool", "python", "--allow-remote",
             "-n", "1500", "-c", "8", "-d", "60", "--users", str(USERS),
-            "--namespace", NAMESPACE, "--deployment", CONSUMER, "--bootstrap", stack.bootstrap,
+            "--namespace", NAMESPACE, "--deployment", CONSUMER, "--knative-service", "buy", "--bootstrap", stack.bootstrap,
             "--manifest", str(manifest), "--drain-timeout", "120",
             "--zero-timeout", str(COOLDOWN_S + 4 * POLLING_INTERVAL_S + 60), "--json", str(out)]
     result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
@@ -38,6 +38,7 @@ def test_scale_sh_prints_the_real_timeline(stack, kube, tmp_path, capsys):
     assert summary["initial_replicas"] == 0
     assert summary["first_pod_after_load_start_s"] is not None, "scale.sh saw no pod"
     assert summary["peak_replicas"] >= 1
+    assert summary["peak_knative_pods"]["buy"] >= 1, "buy served the load from at least one pod"
     assert summary["drain_after_load_s"] is not None, "lag never drained"
     assert summary["zero_after_drain_s"] is not None, "never back to zero replicas"
     stored = sum(len(stack.stored_ids(f"load-{u}")) - already[u] for u in range(USERS))

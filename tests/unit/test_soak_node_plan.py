@@ -77,3 +77,22 @@ def test_each_run_has_users_of_its_own_and_keys_that_give_its_event_ids():
     assert not {p.user_id for p in first} & {p.user_id for p in second}
     assert len({p.event_id for p in first + second}) == 600
     assert [p.offered_at for p in first[:3]] == [0.0, 0.1, 0.2]
+
+
+def test_each_502_504_is_matched_to_the_faults_whose_window_it_overlaps():
+    from load.soak import FaultRun
+    from load.soak_node import READY_TIMEOUT_S, trace_platform_answers
+
+    buy = FaultRun(chaos_plan.Fault(chaos_plan.BUY_POD_DELETE, 10.0, 0.0), injected_at=10.0, lifted_at=20.0)
+    kafka = FaultRun(chaos_plan.Fault(chaos_plan.KAFKA_POD_DELETE, 15.0, 0.0), injected_at=15.0, lifted_at=40.0)
+    never = FaultRun(chaos_plan.Fault(chaos_plan.MONGODB_POD_DELETE, 50.0, 0.0))  # not injected
+    late = 40.0 + READY_TIMEOUT_S + 5
+    attempts = [(11.0, 12.0, 502, 0),         # buy's window only
+                (16.0, 17.0, 504, 1),         # both
+                (5.0, 9.0, 502, 2),           # before any fault
+                (late, late + 1, 502, 3),     # after every window
+                (16.0, 17.0, 503, 4),         # buy's own answer: not the platform's
+                (16.0, 17.0, 202, 5)]
+    traced = trace_platform_answers(attempts, [buy, kafka, never])
+    assert traced["by_fault"] == {chaos_plan.BUY_POD_DELETE: 2, chaos_plan.KAFKA_POD_DELETE: 1}
+    assert traced["untraced"] == 2 and traced["untraced_at_s"] == [9.0, round(late + 1, 1)]
