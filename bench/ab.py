@@ -1,7 +1,7 @@
 """A/B of buy variants in one run, interleaved, on a shared (noisy) machine.
 
     python -m bench.ab --variant linger2=KAFKA_LINGER_MS=2 --variant linger0= [--rounds 3] [--seconds 3]
-    python -m bench.ab --variant direct= --variant gateway=GATEWAY=1
+    python -m bench.ab --variant direct= --variant envoy=GATEWAY=envoy --variant traefik=GATEWAY=traefik
 
 Every variant is one buy process (buy's server settings, its own env overrides) started side
 by side on the same Kafka; each round loads every variant in turn at each concurrency level,
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from bench import hey
+from bench import hey, traefik
 from bench.common import QUICK, say
 from bench.profiling import cpu_seconds
 from bench.run import Bench
@@ -89,25 +89,38 @@ def _measured_level(bench: Bench, process, concurrency: int, seconds: float) -> 
 
 
 def server_cpu_s(process) -> float:
-    """CPU seconds of a variant's process tree; through the gateway, of the gateway's and buy's."""
+    """CPU seconds of a variant's process tree; through a proxy, of the proxy's and buy's."""
     return sum(map(cpu_seconds, process.extra.get("cpu_pids", [process.proc.pid])))
+
+
+def start_proxy(kind: str, buy_port: int, log_dir: Path):
+    """envoy: devstack's gateway (envoy-access-log: with Envoy's access log on); traefik: the
+    node's Traefik with its file provider (bench/traefik.py), if it has been built."""
+    if kind == "traefik":
+        executable = traefik.binary()
+        if executable is None:
+            raise RuntimeError("no Traefik binary: `python -m cluster.traefik` builds it")
+        return traefik.start(executable, free_port(), buy_port, free_port(), log_dir)
+    if kind not in ("envoy", "envoy-access-log"):
+        raise ValueError(f"GATEWAY={kind}: envoy, envoy-access-log or traefik")
+    return devstack.start_gateway(free_port(), buy_port, free_port(), log_dir, access_log=kind == "envoy-access-log")
 
 
 def start_variant(bench: Bench, names: dict, name: str, env: dict):
     """buy with env overrides; SOURCE=path and TARGET=name put another function on buy's settings;
-    GATEWAY=1 loads it through devstack's gateway (CPU counted for both)."""
+    GATEWAY=envoy|envoy-access-log|traefik loads it through that proxy (CPU counted for both)."""
     env = dict(env)
-    source, target, gateway = env.pop("SOURCE", None), env.pop("TARGET", "buy"), env.pop("GATEWAY", "")
-    process = devstack.start_buy({**bench.env(names), **env}, free_port(), bench.tmp / "logs" / name,
+    source, target, proxy = env.pop("SOURCE", None), env.pop("TARGET", "buy"), env.pop("GATEWAY", "")
+    log_dir = bench.tmp / "logs" / name
+    process = devstack.start_buy({**bench.env(names), **env}, free_port(), log_dir,
                                  source=Path(source).resolve() if source else None, target=target)
     bench.processes.append(process)
-    if gateway:
-        front = devstack.start_gateway(free_port(), process.port, free_port(), bench.tmp / "logs" / name)
+    if proxy:
+        front = start_proxy(proxy, process.port, log_dir)
         bench.processes.append(front)
         front.extra["cpu_pids"] = [front.proc.pid, process.proc.pid]
         return front
     return process
-
 
 if __name__ == "__main__":
     sys.exit(main())

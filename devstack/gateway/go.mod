@@ -1,3 +1,0 @@
-module purchase.local/gateway
-
-go 1.24
