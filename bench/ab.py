@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant]
-    bench = Bench(SimpleNamespace(no_profile=True, quick=True), dict(QUICK, levels=tuple(args.levels)))
+    bench = Bench(SimpleNamespace(no_profile=True, quick=True, only=None), dict(QUICK, levels=tuple(args.levels)))
     rounds: dict = {name: [] for name, _ in variants}
     try:
         bench.start()

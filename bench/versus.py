@@ -220,7 +220,7 @@ def main(argv=None) -> int:
     meta = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
             "load_average_before": [round(x, 2) for x in os.getloadavg()], "rounds": args.rounds,
             "seconds": args.seconds, "concurrency": args.concurrency, "body": hey.BUY_BODY, **versions()}
-    bench = Bench(SimpleNamespace(no_profile=True, quick=True), dict(QUICK, levels=tuple(args.concurrency)))
+    bench = Bench(SimpleNamespace(no_profile=True, quick=True, only=None), dict(QUICK, levels=tuple(args.concurrency)))
     rounds: dict = {target: [] for target in targets}
     try:
         bench.start()

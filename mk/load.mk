@@ -20,7 +20,7 @@ bench: venv ## Benchmark on its own local servers vs raw baselines (minutes; not
 bench-quick: venv ## The benchmark with small sizes: a smoke run in about two minutes
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
 
-bench-versus: venv ## Issue 12 side by side: the original Node service (Express + kafkajs) vs buy direct vs buy via the gateway, hey in alternating rounds (~2 min; needs go, node, npm; VERSUS_ARGS=--help) -> .run/bench/versus.json
+bench-versus: venv ## Issue 12 side by side: the original Node service (Express + kafkajs) vs buy direct vs buy via the gateway (Envoy) and, once built, via Traefik; hey in alternating rounds (~2-3 min; needs go, node, npm; VERSUS_ARGS=--help) -> .run/bench/versus.json
 	$(PY) -m bench.versus $(VERSUS_ARGS)
 
 soak: venv ## All faults at once: the long purchase soak on its own servers under a seeded, overlapping chaos plan, then exact counts (~13 min; not in make test; SOAK_ARGS=--help)
