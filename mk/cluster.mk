@@ -2,13 +2,15 @@
 # and KEDA operator on 127.0.0.1 and a real node (containerd, kubelet, kube-proxy,
 # kube-scheduler, CoreDNS) on the bridge purchase0, built from the registries and cached under
 # $(PURCHASE_CACHE_DIR)/cluster/ (outside the clone).
-.PHONY: cluster-build cluster-up cluster-down cluster-status cluster-url test-cluster node-load node-deploy bench-node soak-node
+.PHONY: cluster-build cluster-up cluster-down cluster-status cluster-url load-node test-cluster node-load node-deploy bench-node soak-node
 
 CLUSTER_KUBECONFIG := $(CURDIR)/.run/cluster/kubeconfig
 CLUSTER_KUBECTL := $(PURCHASE_CACHE_DIR)/cluster/bin/kubectl
 CLEAN ?=
 BENCH_NODE_ARGS ?=
 SOAK_NODE_ARGS ?=
+# e.g. LOAD_NODE_ARGS='-n 20000 -d 120 --chart .run/node.png'
+LOAD_NODE_ARGS ?=
 CLUSTER_IS_UP = @$(PY) -m cluster status >/dev/null || { echo "the loopback cluster is not up: run make cluster-up first" >&2; exit 1; }
 
 cluster-build: venv ## Build/install etcd, Kubernetes (apiserver, controller-manager, scheduler, kubelet, kube-proxy, kubectl), KEDA, CoreDNS, Knative Serving and the node's images (cached)
@@ -26,6 +28,14 @@ cluster-status: venv ## Show the loopback cluster's processes, ports and KUBECON
 cluster-url: venv ## Print the ingress address on the node (Traefik; send Host: purchase.local), after make node-deploy
 	$(CLUSTER_IS_UP)
 	@$(PY) -m cluster url
+
+load-node: node-deploy ## On the node: load/scale.sh through the ingress, buy's Knative pods and KEDA's persist-purchase replicas in one chart -> load/scale-example-node.png (LOAD_NODE_ARGS=--help)
+	@# CoreDNS as the resolver, so the lag is read from the broker by its in-cluster name.
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) PATH="$(dir $(CLUSTER_KUBECTL)):$$PATH" $(PY) -m cluster run -- \
+	  load/scale.sh --url "$$($(PY) -m cluster url 2>/dev/null)" --allow-remote --knative-service buy \
+	  --bootstrap "$$($(CLUSTER_KUBECTL) --kubeconfig=$(CLUSTER_KUBECONFIG) -n purchase get configmap purchase-config \
+	    -o jsonpath='{.data.KAFKA_BOOTSTRAP_SERVERS}')" \
+	  --tool python -n 12000 -c 16 -d 90 --chart load/scale-example-node.png $(LOAD_NODE_ARGS)
 
 test-cluster: venv ## Run tests/cluster on the node: make deploy, every pod real, KEDA 0->N->0, faults
 	$(CLUSTER_IS_UP)

@@ -327,7 +327,8 @@ def test_only_the_database_users_reach_mongodb(docs):
 def test_buy_and_history_take_traffic_only_from_knative(docs, function):
     policy = _policies(docs)[f"{function}-from-knative"]
     assert _selected(policy, docs) == {function}
-    assert _allowed_from(policy, docs) == {"namespace:knative-serving", "namespace:kourier-system"}
+    ingress = h.ingress_layer(docs[0].path.name)
+    assert _allowed_from(policy, docs) == {"namespace:knative-serving", f"namespace:{ingress.namespace}"}
 
 
 def test_the_consumer_takes_no_traffic(docs):
@@ -366,17 +367,31 @@ def test_function_images_come_from_local_names_knative_does_not_resolve():
 
 # --- ingress --------------------------------------------------------------------------
 
+def upstream_host(doc: h.Doc, docs, ingress: h.IngressLayer) -> str:
+    """The Host an Ingress sends on to the Knative layer: nginx's upstream-vhost, or the Host
+    that the Traefik headers middleware it names sets (the node overlay's traefik-dynamic)."""
+    annotations = doc.obj["metadata"].get("annotations", {})
+    if ingress.ingress_class == "nginx":
+        return annotations["nginx.ingress.kubernetes.io/upstream-vhost"]
+    assert not any(key.startswith("nginx.") for key in annotations), f"{doc}: an nginx annotation Traefik ignores"
+    middleware = annotations["traefik.ingress.kubernetes.io/router.middlewares"]
+    config = yaml.safe_load(h.find(docs, "ConfigMap", "traefik-dynamic", group="").obj["data"]["middlewares.yaml"])
+    headers = config["http"]["middlewares"][middleware.removesuffix("@file")]["headers"]
+    return headers["customRequestHeaders"]["Host"]
+
+
 def ingress_routes(docs) -> dict[str, str]:
     """path prefix -> Knative Service name, from the Ingress objects for purchase.local."""
     routes = {}
+    ingress = h.ingress_layer(docs[0].path.name)
     for doc in (d for d in docs if d.kind == "Ingress"):
         annotations = doc.obj["metadata"].get("annotations", {})
         assert not any("rewrite-target" in key for key in annotations), \
             f"{doc}: rewrite-target would strip the paths the functions route on"
-        vhost = annotations["nginx.ingress.kubernetes.io/upstream-vhost"]
+        vhost = upstream_host(doc, docs, ingress)
         backend_name = vhost.removesuffix(f".{h.NAMESPACE}.{CLUSTER_DOMAIN}")
         assert h.find(docs, "Service", backend_name, group="serving.knative.dev")
-        assert doc.obj["spec"]["ingressClassName"] == "nginx"
+        assert doc.obj["spec"]["ingressClassName"] == ingress.ingress_class
         for rule in doc.obj["spec"]["rules"]:
             assert rule["host"] == "purchase.local"
             for path in rule["http"]["paths"]:
@@ -386,7 +401,7 @@ def ingress_routes(docs) -> dict[str, str]:
                 backend = path["backend"]["service"]
                 gateway_svc = h.find(docs, "Service", backend["name"], group="").obj
                 assert gateway_svc["spec"]["type"] == "ExternalName"
-                assert gateway_svc["spec"]["externalName"] == f"kourier-internal.kourier-system.{CLUSTER_DOMAIN}"
+                assert gateway_svc["spec"]["externalName"] == ingress.gateway
                 ports = gateway_svc["spec"]["ports"]
                 assert backend["port"]["number"] in [p["port"] for p in ports]
                 # ingress-nginx dials an ExternalName backend on its numeric targetPort.
