@@ -58,8 +58,8 @@ def _reply(status: int, body: dict | None, *, flags: tuple[str, ...] = (), to: i
         "default_value": status, "runtime_key": f"gateway.reply_{status}"}}}}
     if flags:
         rule = {"and_filter": {"filters": [rule, {"response_flag_filter": {"flags": list(flags)}}]}}
-    override = ({"json_format": body} if body is not None
-                else {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}, "content_type": "application/json"})
+    override = ({"json_format": body} if body is not None else
+                {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}, "content_type": "application/json"})
     return {"filter": rule, "body_format_override": override} | ({"status_code": to} if to else {})
 
 
@@ -119,7 +119,8 @@ def bootstrap(port: int, backends: dict[str, str], upstream_timeout_s: float = U
                 "route": {"cluster": backend, "timeout": _seconds(upstream_timeout_s)}}
                for prefix, backend in ROUTES]
     manager = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                 ".HttpConnectionManager",
         "stat_prefix": "gateway",
         "codec_type": "HTTP1",
         "use_remote_address": True,
