@@ -1,4 +1,5 @@
-"""history: pymongo find vs the history function as the collection grows"""
+"""history: pymongo find vs the history function as the collection grows, then at scale: a user's
+first page, the heavy user's first and deep (before=) pages, and what counting costs"""
 from __future__ import annotations
 
 import datetime as dt
@@ -6,10 +7,12 @@ import json
 import random
 import time
 
-from bench.common import bench_docs, pct, say
+from bench.common import bench_docs, count_all, pct, say
 from bench.profiling import peak_rss_mb
 from load import loadgen
 from purchase_common import storage
+
+HISTORY_BASE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class HistorySection:
@@ -18,7 +21,7 @@ class HistorySection:
     def load_history_docs(self, collection, upto: int, done: int) -> int:
         users, heavy = self.sizes["history_users"], self.sizes["heavy_docs"]
         heavy_every = max(self.sizes["history_docs"] // heavy, 1)
-        base = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+        base = HISTORY_BASE
         batch = 10_000
         started = time.monotonic()
         while done < upto:
@@ -28,7 +31,9 @@ class HistorySection:
         say(f"history collection at {done} documents ({(time.monotonic() - started):.0f}s for this step)")
         return done
 
-    def timed_history(self, history_port: int, collection, users: list[str], budget_s: float, samples: int) -> dict:
+    def timed_history(self, history_port: int, collection, pick, budget_s: float, samples: int) -> dict:
+        """The same page through pymongo and through the function, alternating; pick() gives
+        (userId, before cursor or None) for each sample."""
         target = loadgen.Target(f"http://127.0.0.1:{history_port}", None)
         conn = loadgen.HttpConnection(target, 60)
         raw_lat, fn_lat, statuses = [], [], {}
@@ -36,17 +41,18 @@ class HistorySection:
         for i in range(samples):
             if time.monotonic() > deadline:
                 break
-            user = random.choice(users)
+            user, before = pick()
             started = time.perf_counter()
-            storage.find_user_purchases(collection, user, storage.HISTORY_DEFAULT_LIMIT)
+            storage.find_user_purchases(collection, user, storage.HISTORY_DEFAULT_LIMIT, before)
             raw_lat.append(time.perf_counter() - started)
             if time.monotonic() > deadline:
                 break
+            query = f"?before={before}" if before else ""
             started = time.perf_counter()
             try:
                 # gunicorn drops keep-alive connections idle > 2 s (the pymongo query runs meanwhile).
                 status, _ = loadgen.PythonLoad.request_with_one_retry(
-                    conn, f"GET /api/user/{user}/purchases HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+                    conn, f"GET /api/user/{user}/purchases{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             except OSError:
                 conn.close()
                 status = 0
@@ -55,6 +61,28 @@ class HistorySection:
         conn.close()
         return {"raw": {"n": len(raw_lat), **pct(raw_lat)},
                 "function": {"n": len(fn_lat), **pct(fn_lat), "statuses": {str(k): v for k, v in statuses.items()}}}
+
+    def deep_cursor(self, collection, position: int) -> str:
+        """The heavy user's cursor after its `position` newest purchases (bench_docs gives it every
+        heavy_every-th purchase, one millisecond apart per index)."""
+        heavy, heavy_every = self.sizes["heavy_docs"], max(self.sizes["history_docs"] // self.sizes["heavy_docs"], 1)
+        when = HISTORY_BASE + dt.timedelta(milliseconds=(heavy - position) * heavy_every)
+        return storage.encode_cursor(collection.find_one({"userId": "heavy-user", "timestamp": when}))
+
+    def timed_counts(self, collection, users: list[str]) -> dict:
+        """What counting costs at this size: one user's purchases (served by the userId index), and
+        the whole collection, exact (count: FerretDB reads every document) and from collStats."""
+        per_user = []
+        for user in random.sample(users, min(20, len(users))):
+            started = time.perf_counter()
+            collection.count_documents({"userId": user})
+            per_user.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        stats = collection.database.command("collStats", collection.name)
+        collstats = {"count": stats.get("count"), "ms": round((time.perf_counter() - started) * 1000, 1)}
+        total, total_s = count_all(self.stack.mongodb_uri, collection.database.name, collection.name)
+        return {"per_user": {"n": len(per_user), **pct(per_user)},
+                "all": {"count": total, "ms": round(total_s * 1000, 1)}, "collstats": collstats}
 
     def paged_history(self, history_port: int, collection, user: str, budget_s: float) -> dict:
         target = loadgen.Target(f"http://127.0.0.1:{history_port}", None)
@@ -104,23 +132,57 @@ class HistorySection:
         steps, done = [], 0
         budget = self.sizes["history_budget_s"]
         checkpoints = list(self.sizes["history_checkpoints"]) + [self.sizes["history_docs"]]
-        load_started = time.monotonic()
+        load_started, load_s = time.monotonic(), 0.0
+
+        def first_page():
+            return random.choice(users), None
+
         for upto in checkpoints:
+            started = time.monotonic()
             done = self.load_history_docs(collection, upto, done)
+            load_s += time.monotonic() - started
             final = upto == checkpoints[-1]
             say(f"history at {done} documents: pymongo vs the function (budget {budget if final else budget // 3}s)")
-            step = self.timed_history(history.port, collection, users, budget if final else budget // 3,
+            step = self.timed_history(history.port, collection, first_page, budget if final else budget // 3,
                                       self.sizes["history_samples"])
             steps.append({"documents": done, **step})
-        load_s = time.monotonic() - load_started
+        heavy = self.sizes["heavy_docs"]
+        deep = self.deep_cursor(collection, heavy - heavy // 10)
+        samples = max(self.sizes["history_samples"] // 4, 10)
+        say(f"history at {done} documents: the heavy user's first page and a page {heavy - heavy // 10:,} deep")
+        at_scale = {
+            "heavy_first": self.timed_history(history.port, collection, lambda: ("heavy-user", None), budget // 2,
+                                              samples),
+            "heavy_deep": self.timed_history(history.port, collection, lambda: ("heavy-user", deep), budget // 2,
+                                             samples),
+            "deep_position": heavy - heavy // 10,
+        }
         say("history: paging the heavy user")
         paged = self.paged_history(history.port, collection, "heavy-user", min(budget, 60))
+        say(f"history at {done} documents: counting (one user's, then all: FerretDB reads every document)")
+        at_scale["counts"] = self.timed_counts(collection, users)
         explain = collection.find({"userId": "u00001"}).sort([("timestamp", -1), ("eventId", -1)]).limit(50).explain()
         self.results["history"] = {
-            "documents": done, "users": self.sizes["history_users"], "heavy_user_docs": self.sizes["heavy_docs"],
-            "steps": steps, "heavy_paged": paged,
-            "server_plan": {k: explain.get(k) for k in ("filterPushdown", "sortPushdown", "limitPushdown")},
-            "load_and_measure_s": round(load_s, 1),
+            "documents": done, "users": self.sizes["history_users"], "heavy_user_docs": heavy,
+            "steps": steps, "at_scale": at_scale, "heavy_paged": paged,
+            "server_plan": {**{k: explain.get(k) for k in ("filterPushdown", "sortPushdown", "limitPushdown")},
+                            "indexes": plan_indexes(explain)},
+            "load_s": round(load_s, 1), "load_docs_per_s": round(done / load_s) if load_s else None,
+            "load_and_measure_s": round(time.monotonic() - load_started, 1),
         }
         self.results["rss"]["history"] = peak_rss_mb(history.proc.pid)
         self.stop_process(history)
+
+
+def plan_indexes(explain: dict) -> list[str]:
+    """The indexes the server's plan reads (FerretDB on PostgreSQL: PostgreSQL's plan nodes;
+    MongoDB: its winning plan's IXSCAN stages)."""
+    found, stack = [], [explain.get("queryPlanner", {})]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            found += [node[k] for k in ("Index Name", "indexName") if k in node]
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return sorted(set(found))

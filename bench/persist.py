@@ -1,12 +1,13 @@
 """persist: raw consume + insert_many + commit vs the persist_purchase consumer"""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import statistics
 import time
 
-from bench.common import purchase_record, say
+from bench.common import count_all, purchase_record, say
 from bench.profiling import cpu_seconds, peak_rss_mb
 from purchase_common import storage
 from tools.lag_reader import LagReader
@@ -90,7 +91,7 @@ class PersistSection:
                 time.sleep(0.05)
         finally:
             reader.close()
-        stored = self.mongo[names["database"]]["purchases"].estimated_document_count()
+        stored, _ = count_all(self.stack.mongodb_uri, names["database"], "purchases")
         rss = peak_rss_mb(consumer.proc.pid)
         self.stop_process(consumer)
         elapsed = (last - first) if first and last else None
@@ -104,30 +105,43 @@ class PersistSection:
         self.prefill(topic, count)
         # Raw, function, function, raw: each drains the whole topic with its own group into its own
         # empty database, so a drift in the box's load or in FerretDB's state falls on both sides
-        # alike, and each pair gives a ratio. py-spy never samples a measured drain (it slows
-        # what it samples): the profile comes from an extra drain that is not counted.
-        runs: dict[str, list[dict]] = {"raw": [], "function": []}
+        # alike, and each pair gives a ratio. When the bench started its own store, every drain is
+        # also run, right after, on FerretDB with SQLite (the store before issue 23), so the new
+        # store's throughput is measured beside the old one's under the same conditions.
+        sqlite_uri = self.sqlite_store()
+        stores = {"persist": None, **({"persist_sqlite": sqlite_uri} if sqlite_uri else {})}
+        runs = {store: {"raw": [], "function": []} for store in stores}
         for index, side in enumerate(("raw", "function", "function", "raw")):
-            names = self.names(f"persist{index}")
-            say(f"persist drain {index + 1}/4: {'raw consume + insert_many' if side == 'raw' else 'persist_purchase consumer'}")
-            if side == "raw":
-                runs["raw"].append(self.raw_consume_insert(topic, count, names, timeout_s=900))
-            else:
-                runs["function"].append(self.consumer_drain(topic, count, names))
+            for store, uri in stores.items():
+                names = self.names(f"{store.replace('_', '-')}{index}")
+                say(f"persist drain {index + 1}/4 ({store}): "
+                    f"{'raw consume + insert_many' if side == 'raw' else 'persist_purchase consumer'}")
+                with self.store(uri) if uri else contextlib.nullcontext():
+                    if side == "raw":
+                        runs[store]["raw"].append(self.raw_consume_insert(topic, count, names, timeout_s=900))
+                    else:
+                        runs[store]["function"].append(self.consumer_drain(topic, count, names))
+        # py-spy never samples a measured drain (it slows what it samples): the profile comes from
+        # an extra drain that is not counted.
         if self.profiler.tool:
             say("persist drain, profiled (not counted)")
             self.consumer_drain(topic, count, self.names("persist-profiled"), profile=True)
-        pairs = [(runs["function"][0], runs["raw"][0]), (runs["function"][1], runs["raw"][1])]
-        ratios = [round(fn["per_s"] / raw["per_s"], 3) for fn, raw in pairs if fn["per_s"] and raw["per_s"]]
-        self.results["rss"]["persist-purchase"] = max((r["peak_rss"] for r in runs["function"]),
+        for store in stores:
+            self.results[store] = persist_figures(runs[store], count)
+        self.results["rss"]["persist-purchase"] = max((r["peak_rss"] for r in runs["persist"]["function"]),
                                                       key=lambda rss: rss["max_process_mib"] or 0)
-        self.results["persist"] = {
-            "records": count, "ratio": round(statistics.median(ratios), 3) if ratios else None, "pair_ratios": ratios,
-            "raw": _median_run(runs["raw"], "poll 500 -> json + headers -> insert_many(ordered=False) -> commit(), "
-                                            "one thread; the bench's own process"),
-            "function": _median_run(runs["function"], "consumer.py, CONSUMER_BATCH_MAX=500; from its first commit "
-                                                      "to the last"),
-        }
+
+
+def persist_figures(runs: dict[str, list[dict]], count: int) -> dict:
+    pairs = [(runs["function"][0], runs["raw"][0]), (runs["function"][1], runs["raw"][1])]
+    ratios = [round(fn["per_s"] / raw["per_s"], 3) for fn, raw in pairs if fn["per_s"] and raw["per_s"]]
+    return {
+        "records": count, "ratio": round(statistics.median(ratios), 3) if ratios else None, "pair_ratios": ratios,
+        "raw": _median_run(runs["raw"], "poll 500 -> json + headers -> insert_many(ordered=False) -> commit(), "
+                                        "one thread; the bench's own process"),
+        "function": _median_run(runs["function"], "consumer.py, CONSUMER_BATCH_MAX=500; from its first commit "
+                                                  "to the last"),
+    }
 
 
 def _median_run(runs: list[dict], note: str) -> dict:

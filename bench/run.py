@@ -9,11 +9,13 @@ its own process with LOG_LEVEL=WARNING, and measures:
   coldstart exec -> first answer (buy, history) and exec -> first record stored (consumer), split
   produce   raw kafka-python send().get() (acks=all; buy's linger and 2 ms) vs the buy function vs
             the HTTP ceiling (buy's server stack answering without Kafka), concurrency 1/16/64
-  persist   raw consume + insert_many + commit vs the persist_purchase consumer, pre-filled topic
+  persist   raw consume + insert_many + commit vs the persist_purchase consumer, pre-filled topic;
+            again on FerretDB with SQLite (the store before issue 23) when the bench started its own
   e2e       buy request -> record stored and committed by the consumer, at a fixed offered rate,
             plus sampled probes until the purchase shows in the history API
   history   pymongo find vs the history function, growing collection up to 1,000,000 purchases
-            over 10,000 users, and one user with 10,000 purchases paged to the end
+            over 100,000 users (a user's first page), then the heavy user (10,000 purchases): its
+            first page, a page 9,000 deep (before=), paged to the end; and what counting costs
   rss       peak RSS (VmHWM, whole process tree) of every function process
 
 It prints a table and writes JSON; it never fails on the figures. With py-spy installed, it
@@ -23,6 +25,7 @@ Every phase is bounded in requests and seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -43,7 +46,7 @@ from bench.produce import ProduceSection
 from bench.profiling import Profiler
 from bench.report import table
 from devstack import stack as devstack
-from devstack.servers import ensure_topics, free_port
+from devstack.servers import ensure_topics, free_port, start_ferretdb
 from purchase_common import config, storage
 
 
@@ -73,6 +76,26 @@ class Bench(ColdStartSection, ProduceSection, PersistSection, EndToEndSection, H
         if self.stack is not None:
             self.stack.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def sqlite_store(self) -> str | None:
+        """FerretDB on SQLite, the store before issue 23, when the bench started its own store."""
+        if not any(p.name == "ferretdb" for p in self.stack.processes):
+            return None
+        say("starting FerretDB on SQLite too, the store before issue 23, for persist's comparison")
+        sqlite = start_ferretdb(self.tmp / "servers" / "ferretdb-sqlite", backend="sqlite")
+        self.processes.append(sqlite)
+        return f"mongodb://127.0.0.1:{sqlite.port}/"
+
+    @contextlib.contextmanager
+    def store(self, uri: str):
+        """Point the bench (its own client and every function it starts) at another MongoDB-wire store."""
+        saved = self.stack.mongodb_uri, self.mongo
+        self.stack.mongodb_uri, self.mongo = uri, storage.connect(uri, timeout_ms=10000)
+        try:
+            yield
+        finally:
+            self.mongo.close()
+            self.stack.mongodb_uri, self.mongo = saved
 
     def names(self, section: str) -> dict:
         return {"topic": f"bench-{section}-{self.run}", "group": f"bench-{section}-{self.run}",

@@ -319,17 +319,110 @@ def start_kafka(data_dir: Path, port: int | None = None, controller_port: int | 
     return Process("kafka", proc, port, data_dir / "kafka-server.log", {"controller_port": controller_port})
 
 
-def start_ferretdb(data_dir: Path, port: int | None = None, timeout_s: float = 30, env: dict | None = None) -> Process:
-    """FerretDB on SQLite; `env` adds FERRETDB_* settings (e.g. its experimental authentication)."""
+# The store's PostgreSQL runs as this user when the stack runs as root (postgres refuses root);
+# Debian's postgresql package creates it.
+POSTGRES_USER = "postgres"
+STORE_SCRIPT = ROOT / "devstack" / "ferretdb_store.sh"
+STORE_SQL = ROOT / "devstack" / "ferretdb_postgresql.sql"
+# Where PostgreSQL's data goes when the stack runs as root and the data folder's parents are closed
+# to the postgres user (pytest's /tmp/pytest-of-root is 0700): one folder per data folder, pruned
+# once that data folder is gone.
+ROOT_PG_PARENT = Path(tempfile.gettempdir()) / "purchase-postgresql"
+
+
+def ensure_postgresql() -> Path:
+    """The folder of PostgreSQL's server binaries (15+, Debian's postgresql-15; installed with
+    apt-get when missing and run as root, as .ci/run does on a fresh machine)."""
+    def found() -> Path | None:
+        candidates = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/postgres")
+                      if p.parent.parent.name.isdigit() and int(p.parent.parent.name) >= 15]
+        return max(candidates, key=lambda p: int(p.parent.name)) if candidates else None
+
+    if found() is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        say("installing Debian's postgresql-15 (apt-get; first run only)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run_checked(["apt-get", "update", "-qq"], env=env, timeout_s=600)
+        run_checked(["apt-get", "install", "-y", "-qq", "postgresql-15"], env=env, timeout_s=900)
+    bin_dir = found()
+    if bin_dir is None:
+        raise RuntimeError("FerretDB's store needs PostgreSQL 15+ (Debian: apt-get install postgresql-15)")
+    return bin_dir
+
+
+def _open_to(path: Path, uid: int, gid: int) -> bool:
+    """Whether user uid (group gid) can reach path: every folder above it searchable for them."""
+    for folder in path.parents:
+        st = folder.stat()
+        bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid == gid else 0o001
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def postgresql_data_dir(data_dir: Path) -> Path:
+    """Where the store's PostgreSQL keeps its data: data_dir/postgresql, unless the stack runs as
+    root and postgres cannot reach that, then a folder of its own under ROOT_PG_PARENT (linked from
+    data_dir/postgresql)."""
+    inside = data_dir / "postgresql"
+    if os.geteuid() != 0:
+        return inside
+    import pwd
+
+    user = pwd.getpwnam(POSTGRES_USER)
+    if _open_to(inside, user.pw_uid, user.pw_gid):
+        return inside
+    ROOT_PG_PARENT.mkdir(mode=0o755, exist_ok=True)
+    for origin in ROOT_PG_PARENT.glob("*.origin"):  # data folders gone (pytest keeps three runs)
+        folder = origin.with_suffix("")
+        pid_file = folder / "postmaster.pid"
+        running = pid_file.exists() and _alive(int(pid_file.read_text().split()[0] or 0))
+        if not Path(origin.read_text()).exists() and not running:
+            shutil.rmtree(folder, ignore_errors=True)
+            origin.unlink(missing_ok=True)
+    outside = ROOT_PG_PARENT / hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    outside.with_suffix(".origin").write_text(str(data_dir.resolve()))
+    if not inside.is_symlink():
+        inside.symlink_to(outside)
+    return outside
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def start_ferretdb(data_dir: Path, port: int | None = None, timeout_s: float = 90, env: dict | None = None,
+                   backend: str = "postgresql") -> Process:
+    """FerretDB on a PostgreSQL of its own (devstack/ferretdb_store.sh: one process group, stopped
+    by PID), or on SQLite (backend="sqlite", the store before issue 23; `make bench` compares
+    them); `env` adds FERRETDB_* settings (e.g. its experimental authentication)."""
     binary = ensure_ferretdb()
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [
-        str(binary), f"--listen-addr=127.0.0.1:{port}", "--handler=sqlite",
-        f"--sqlite-url=file:{data_dir}/", f"--state-dir={data_dir}", "--telemetry=disable",
-        "--debug-addr=127.0.0.1:0", "--log-level=warn", "--log-format=json",
-    ]
-    proc = spawn("ferretdb", argv, data_dir / "ferretdb.log", env={**os.environ, **env} if env else None)
+    settings = {
+        "FERRETDB_LISTEN_ADDR": f"127.0.0.1:{port}", "FERRETDB_STATE_DIR": str(data_dir),
+        "FERRETDB_TELEMETRY": "disable", "FERRETDB_DEBUG_ADDR": "127.0.0.1:0", "FERRETDB_LOG_LEVEL": "warn",
+        "FERRETDB_LOG_FORMAT": "json",
+    }
+    if backend == "sqlite":
+        argv = [str(binary)]
+        settings.update(FERRETDB_HANDLER="sqlite", FERRETDB_SQLITE_URL=f"file:{data_dir}/")
+    else:
+        argv = ["bash", str(STORE_SCRIPT)]
+        pg_data = postgresql_data_dir(data_dir)
+        pg_port = int((data_dir / "postgresql.port").read_text()) if (data_dir / "postgresql.port").exists() \
+            else free_port()
+        # The same port on a restart (fault tests, soak), so nothing of the old server lingers in the way.
+        (data_dir / "postgresql.port").write_text(str(pg_port))
+        settings.update(STORE_PG_DATA=str(pg_data), STORE_PG_PORT=str(pg_port), STORE_PG_BIN=str(ensure_postgresql()),
+                        STORE_PG_USER=POSTGRES_USER, STORE_PG_LOG=str(data_dir / "postgresql.log"),
+                        STORE_SQL=str(STORE_SQL), STORE_FERRETDB=str(binary))
+    proc = spawn("ferretdb", argv, data_dir / "ferretdb.log", env={**os.environ, **settings, **(env or {})})
     wait_for_port(port, timeout_s, proc, "FerretDB")
     return Process("ferretdb", proc, port, data_dir / "ferretdb.log")
 

@@ -37,6 +37,7 @@ MIRRORS = ["deb http://deb.debian.org/debian bookworm main",
 PYTHON_BASE = "localhost/purchase/python-base:3.11-bookworm"
 JRE_BASE = "localhost/purchase/jre-base:17-bookworm"
 DEBIAN_BASE = "localhost/purchase/debian-base:bookworm"
+POSTGRESQL_BASE = "localhost/purchase/postgresql-base:15-bookworm"
 KAFKA_IMAGE = f"localhost/purchase-substitute/kafka:{servers.KAFKA_VERSION}"
 MONGODB_IMAGE = f"localhost/purchase-substitute/mongodb:ferretdb-{servers.FERRETDB_VERSION.lstrip('v')}"
 PAUSE_IMAGE = "localhost/purchase-substitute/pause:catatonit"
@@ -57,12 +58,18 @@ ROOTFS = {
                  ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "ENV LANG=C.UTF-8"]),
     "debian-base": (DEBIAN_BASE, ["passwd"], False,
                     ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]),
+    # The MongoDB substitute's store: Debian's PostgreSQL 15 under FerretDB (devstack/ferretdb_store.sh).
+    "postgresql-base": (POSTGRESQL_BASE, ["postgresql-15", "passwd"], False,
+                        ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "ENV LANG=C.UTF-8"]),
 }
 
 # Like the slim images: no manuals, docs or translations in a container.
 DPKG_EXCLUDES = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/doc/*",
                  "path-include=/usr/share/doc/*/copyright", "path-exclude=/usr/share/locale/*",
                  "path-exclude=/usr/share/info/*"]
+
+POSTGRESQL_JIT_FILES = ("/usr/lib/x86_64-linux-gnu/libLLVM-*", "/usr/lib/x86_64-linux-gnu/libz3.so*",
+                        "/usr/lib/postgresql/15/lib/llvmjit*", "/usr/lib/postgresql/15/lib/bitcode/*")
 
 # Here: no systemd and no CAP_SYS_RESOURCE, so crun and podman's default rlimits fail.
 CONTAINERS_CONF = """# Written by images/build.py; podman reads it through CONTAINERS_CONF.
@@ -138,6 +145,11 @@ def _mmdebstrap_argv(packages: list[str], trust_host_ca: bool, tarball: Path) ->
         # OpenJDK's postinst registers its man pages with update-alternatives, which fails when
         # the excluded man1 folder does not exist.
         argv += ["--setup-hook", 'mkdir -p "$1/usr/share/man/man1"']
+    if "postgresql-15" in packages:
+        # The package's postinst makes a "main" cluster; the store makes its own under /data/db.
+        # LLVM serves only PostgreSQL's JIT, which the store turns off (jit=off): the largest part of the image.
+        argv += ["--customize-hook", 'rm -rf "$1/var/lib/postgresql/15/main" "$1/etc/postgresql/15/main"',
+                 *[f"--dpkgopt=path-exclude={path}" for path in POSTGRESQL_JIT_FILES]]
     if trust_host_ca:
         # The host's bundle (with the CA that intercepts TLS here) becomes a local CA of the image;
         # pip gets it too: pip uses its own certifi bundle, not the system store.
@@ -237,7 +249,10 @@ def _staged_context(name: str, extra: dict[str, Path]) -> Path:
             shutil.copytree(source, destination, copy_function=os.link)
         else:
             destination.parent.mkdir(parents=True, exist_ok=True)
-            os.link(source, destination)
+            try:
+                os.link(source, destination)
+            except OSError:  # the clone on another file system than the cache
+                shutil.copy2(source, destination)
     return context
 
 
@@ -252,13 +267,15 @@ def build_kafka_substitute() -> str:
 
 
 def build_mongodb_substitute() -> str:
-    base = ensure_rootfs_image("debian-base")
+    """FerretDB on PostgreSQL, with the local stack's own store script and SQL."""
+    base = ensure_rootfs_image("postgresql-base")
     binary = servers.ensure_ferretdb()
-    stamp = digest(image_id(base), SUBSTITUTES / "mongodb", binary)
+    stamp = digest(image_id(base), SUBSTITUTES / "mongodb", binary, servers.STORE_SCRIPT, servers.STORE_SQL)
     if image_stamp(MONGODB_IMAGE) == stamp:
         return MONGODB_IMAGE
-    context = _staged_context("mongodb", {"ferretdb": binary})
-    return build_image(MONGODB_IMAGE, context / "Containerfile", context, stamp, {"DEBIAN_IMAGE": base})
+    context = _staged_context("mongodb", {"ferretdb": binary, servers.STORE_SCRIPT.name: servers.STORE_SCRIPT,
+                                          servers.STORE_SQL.name: servers.STORE_SQL})
+    return build_image(MONGODB_IMAGE, context / "Containerfile", context, stamp, {"POSTGRESQL_IMAGE": base})
 
 
 def build_pause_substitute() -> str:

@@ -5,12 +5,14 @@
 [ "$#" -eq 0 ] || echo "mongod substitute: ignoring mongod arguments: $*" >&2
 
 # Like mongo's entrypoint, MONGO_INITDB_ROOT_USERNAME/PASSWORD (the mongodb-credentials Secret)
-# turn authentication on with that user in `admin`. FerretDB 1.24 authenticates with SCRAM on
-# SQLite only under its experimental "new auth"; its setup creates the user on an empty volume.
+# turn authentication on with that user in `admin`. FerretDB 1.24 authenticates with SCRAM (what
+# the drivers use) only under its experimental "new auth", which keeps its users in its own
+# store, whatever the backend; its setup creates the user on an empty volume.
 if [ -n "${MONGO_INITDB_ROOT_USERNAME:-}" ] && [ -n "${MONGO_INITDB_ROOT_PASSWORD:-}" ]; then
   export FERRETDB_TEST_ENABLE_NEW_AUTH=true \
          FERRETDB_SETUP_DATABASE=admin \
          FERRETDB_SETUP_USERNAME="$MONGO_INITDB_ROOT_USERNAME" \
          FERRETDB_SETUP_PASSWORD="$MONGO_INITDB_ROOT_PASSWORD"
 fi
-exec /usr/local/bin/ferretdb
+# PostgreSQL (data in /data/db/postgresql) and FerretDB in front of it, stopped together.
+exec /usr/local/bin/ferretdb_store.sh

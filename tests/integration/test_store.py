@@ -1,0 +1,89 @@
+"""The MongoDB-wire store itself (issue 23), through the MongoDB API only: exactly-once rests on
+the unique eventId index, and history's query is served by an index on the stand-in too."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+
+import pytest
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from devstack.servers import start_ferretdb
+from purchase_common import storage
+
+pytestmark = pytest.mark.integration
+STAND_IN = not os.environ.get("MONGODB_URI")
+
+
+@pytest.fixture(scope="module")
+def purchases(servers):
+    collection = storage.connect(servers.mongodb_uri)[f"store_{uuid.uuid4().hex[:8]}"]["purchases"]
+    storage.ensure_indexes(collection)
+    storage.ensure_indexes(collection)  # idempotent, as every function start does it again
+    yield collection
+    collection.database.client.drop_database(collection.database.name)
+
+
+def purchase(event_id: str, user_id: str, millis: int = 0) -> dict:
+    return {"eventId": event_id, "username": "store test", "userId": user_id, "priceCents": 1200,
+            "timestamp": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=millis)}
+
+
+def test_a_second_purchase_with_a_stored_event_id_is_refused(purchases):
+    event_id = uuid.uuid4().hex
+    purchases.insert_one(purchase(event_id, "dup-a"))
+    with pytest.raises(DuplicateKeyError) as refused:
+        purchases.insert_one(purchase(event_id, "dup-b"))
+    assert refused.value.code == storage.DUPLICATE_KEY
+    # What the consumer does: an unordered batch keeps the new ones and reports the duplicate.
+    fresh = uuid.uuid4().hex
+    with pytest.raises(BulkWriteError) as batch:
+        purchases.insert_many([purchase(event_id, "dup-c"), purchase(fresh, "dup-c")], ordered=False)
+    assert [e["code"] for e in batch.value.details["writeErrors"]] == [storage.DUPLICATE_KEY]
+    assert storage.insert_purchases(purchases, [purchase(event_id, "dup-d"), purchase(fresh, "dup-d")]) \
+        == storage.WriteResult(0, 2)
+    assert sorted(d["userId"] for d in purchases.find({"eventId": {"$in": [event_id, fresh]}})) == ["dup-a", "dup-c"]
+
+
+def test_history_pages_come_back_newest_first_across_a_cursor(purchases):
+    user = "pages-" + uuid.uuid4().hex[:6]
+    purchases.insert_many([purchase(f"{user}-{i:03d}", user, millis=i // 2) for i in range(7)])
+    first = storage.find_user_purchases(purchases, user, 4)
+    second = storage.find_user_purchases(purchases, user, 4, storage.encode_cursor(first[-1]))
+    assert [d["eventId"] for d in first + second] == [f"{user}-{i:03d}" for i in reversed(range(7))]
+
+
+@pytest.mark.skipif(not STAND_IN, reason="the plan's shape is FerretDB's; a real mongod has its own")
+def test_the_history_query_is_served_by_an_index_on_the_stand_in(purchases):
+    # explain() comes back with PostgreSQL's plan: the userId filter is pushed down and answered
+    # from the GIN companion of the functions' own (userId, timestamp, eventId) index.
+    plan = purchases.find({"userId": "u1"}).sort([("timestamp", -1), ("eventId", -1)]).limit(50).explain()
+    assert plan["filterPushdown"] is True
+    nodes, stack = [], [plan["queryPlanner"]["Plan"]]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        stack.extend(node.get("Plans", []))
+    assert any(n["Node Type"] == "Bitmap Index Scan" and n["Index Name"].endswith("_gin") for n in nodes), nodes
+    # The companion is the stand-in's own: the MongoDB API lists only the functions' indexes.
+    assert {i["name"] for i in purchases.list_indexes()} == {"_id_", storage.EVENT_ID_INDEX, storage.HISTORY_INDEX}
+
+
+@pytest.mark.skipif(not STAND_IN, reason="starts a stand-in of its own")
+def test_stopping_the_store_by_pid_stops_postgresql_too_and_its_data_stays(tmp_path):
+    store = start_ferretdb(tmp_path / "store")
+    collection = storage.connect(f"mongodb://127.0.0.1:{store.port}/")["kept"]["purchases"]
+    storage.ensure_indexes(collection)
+    collection.insert_one(purchase("kept-1", "kept"))
+    postmaster = int((tmp_path / "store" / "postgresql" / "postmaster.pid").read_text().split()[0])
+    store.stop()
+    assert store.proc.returncode == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(postmaster, 0)
+    again = start_ferretdb(tmp_path / "store")
+    try:
+        collection = storage.connect(f"mongodb://127.0.0.1:{again.port}/")["kept"]["purchases"]
+        assert [d["eventId"] for d in storage.find_user_purchases(collection, "kept", 5)] == ["kept-1"]
+    finally:
+        again.stop()
