@@ -114,14 +114,15 @@ def test_the_ingress_runs_non_root_read_only_and_reads_only_what_its_two_provide
                ("update", "ingresses.networking.internal.knative.dev/status", NAMESPACE),
                ("list", "endpointslices.discovery.k8s.io", NAMESPACE),
                ("list", "services", NAMESPACE),
-               ("list", "ingressclasses.networking.k8s.io", None)]
+               ("list", "ingressclasses.networking.k8s.io", None),
+               ("watch", "nodes", None)]
     refused = [("create", "ingresses.networking.k8s.io", NAMESPACE),
                ("update", "ingresses.networking.internal.knative.dev", NAMESPACE),
                ("list", "pods", NAMESPACE),
                ("list", "secrets", "kube-system"),
                ("list", "secrets", "knative-serving"),
                ("list", "services", "default"),
-               ("list", "nodes", None),
+               ("update", "nodes", None),
                ("create", "pods/exec", NAMESPACE)]
     assert [a for a in allowed if not _can(kube, *a)] == []
     assert [r for r in refused if _can(kube, *r)] == []
