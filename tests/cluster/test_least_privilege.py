@@ -93,7 +93,8 @@ TRAEFIK = "system:serviceaccount:traefik:traefik"
 
 
 def _can(kube, verb: str, resource: str, namespace: str | None) -> bool:
-    args = ["auth", "can-i", verb, resource, f"--as={TRAEFIK}"]
+    resource, _, subresource = resource.partition("/")
+    args = ["auth", "can-i", verb, resource, f"--as={TRAEFIK}"] + ([f"--subresource={subresource}"] if subresource else [])
     args += [f"--namespace={namespace}"] if namespace else []
     result = kube.run(*args, check=False)
     return result.stdout.strip() == "yes"

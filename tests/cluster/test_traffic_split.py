@@ -4,12 +4,16 @@ split into the KIngress, Traefik's weighted round robin carries it out.
 Which Revision answered is read from the functions themselves: each pod counts the requests it
 served (`history_requests_total` on its /metrics), so the split is measured where the requests
 landed. A steady stream of requests through the ingress runs across both changes (80/20, then
-100 % to the new Revision) and every one of them must be answered 200.
+100 % to the new Revision), paused only while a split is counted, and every one of its
+requests must be answered 200.
 
-Named to run last: it leaves history's traffic on the Revision the other tests hold.
+Named to run last: it ends with history as `make deploy` left it (all traffic on its latest
+Revision), but on a new Revision, not the one the other tests hold.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import threading
 import time
 import uuid
@@ -49,6 +53,15 @@ def _traffic_is(kube, expected: dict[str, int]) -> bool:
     return routed == expected
 
 
+def _on_latest(kube) -> bool:
+    ksvc = kube.get("service.serving.knative.dev", "history")
+    status = ksvc.get("status") or {}
+    latest = status.get("latestCreatedRevisionName")
+    return (status.get("observedGeneration") == ksvc["metadata"]["generation"]
+            and kube.condition(ksvc, "Ready") == "True" and latest == status.get("latestReadyRevisionName")
+            and [(t.get("revisionName"), t.get("percent")) for t in status.get("traffic", [])] == [(latest, 100)])
+
+
 def _patch(kube, spec: dict) -> None:
     import json
     kube.run("patch", "service.serving.knative.dev/history", f"--namespace={NAMESPACE}", "--type=merge",
@@ -63,16 +76,24 @@ class SteadyReader:
         self.headers = revision.headers
         self.statuses: Counter = Counter()
         self._stop = threading.Event()
+        self._gate = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         with requests.Session() as session:
             while not self._stop.is_set():
-                try:
-                    self.statuses[session.get(self.url, headers=self.headers, timeout=35).status_code] += 1
-                except requests.RequestException as exc:
-                    self.statuses[type(exc).__name__] += 1
+                with self._gate:
+                    try:
+                        self.statuses[session.get(self.url, headers=self.headers, timeout=35).status_code] += 1
+                    except requests.RequestException as exc:
+                        self.statuses[type(exc).__name__] += 1
                 time.sleep(0.02)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """No request of this reader in flight meanwhile, so a count of the split is exact."""
+        with self._gate:
+            yield
 
     def __enter__(self) -> "SteadyReader":
         self._thread.start()
@@ -105,6 +126,7 @@ def test_history_splits_80_20_then_moves_whole_to_the_new_revision_without_a_fai
     revisions = {"old": old, "new": new}
     user = "split" + uuid.uuid4().hex[:8]
     ksvc = kube.get("service.serving.knative.dev", "history")
+    deployed = copy.deepcopy(ksvc["spec"])
     template = ksvc["spec"]["template"]
     env = template["spec"]["containers"][0].setdefault("env", [])
     env.append({"name": "TRAFFIC_SPLIT_TEST", "value": new})  # the change that makes a new Revision
@@ -116,11 +138,13 @@ def test_history_splits_80_20_then_moves_whole_to_the_new_revision_without_a_fai
                                       {"revisionName": new, "percent": SPLIT["new"]}]})
             wait_for(lambda: _traffic_is(kube, {old: SPLIT["old"], new: SPLIT["new"]}), 240,
                      f"history split {SPLIT['old']}/{SPLIT['new']} between {old} and {new}")
-            split = _split_of(kube, stack, revisions, user, REQUESTS)
+            with steady.paused():
+                split = _split_of(kube, stack, revisions, user, REQUESTS)
             _patch(kube, {"traffic": [{"revisionName": new, "percent": 100}]})
             wait_for(lambda: _traffic_is(kube, {new: 100}), 240, f"history wholly on {new}")
             time.sleep(2)  # Traefik applies the KIngress change, then marks it Ready
-            whole = _split_of(kube, stack, revisions, user, 100)
+            with steady.paused():
+                whole = _split_of(kube, stack, revisions, user, 100)
         share = 100 * split["new"] / REQUESTS
         assert abs(share - SPLIT["new"]) <= TOLERANCE_POINTS, (split, share)
         assert whole == {"old": 0, "new": 100}, whole
@@ -130,6 +154,8 @@ def test_history_splits_80_20_then_moves_whole_to_the_new_revision_without_a_fai
                   f"target {SPLIT['new']} % ± {TOLERANCE_POINTS}); then {whole}; "
                   f"{sum(steady.statuses.values())} steady requests across both changes: {dict(steady.statuses)}")
     finally:
-        # Back to the Revision the session's other tests hold.
-        _patch(kube, {"traffic": [{"revisionName": old, "percent": 100}]})
-        wait_for(lambda: _traffic_is(kube, {old: 100}), 240, f"history back on {old}")
+        # Back to the spec `make deploy` applied (Knative refuses a changed template that keeps
+        # its name, so the name goes too): a Revision like the first, all traffic on the latest.
+        deployed["template"]["metadata"]["name"] = None
+        _patch(kube, deployed)
+        wait_for(lambda: _on_latest(kube), 240, "history back on its latest Revision, as deployed")
