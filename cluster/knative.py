@@ -64,7 +64,7 @@ INGRESS_CLASS = "traefik.ingress.networking.knative.dev"
 REGISTRIES_SKIPPING_TAG_RESOLVING = "kind.local,ko.local,dev.local,localhost"
 
 # Test overlay: decisions in seconds rather than minutes (the Revision annotations of
-# k8s/base/knative, window and scale-down-delay, still override the first per Revision).
+# k8s/knative, window and scale-down-delay, still override the first per Revision).
 TEST_AUTOSCALER = {
     "stable-window": "10s",               # upstream 60s; 6s is the minimum it accepts
     # upstream 30s: the longest wait, once scale to zero is decided, for the activator to be in the path

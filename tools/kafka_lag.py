@@ -4,7 +4,7 @@
 
 Reads from the real broker each partition's committed offset (OffsetFetch), log-start and
 end offsets (ListOffsets), prints committed / end / lag per partition and the total, then
-applies the kafka trigger's own settings from the ScaledObject manifest (k8s/base/keda/*.yaml,
+applies the kafka trigger's own settings from the ScaledObject manifest (k8s/keda/*.yaml,
 kind ScaledObject) the way KEDA's `kafka` scaler (pkg/scalers/kafka_scaler.go, v2.x) does:
 
 * lag per partition = end offset - committed offset. A partition without a committed offset
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                                             ".run/state.json, then 127.0.0.1:9092)")
     parser.add_argument("--topic", default=None, help=f"topic (default: PURCHASES_TOPIC or {config.PURCHASES_TOPIC})")
     parser.add_argument("--group", default=None, help=f"consumer group (default: CONSUMER_GROUP or {config.CONSUMER_GROUP})")
-    parser.add_argument("--manifest", help="a YAML file holding the ScaledObject (default: the first under k8s/base/keda/)")
+    parser.add_argument("--manifest", help="a YAML file holding the ScaledObject (default: the first under k8s/keda/)")
     parser.add_argument("--earliest-lag", choices=("end", "retained"), default="end",
                         help="uncommitted partition with offsetResetPolicy earliest: 'end' = KEDA <= 2.20 "
                              "(end offset), 'retained' = KEDA 2.21+ (end - log start)")

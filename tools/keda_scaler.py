@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MANIFEST_GLOBS = ("k8s/base/keda/*.yaml", "k8s/base/keda/*.yml")
+MANIFEST_GLOBS = ("k8s/keda/*.yaml", "k8s/keda/*.yml")
 
 # KEDA's own defaults for a kafka trigger and a ScaledObject.
 KEDA_DEFAULTS = {
@@ -260,7 +260,7 @@ def find_scaled_object(paths: list[Path]) -> tuple[dict, Path] | None:
 
 
 def load_settings(manifest: str | None) -> ScalerSettings:
-    """From --manifest, else the first ScaledObject under k8s/base/keda/, else KEDA's defaults."""
+    """From --manifest, else the first ScaledObject under k8s/keda/, else KEDA's defaults."""
     if manifest:
         found = find_scaled_object([Path(manifest)])
         if found is None:

@@ -24,7 +24,9 @@ from tools import kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
-BASE = K8S / "base"
+# k8s/ itself is the base kustomization; its folders hold the objects, beside these two.
+NOT_BASE = ("overlays", "components")
+BASE_FOLDERS = tuple(sorted(p.name for p in K8S.iterdir() if p.is_dir() and p.name not in NOT_BASE))
 OVERLAYS = tuple(sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml")))
 # Filled in and applied by hand, so in no kustomization (k8s/README.md, SASL/TLS).
 KAFKA_CLIENT_SECRET = K8S / "components" / "kafka-auth" / "kafka-client-secret.example.yaml"
@@ -135,7 +137,8 @@ class Doc:
 
 def object_files() -> list[Path]:
     """The files of the base and the components, one object each (not their kustomizations)."""
-    return sorted(p for folder in (BASE, K8S / "components") for p in folder.rglob("*.y*ml")
+    folders = [K8S / name for name in BASE_FOLDERS] + [K8S / "components"]
+    return sorted(p for folder in folders for p in folder.rglob("*.y*ml")
                   if p.name != "kustomization.yaml")
 
 

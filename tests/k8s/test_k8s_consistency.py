@@ -663,12 +663,12 @@ def commented(path, keys):
 
 
 def test_scaling_values_are_commented():
-    commented(h.BASE / "keda/persist-purchase-scaledobject.yaml",
+    commented(h.K8S / "keda/persist-purchase-scaledobject.yaml",
               ["pollingInterval", "cooldownPeriod", "minReplicaCount", "maxReplicaCount", "bootstrapServers",
                "consumerGroup", "topic", "lagThreshold", "activationLagThreshold", "offsetResetPolicy",
                "stabilizationWindowSeconds"])
     for function in ("buy", "history"):
-        path = h.BASE / f"knative/{function}.yaml"
+        path = h.K8S / f"knative/{function}.yaml"
         keys = list(yaml.safe_load(path.read_text())["spec"]["template"]["metadata"]["annotations"])
         commented(path, keys + ["containerConcurrency", "timeoutSeconds"])
     # What the node overlay changes says why, too.

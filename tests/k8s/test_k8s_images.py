@@ -202,7 +202,7 @@ def test_dockerignore_keeps_what_the_images_copy_and_drops_the_rest():
     assert "lib/purchase_common/pyproject.toml" in needed
     for path in needed:
         assert not dockerignored(path, patterns), f".dockerignore drops {path}, which an image COPYs"
-    for path in (".venv/bin/python", ".git/HEAD", "tests/k8s/conftest.py", "k8s/base/namespace.yaml",
+    for path in (".venv/bin/python", ".git/HEAD", "tests/k8s/conftest.py", "k8s/config/namespace.yaml",
                  ".cache/x", "lib/purchase_common/purchase_common/__pycache__/config.cpython-311.pyc",
                  "lib/purchase_common/purchase_common.egg-info/PKG-INFO"):
         assert dockerignored(path, patterns), f".dockerignore should drop {path}"

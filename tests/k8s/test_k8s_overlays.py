@@ -43,11 +43,26 @@ def image_changes(docs: list[h.Doc]) -> dict[tuple, str]:
     return changes
 
 
+def resources(folder):
+    return yaml.safe_load((folder / "kustomization.yaml").read_text())["resources"]
+
+
 def test_the_base_lists_every_object_file():
-    for folder, examples in ((h.BASE, set()), (h.K8S / "components" / "kafka-auth", {h.KAFKA_CLIENT_SECRET})):
-        listed = {folder / r for r in yaml.safe_load((folder / "kustomization.yaml").read_text())["resources"]}
+    assert sorted(resources(h.K8S)) == list(h.BASE_FOLDERS), "k8s/kustomization.yaml lists every base folder"
+    folders = [(h.K8S / name, set()) for name in h.BASE_FOLDERS]
+    for folder, examples in folders + [(h.K8S / "components" / "kafka-auth", {h.KAFKA_CLIENT_SECRET})]:
+        listed = {folder / r for r in resources(folder)}
         files = {p for p in h.object_files() if p.parent.is_relative_to(folder)} - examples
         assert listed == files, f"{folder}: a file the kustomization does not list is never deployed"
+
+
+def test_every_overlay_takes_the_whole_base():
+    """kustomize refuses k8s/ itself as an overlay's resource (it holds the overlay), so each
+    overlay lists the base's folders, in the base's order: none may be left out."""
+    base = [f"../../{name}" for name in resources(h.K8S)]
+    for overlay in h.OVERLAYS:
+        listed = [r for r in resources(h.K8S / "overlays" / overlay) if r.startswith("../../")]
+        assert listed == base, overlay
 
 
 def test_the_node_overlay_changes_only_the_substitute_images_kedas_timings_and_the_ingress():

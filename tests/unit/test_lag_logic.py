@@ -191,7 +191,7 @@ def test_the_project_manifest_parses_when_present():
     candidates = sorted(p for pattern in keda_scaler.MANIFEST_GLOBS for p in keda_scaler.ROOT.glob(pattern))
     found = keda_scaler.find_scaled_object(candidates)
     if found is None:
-        pytest.skip("no ScaledObject under k8s/base/keda yet")
+        pytest.skip("no ScaledObject under k8s/keda yet")
     s = keda_scaler.settings_from_scaled_object(found[0])
     assert s.lag_threshold > 0 and s.max_replica_count >= 1
 
