@@ -23,7 +23,8 @@ from bench.common import QUICK, say
 from bench.profiling import cpu_seconds
 from bench.run import Bench
 from devstack import stack as devstack
-from devstack.servers import ensure_hey, free_port
+from devstack.servers import ensure_hey
+from tools.common import free_port
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

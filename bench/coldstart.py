@@ -8,8 +8,7 @@ import urllib.error
 import urllib.request
 
 from bench.common import purchase_record, say
-from devstack.servers import free_port
-from purchase_common.retry import poll_until
+from tools.common import free_port, poll_until
 
 POLL_S = 0.005  # how finely the first answer is looked for
 

@@ -2,20 +2,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import sys
 import time
 import uuid
-from pathlib import Path
 
+from purchase_common import storage
+from purchase_common.events import purchase_record as encode_purchase
+from purchase_common.schema import validate_purchase
 from pymongo.errors import PyMongoError
 
 from load import loadgen
-from purchase_common import storage
-from purchase_common.events import build_event, to_kafka_record
-from purchase_common.schema import validate_purchase
+from tools.common import ROOT, speaker
 
-
-ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / ".run" / "bench"
 TARGETS = {
     "persist_ratio": 0.90, "buy_rps": 2000, "buy_p99_ms": 50, "e2e_p99_ms": 1000, "e2e_rate": 1000,
@@ -29,8 +26,7 @@ QUICK = dict(level_s=2, levels=(1, 16, 64), prefill=10_000, e2e_rate=200, e2e_s=
              history_budget_s=20, history_samples=50, cold_rounds=2)
 
 
-def say(text: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+say = speaker("bench", clock=True)
 
 
 def pct(values, points=(50, 99)) -> dict:
@@ -41,7 +37,8 @@ def pct(values, points=(50, 99)) -> dict:
 def purchase_record(index: int, users: int = 1000) -> tuple[bytes, bytes, list]:
     purchase = validate_purchase({"username": f"bench user {index % users}", "userId": f"bench-{index % users}",
                                   "price": round(1 + (index % 9999) / 100, 2)})
-    return to_kafka_record(build_event(purchase))
+    record = encode_purchase(purchase)
+    return record.key, record.value, record.headers
 
 
 def count_all(uri: str, database: str, collection: str, timeout_s: float = 600) -> tuple[int | str, float]:

@@ -6,10 +6,11 @@ import statistics
 import threading
 import time
 
+from purchase_common import config
+
 from bench.common import pct, say
 from bench.profiling import peak_rss_mb
 from load import loadgen
-from purchase_common import config
 from tools.lag_reader import LagReader
 
 

@@ -7,12 +7,13 @@ import json
 import random
 import time
 
+from purchase_common import storage
+
 from bench.common import bench_docs, count_all, pct, say
 from bench.profiling import peak_rss_mb
 from load import loadgen
-from purchase_common import storage
 
-HISTORY_BASE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+HISTORY_BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
 
 class HistorySection:

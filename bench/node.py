@@ -38,14 +38,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+from purchase_common import config, storage
+from purchase_common.events import purchase_record
+from purchase_common.schema import Purchase
 
 from cluster import control
 from cluster.observe import CONSUMER, NAMESPACE, Kube, Revision, StepWatch, parse_time, revision_ready
 from load import loadgen
-from purchase_common import config, storage
-from purchase_common.events import purchase_record
-from purchase_common.retry import poll_until
-from purchase_common.schema import Purchase
+from tools.common import poll_until, speaker
 
 SERVICES = ("buy", "history")
 FAST_SCALE_DOWN = {"autoscaling.knative.dev/window": "6s", "autoscaling.knative.dev/scale-down-delay": "0s"}
@@ -53,8 +53,7 @@ KNATIVE_COLD_START_S = (2.0, 4.0)  # Knative's published kperf cold-start range,
 REQUEST_TIMEOUT_S = 60
 
 
-def say(text: str) -> None:
-    print(f"[bench-node {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+say = speaker("bench-node", clock=True)
 
 
 class Target:

@@ -7,9 +7,10 @@ import json
 import statistics
 import time
 
+from purchase_common import storage
+
 from bench.common import count_all, purchase_record, say
 from bench.profiling import cpu_seconds, peak_rss_mb
-from purchase_common import storage
 from tools.lag_reader import LagReader
 
 

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import uvloop
+from purchase_common import config
+from purchase_common.producer import Producer
 
 from bench import hey
 from bench.common import pct, purchase_record, say
 from bench.profiling import peak_rss_mb, process_tree
 from devstack.servers import ensure_hey
-from purchase_common import config
-from purchase_common.producer import Producer
 
 # The linger measured beside buy's when buy's is 0: the default before issue 12.
 OTHER_LINGER_MS = 2

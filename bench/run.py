@@ -37,6 +37,8 @@ import time
 import uuid
 from pathlib import Path
 
+from purchase_common import config, storage
+
 from bench.coldstart import ColdStartSection
 from bench.common import FULL, QUICK, ROOT, TARGETS, say
 from bench.e2e import EndToEndSection
@@ -46,8 +48,8 @@ from bench.produce import ProduceSection
 from bench.profiling import Profiler
 from bench.report import table
 from devstack import stack as devstack
-from devstack.servers import ensure_topics, free_port, start_ferretdb
-from purchase_common import config, storage
+from devstack.servers import ensure_topics, start_ferretdb
+from tools.common import free_port
 
 
 class Bench(ColdStartSection, ProduceSection, PersistSection, EndToEndSection, HistorySection):
@@ -142,7 +144,7 @@ class Bench(ColdStartSection, ProduceSection, PersistSection, EndToEndSection, H
     # -- all -------------------------------------------------------------------------------
     def run_all(self) -> dict:
         started = time.monotonic()
-        self.results["meta"] = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        self.results["meta"] = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                 "quick": self.args.quick, "cpus": os.cpu_count(), "python": platform.python_version(),
                                 "function_log_level": "WARNING", "profiler": self.profiler.tool or "none"}
         # Cold starts first, while the box is idle (no load generator, no filled collection).

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from devstack import gateway
-from devstack.servers import ROOT, Process, spawn, wait_for_port
+from tools.common import ROOT, Process, spawn, wait_for_port
 
 READY_WITHIN_S = 30
 

@@ -42,8 +42,8 @@ from bench import hey, traefik
 from bench.ab import server_cpu_s, start_variant
 from bench.common import OUT_DIR, QUICK, ROOT, say
 from bench.run import Bench
-from devstack.servers import CACHE_DIR, HEY_VERSION, Process, cached_build, ensure_hey, free_port, run_checked, \
-    spawn, wait_for_port
+from devstack.servers import HEY_VERSION, ensure_hey
+from tools.common import CACHE_DIR, Process, cached_build, free_port, sh, spawn, wait_for_port
 
 NODE_DIR = ROOT / "bench" / "original_node"
 TARGETS = ("original", "direct", "gateway", "traefik")
@@ -66,8 +66,8 @@ def ensure_node_modules() -> Path:
                 raise RuntimeError(f"the original Node service needs '{tool}' on PATH (Node.js 18+)")
         for path in manifest:
             shutil.copy2(path, work / path.name)
-        run_checked(["npm", "ci", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=work,
-                    timeout_s=NPM_TIMEOUT_S)
+        sh("npm", "ci", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund", cwd=work,
+           timeout_s=NPM_TIMEOUT_S)
         return work / "node_modules"
 
     return cached_build(CACHE_DIR / f"original-node-{digest}", "node_modules", digest,
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     targets = TARGETS if traefik.binary() else tuple(t for t in TARGETS if t != "traefik")
     if "traefik" not in targets:
         say("no Traefik binary (`python -m cluster.traefik` builds it): measuring without it")
-    meta = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+    meta = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
             "load_average_before": [round(x, 2) for x in os.getloadavg()], "rounds": args.rounds,
             "seconds": args.seconds, "concurrency": args.concurrency, "body": hey.BUY_BODY, **versions()}
     bench = Bench(SimpleNamespace(no_profile=True, quick=True, only=None), dict(QUICK, levels=tuple(args.concurrency)))

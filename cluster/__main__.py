@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
-from pathlib import Path
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         return control.status()
     if args.command == "hostcheck":
-        import json
-        now = node.host_fingerprint(node.Paths(control.RUN))
+        now = node.Node(control.RUN).host_fingerprint()
         if args.save:
             Path(args.save).write_text(json.dumps(now, indent=2))
             return 0
@@ -57,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if changed else 0
     if args.command == "load":
         images = control.node_images()
-        node.load_images(node.Paths(control.RUN), images["refs"], images["podman_env"])
+        node.Node(control.RUN).load_images(images["refs"], images["podman_env"])
         return 0
     if args.command == "run":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not argv:
             parser.error("run needs a command")
-        os.execvp("unshare", node.with_cluster_dns(node.Paths(control.RUN), argv))
+        os.execvp("unshare", node.Node(control.RUN).with_cluster_dns(argv))
     if args.command == "url":
         from .observe import INGRESS_HOST, Kube, ingress_url
         if not control.is_up():

@@ -1,5 +1,5 @@
 """Build (once) the real control-plane binaries from the Go module proxy, cached under <cache>/cluster/
-(devstack.servers.CACHE_DIR, outside the clone).
+(tools.common.CACHE_DIR, outside the clone).
 
 - kube-apiserver, kube-controller-manager and kubectl: from k8s.io/kubernetes at
   KUBERNETES_VERSION through the wrapper module in cluster/kube/ (its go.mod pins every
@@ -19,13 +19,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from devstack.servers import CACHE_DIR
+from tools.common import CACHE_DIR, ROOT, speaker
 
-ROOT = Path(__file__).resolve().parent.parent
 CACHE = CACHE_DIR / "cluster"
 BIN = CACHE / "bin"
 SRC = CACHE / "src"
@@ -38,8 +36,7 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet", "kubectl")
 
 
-def say(message: str) -> None:
-    print(f"[cluster] {message}", file=sys.stderr, flush=True)
+say = speaker("cluster")
 
 
 def _go_env() -> dict:

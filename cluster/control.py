@@ -9,30 +9,29 @@ the certificates are kept and reused.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import ssl
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-
-import yaml
 from pathlib import Path
 
-from . import build, node, pki
+import yaml
 
-ROOT = build.ROOT
-sys.path.insert(0, str(ROOT))
-from devstack.servers import free_port, pick_port, spawn, stop_pid  # noqa: E402
+from images import build as images_build
+from tools.common import CRDS_DIR, ROOT, Kube, free_port, pick_port, pid_alive, sh, speaker, stop_pid, wait_http
+
+from . import build, knative, node, pki, traefik
+from .node import launch
 
 RUN = Path(os.environ.get("CLUSTER_RUN_DIR", ROOT / ".run" / "cluster"))
 STATE = RUN / "state.json"
 PKI = RUN / "pki"
 KUBECONFIG = RUN / "kubeconfig"
 LOGS = RUN / "logs"
-CRDS_DIR = Path(os.environ.get("PURCHASE_CRDS_DIR", ROOT.parent / "shared" / "crds"))
+# The admin's kubectl: every install step below, and the node's.
+KUBE = Kube(build.BIN / "kubectl", KUBECONFIG)
+kubectl = KUBE.run
 # KEDA's operator starts a controller for each of its kinds and exits if a CRD is missing;
 # ../shared/crds has ScaledObject and TriggerAuthentication, the module has the other four.
 KEDA_MODULE_CRDS = ("keda.sh_scaledjobs.yaml", "keda.sh_clustertriggerauthentications.yaml",
@@ -41,27 +40,12 @@ SERVICE_CIDR = node.SERVICE_CIDR  # routed by kube-proxy on the node
 KEDA_NAMESPACE = "keda"
 
 
-def say(message: str) -> None:
-    print(f"[cluster] {message}", file=sys.stderr, flush=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); read its state.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
+say = speaker("cluster")
 
 
 def _ours(entry: dict) -> bool:
     """Alive and still the program we started (a stale state file must not stop a reused PID)."""
-    if not _alive(entry["pid"]):
+    if not pid_alive(entry["pid"]):
         return False
     try:
         argv0 = Path(f"/proc/{entry['pid']}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
@@ -88,55 +72,22 @@ def _ssl_context(client: str | None = "admin") -> ssl.SSLContext:
     return ctx
 
 
-def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen, what: str, ctx: ssl.SSLContext | None = None,
-               log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"{what} exited with code {proc.returncode}; log {log}:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=3, context=ctx) as resp:
-                if resp.status == 200:
-                    return
-                last = f"HTTP {resp.status}"
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
-        except (OSError, urllib.error.URLError) as exc:
-            last = str(exc)
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} not healthy at {url} within {timeout_s:.0f}s ({last}); log {log}")
-
-
-def kubectl(*args: str, input_text: str | None = None, timeout_s: float = 120, check: bool = True,
-            kubeconfig: Path = KUBECONFIG) -> subprocess.CompletedProcess:
-    argv = [str(build.BIN / "kubectl"), f"--kubeconfig={kubeconfig}", *args]
-    result = subprocess.run(argv, input=input_text, capture_output=True, text=True, timeout=timeout_s)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
 def _start_etcd(etcd: Path, processes: list) -> str:
     client, peer = free_port(), free_port()
     data = RUN / "etcd"
-    subprocess.run(["rm", "-rf", str(data)], check=True, timeout=60)
-    log = LOGS / "etcd.log"
+    sh("rm", "-rf", str(data))
     argv = [str(etcd), "--name=purchase-local", f"--data-dir={data}",
             f"--listen-client-urls=http://127.0.0.1:{client}", f"--advertise-client-urls=http://127.0.0.1:{client}",
             f"--listen-peer-urls=http://127.0.0.1:{peer}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
             f"--initial-cluster=purchase-local=http://127.0.0.1:{peer}", "--initial-cluster-state=new",
             "--quota-backend-bytes=1073741824", "--log-level=warn", "--logger=zap"]
-    proc = spawn("etcd", argv, log)
-    processes.append({"name": "etcd", "binary": Path(argv[0]).name, "pid": proc.pid, "port": client, "log": str(log)})
-    _wait_http(f"http://127.0.0.1:{client}/health", 60, proc, "etcd", log=log)
+    proc = launch(processes, LOGS, "etcd", argv, client)
+    wait_http(f"http://127.0.0.1:{client}/health", 60, proc, "etcd", LOGS / "etcd.log")
     return f"http://127.0.0.1:{client}"
 
 
 def _start_apiserver(binary: Path, etcd_url: str, processes: list) -> int:
     port = pick_port(int(os.environ.get("CLUSTER_APISERVER_PORT", "6443")))
-    log = LOGS / "kube-apiserver.log"
     # Listens on 127.0.0.1; advertised (the `kubernetes` Service's endpoint) at the node's
     # address, where cluster/node.py relays to it for pods.
     argv = [str(binary), "--bind-address=127.0.0.1", f"--secure-port={port}", f"--advertise-address={node.NODE_IP}",
@@ -157,17 +108,15 @@ def _start_apiserver(binary: Path, etcd_url: str, processes: list) -> int:
             f"--kubelet-client-key={PKI / 'apiserver-kubelet-client.key'}",
             f"--kubelet-certificate-authority={PKI / 'ca.crt'}", "--kubelet-preferred-address-types=InternalIP",
             "--profiling=false", "--v=1"]
-    proc = spawn("kube-apiserver", argv, log)
-    processes.append({"name": "kube-apiserver", "binary": Path(argv[0]).name, "pid": proc.pid, "port": port,
-                      "log": str(log)})
-    _wait_http(f"https://127.0.0.1:{port}/readyz", 180, proc, "kube-apiserver", _ssl_context(), log)
+    proc = launch(processes, LOGS, "kube-apiserver", argv, port)
+    wait_http(f"https://127.0.0.1:{port}/readyz", 180, proc, "kube-apiserver", LOGS / "kube-apiserver.log",
+              _ssl_context())
     return port
 
 
 def _start_controller_manager(binary: Path, server: str, processes: list) -> None:
     kubeconfig = pki.write_kubeconfig(RUN / "controller-manager.kubeconfig", server, PKI, "controller-manager")
     port = free_port()
-    log = LOGS / "kube-controller-manager.log"
     argv = [str(binary), f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}", "--bind-address=127.0.0.1", f"--secure-port={port}",
             f"--cert-dir={RUN / 'controller-manager-certs'}", "--leader-elect=false",
@@ -176,14 +125,13 @@ def _start_controller_manager(binary: Path, server: str, processes: list) -> Non
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--use-service-account-credentials=true",
             f"--horizontal-pod-autoscaler-sync-period={os.environ.get('CLUSTER_HPA_SYNC_PERIOD', '15s')}",
             "--profiling=false", "--v=1"]
-    proc = spawn("kube-controller-manager", argv, log)
-    processes.append({"name": "kube-controller-manager", "binary": Path(argv[0]).name, "pid": proc.pid,
-                      "port": port, "log": str(log)})
+    proc = launch(processes, LOGS, "kube-controller-manager", argv, port)
     # It serves /healthz with a self-signed certificate of its own (--cert-dir): loopback, unverified.
     insecure = ssl.create_default_context()
     insecure.check_hostname = False
     insecure.verify_mode = ssl.CERT_NONE
-    _wait_http(f"https://127.0.0.1:{port}/healthz", 120, proc, "kube-controller-manager", insecure, log)
+    wait_http(f"https://127.0.0.1:{port}/healthz", 120, proc, "kube-controller-manager",
+              LOGS / "kube-controller-manager.log", insecure)
 
 
 def _wait_crds_established(names: list[str]) -> None:
@@ -214,7 +162,6 @@ def install_crds_and_rbac() -> None:
 def _start_keda(binary: Path, server: str, processes: list) -> None:
     kubeconfig = pki.write_kubeconfig(RUN / "keda-operator.kubeconfig", server, PKI, "keda-operator")
     probe, metrics, grpc = free_port(), free_port(), free_port()
-    log = LOGS / "keda-operator.log"
     env = dict(os.environ, KUBECONFIG=str(kubeconfig), WATCH_NAMESPACE="", POD_NAMESPACE=KEDA_NAMESPACE,
                KEDA_CLUSTER_OBJECT_NAMESPACE=KEDA_NAMESPACE, OPERATOR_NAME="keda-operator")
     ca_dir = PKI / "keda-ca"
@@ -224,12 +171,10 @@ def _start_keda(binary: Path, server: str, processes: list) -> None:
             f"--cert-dir={PKI / 'keda-certs'}", f"--ca-dir={ca_dir}", "--enable-cert-rotation=false",
             "--zap-log-level=info", "--zap-encoder=console"]
     # KEDA's Kafka scaler dials the broker by its in-cluster names, as it does in a pod.
-    argv = node.with_cluster_dns(node.Paths(RUN), argv)
-    proc = spawn("keda-operator", argv, log, env=env)
-    processes.append({"name": "keda-operator", "binary": binary.name, "pid": proc.pid, "port": probe,
-                      "log": str(log),
-                      "grpc_port": grpc, "metrics_port": metrics})
-    _wait_http(f"http://127.0.0.1:{probe}/readyz", 120, proc, "keda-operator", log=log)
+    argv = node.Node(RUN).with_cluster_dns(argv)
+    proc = launch(processes, LOGS, "keda-operator", argv, probe, binary=binary.name, env=env,
+                  grpc_port=grpc, metrics_port=metrics)
+    wait_http(f"http://127.0.0.1:{probe}/readyz", 120, proc, "keda-operator", LOGS / "keda-operator.log")
 
 
 METRICS_APISERVICE = "v1beta1.external.metrics.k8s.io"
@@ -245,7 +190,6 @@ def _start_keda_adapter(binary: Path, server: str, processes: list, grpc_port: i
     kubeconfig = RUN / "keda-operator.kubeconfig"  # the chart runs both as the keda-operator account
     port, metrics = free_port(), free_port()
     certs = PKI / "keda-adapter-certs"
-    log = LOGS / "keda-adapter.log"
     env = dict(os.environ, KUBECONFIG=str(kubeconfig), WATCH_NAMESPACE="", POD_NAMESPACE=KEDA_NAMESPACE,
                KEDA_CLUSTER_OBJECT_NAMESPACE=KEDA_NAMESPACE)
     argv = [str(binary), "--bind-address=127.0.0.1", f"--secure-port={port}",
@@ -255,10 +199,9 @@ def _start_keda_adapter(binary: Path, server: str, processes: list, grpc_port: i
             f"--authorization-kubeconfig={kubeconfig}",
             f"--metrics-service-address=127.0.0.1:{grpc_port}", f"--port={metrics}",
             "--zap-log-level=info", "--zap-encoder=console"]
-    proc = spawn("keda-adapter", argv, log, env=env)
-    processes.append({"name": "keda-adapter", "binary": Path(argv[0]).name, "pid": proc.pid, "port": port,
-                      "log": str(log), "metrics_port": metrics})
-    _wait_http(f"https://127.0.0.1:{port}/readyz", 120, proc, "keda-adapter", _ssl_context(None), log)
+    proc = launch(processes, LOGS, "keda-adapter", argv, port, env=env, metrics_port=metrics)
+    wait_http(f"https://127.0.0.1:{port}/readyz", 120, proc, "keda-adapter", LOGS / "keda-adapter.log",
+              _ssl_context(None))
     return port
 
 
@@ -269,7 +212,6 @@ def install_metrics_api(adapter_port: int) -> None:
     ExternalName for localhost: the aggregator resolves it to https://localhost:<port> and
     checks the adapter's certificate for keda-metrics-apiserver.keda.svc.
     """
-    import base64
     keda_dir = build.keda_module_dir() / "config" / "metrics-server"
     kubectl("apply", "-f", str(keda_dir / "role.yaml"), "-f", str(keda_dir / "role_binding.yaml"))
     kubectl("create", "clusterrolebinding", "keda-operator-auth-delegator", "--clusterrole=system:auth-delegator",
@@ -301,31 +243,35 @@ def up() -> dict:
     processes: list = []
     started = time.monotonic()
     state = {"processes": processes, "kubeconfig": str(KUBECONFIG), "kubectl": str(build.BIN / "kubectl")}
+
+    def save() -> None:  # after each start, so a failure part-way is still stopped by PID
+        STATE.write_text(json.dumps(state, indent=2))
+
     try:
         etcd_url = _start_etcd(binaries["etcd"], processes)
-        STATE.write_text(json.dumps(state, indent=2))
+        save()
         port = _start_apiserver(binaries["kube-apiserver"], etcd_url, processes)
         server = f"https://127.0.0.1:{port}"
         state["server"] = server
         pki.write_kubeconfig(KUBECONFIG, server, PKI, "admin")
-        STATE.write_text(json.dumps(state, indent=2))
+        save()
         _start_controller_manager(binaries["kube-controller-manager"], server, processes)
-        STATE.write_text(json.dumps(state, indent=2))
-        node.start(node.Paths(RUN), binaries, server, PKI, kubectl, processes, LOGS, images["refs"],
-                   images["podman_env"], checkpoint=lambda: STATE.write_text(json.dumps(state, indent=2)))
+        save()
+        node.Node(RUN, LOGS, KUBE, processes, checkpoint=save).start(binaries, server, PKI, images["refs"],
+                                                                     images["podman_env"])
         install_crds_and_rbac()
         if knative_enabled():
             install_knative(images["knative"])
         _start_keda(binaries["keda-operator"], server, processes)
-        STATE.write_text(json.dumps(state, indent=2))
+        save()
         if adapter_enabled():
             grpc = next(p["grpc_port"] for p in processes if p["name"] == "keda-operator")
             adapter_port = _start_keda_adapter(binaries["keda-adapter"], server, processes, grpc)
-            STATE.write_text(json.dumps(state, indent=2))
+            save()
             install_metrics_api(adapter_port)
     except BaseException:
         say(f"start failed; logs in {LOGS}")
-        STATE.write_text(json.dumps(state, indent=2))
+        save()
         down(quiet=True)
         raise
     say(f"up in {time.monotonic() - started:.0f}s: {server}  (export KUBECONFIG={KUBECONFIG})")
@@ -340,7 +286,6 @@ def install_knative(images: dict[str, str]) -> None:
     """Knative Serving's config/core (cluster/knative.py: local images, the test overlay of
     shorter autoscaler windows unless CLUSTER_KNATIVE_OVERLAY=default) on the node; returns
     once its four deployments are Available and the webhook answers admission requests."""
-    from . import knative
     started = time.monotonic()
     crds = knative.knative_crds()
     kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=crds)
@@ -358,14 +303,10 @@ def node_images() -> dict:
     """The images the node runs, built (or found cached) in podman's storage: the three
     functions under the names the manifests use, the local substitutes (pause, Kafka,
     MongoDB) for upstream images that cannot be pulled here, the ingress (Traefik) and Knative."""
-    sys.path.insert(0, str(ROOT))
-    from images import build as images_build
-    from . import traefik
     refs = [*images_build.build_function_images(), *images_build.build_substitutes().values(),
             traefik.ensure_traefik_image()]
     knative_images = {}
     if knative_enabled():
-        from . import knative
         knative_images = knative.ensure_knative_images()
         refs += knative_images.values()
     return {"refs": list(dict.fromkeys(refs)), "podman_env": images_build.podman_env(), "knative": knative_images}
@@ -374,10 +315,10 @@ def node_images() -> dict:
 def down(quiet: bool = False) -> list[str]:
     state = read_state()
     stopped = []
-    paths = node.Paths(RUN)
+    the_node = node.Node(RUN, LOGS, KUBE)
     if state:
         entries = state["processes"]
-        node.stop(paths, entries, kubectl, _ours)
+        the_node.stop(entries, _ours)
         stopped += [f"{e['name']} (pid {e['pid']})" for e in entries if e["name"] in node.NODE_PROCESSES]
         for entry in reversed([e for e in entries if e["name"] not in node.NODE_PROCESSES]):
             if _ours(entry):
@@ -385,7 +326,7 @@ def down(quiet: bool = False) -> list[str]:
                 stopped.append(f"{entry['name']} (pid {entry['pid']})")
         STATE.unlink()
     else:
-        node.stop(paths, [], kubectl, _ours)  # host state left by a start that died early
+        the_node.stop([], _ours)  # host state left by a start that died early
     if not quiet:
         say("stopped " + (", ".join(stopped) if stopped else "nothing (no cluster running)"))
     return stopped

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from tools.common import CRDS_DIR, ROOT
+
 from . import build
 
 KNATIVE_MODULE = "knative.dev/serving"
@@ -35,7 +37,6 @@ KNATIVE_VERSION = "v0.50.0"  # Knative Serving 1.23, the release of the CRDs in 
 KNATIVE_COMPONENTS = ("controller", "webhook", "activator", "autoscaler", "queue")
 LOG = build.CACHE / "logs" / "build-knative.log"
 IMAGE_REPOSITORY = "localhost/knative-serving"
-SHARED_CRDS_DIR = Path(os.environ.get("PURCHASE_CRDS_DIR", build.ROOT.parent / "shared" / "crds"))
 
 # Shared CRD file -> the file of config/core/300-resources it must equal byte for byte.
 SHARED_CRDS = {"serving.knative.dev_services.yaml": "service.yaml",
@@ -84,10 +85,10 @@ def _binary_name(component: str) -> str:
     return f"knative-{component}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module_dir(module: str, version: str) -> Path:
     result = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"], env=_go_env(),
-                            capture_output=True, text=True, timeout=1800, cwd=build.ROOT)
+                            capture_output=True, text=True, timeout=1800, cwd=ROOT)
     info = json.loads(result.stdout or "{}")
     if result.returncode != 0 or info.get("Error") or not info.get("Dir"):
         raise RuntimeError(f"go mod download {module}@{version} failed: {info.get('Error')} {result.stderr}")
@@ -137,7 +138,7 @@ def ensure_knative() -> dict[str, Path]:
     build._run(["env", "GOFLAGS=", f"GOBIN={out}", "nice", "-n", "19", "go", "install", "-p", build._jobs(),
                 "-trimpath", "-ldflags=-s -w",
                 *(f"{KNATIVE_MODULE}/cmd/{component}@{KNATIVE_VERSION}" for component in KNATIVE_COMPONENTS)],
-               cwd=build.ROOT, log=LOG, timeout_s=7200)
+               cwd=ROOT, log=LOG, timeout_s=7200)
     for component in KNATIVE_COMPONENTS:
         os.replace(out / component, paths[component])
         build._stamp(_binary_name(component), KNATIVE_VERSION)
@@ -187,11 +188,11 @@ def _config_core_files(serving_dir: Path) -> list[tuple[str, Path]]:
 
 
 def _skipped_shared_crds(serving_dir: Path) -> set[str]:
-    """The CRD files the cluster applies from SHARED_CRDS_DIR; each must equal upstream's byte
+    """The CRD files the cluster applies from CRDS_DIR; each must equal upstream's byte
     for byte, or the two would fight over the same CRD."""
     skipped = set()
     for shared_name, upstream_name in SHARED_CRDS.items():
-        shared = SHARED_CRDS_DIR / shared_name
+        shared = CRDS_DIR / shared_name
         upstream = serving_dir / "config" / "core" / "300-resources" / upstream_name
         if shared.read_bytes() != upstream.read_bytes():
             raise RuntimeError(f"{shared} differs from {KNATIVE_MODULE}@{KNATIVE_VERSION} "
@@ -278,7 +279,7 @@ def _dump(documents: list[tuple[str, dict]]) -> str:
 def knative_manifests(images: dict[str, str], overlay: str = "default") -> str:
     """Serving's config/core as one stream for `kubectl apply -f -`: CRDs first (apply them and
     wait for Established, e.g. with knative_crds(), before the rest: a CR in the same apply as
-    its new CRD is rejected), without the CRDs the cluster applies from SHARED_CRDS_DIR."""
+    its new CRD is rejected), without the CRDs the cluster applies from CRDS_DIR."""
     return _dump(_load_documents(images, overlay))
 
 

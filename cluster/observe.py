@@ -12,13 +12,12 @@ import json
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import yaml
+from tools import common
 
-from . import control
 from .node import NODE_IP
 
 NAMESPACE = "purchase"
@@ -29,40 +28,13 @@ def parse_time(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-class Kube:
-    """kubectl against the cluster, plus the few reads the tests repeat."""
+class Kube(common.Kube):
+    """The cluster's kubectl (tools.common.Kube, from `python -m cluster`'s state) in the
+    `purchase` namespace, plus the reads of the consumer the tests and benches repeat."""
 
     def __init__(self, state: dict):
+        super().__init__(state["kubectl"], Path(state["kubeconfig"]), namespace=NAMESPACE)
         self.state = state
-        self.kubeconfig = Path(state["kubeconfig"])
-        self.kubectl_path = Path(state["kubectl"])
-
-    def run(self, *args: str, input_text: str | None = None, check: bool = True, timeout_s: float = 120):
-        return control.kubectl(*args, input_text=input_text, check=check, timeout_s=timeout_s,
-                               kubeconfig=self.kubeconfig)
-
-    def get(self, kind: str, name: str, namespace: str | None = NAMESPACE) -> dict | None:
-        args = ["get", kind, name, "-o", "json"] + ([f"--namespace={namespace}"] if namespace else [])
-        result = self.run(*args, check=False)
-        if result.returncode != 0:
-            if "NotFound" in result.stderr or "not found" in result.stderr:
-                return None
-            raise RuntimeError(result.stderr)
-        return json.loads(result.stdout)
-
-    def items(self, kind: str, selector: str | None = None, namespace: str = NAMESPACE) -> list[dict]:
-        args = ["get", kind, f"--namespace={namespace}", "-o", "json"] + ([f"--selector={selector}"] if selector else [])
-        return json.loads(self.run(*args).stdout)["items"]
-
-    def apply(self, documents: list[dict]) -> str:
-        return self.run("apply", "-f", "-", input_text=yaml.safe_dump_all(documents, sort_keys=False)).stdout
-
-    @staticmethod
-    def condition(obj: dict | None, kind: str) -> str | None:
-        for cond in (obj or {}).get("status", {}).get("conditions", []) or []:
-            if cond.get("type") == kind:
-                return cond.get("status")
-        return None
 
     def replicas(self, name: str = CONSUMER) -> int | None:
         obj = self.get("deployment", name)
@@ -79,7 +51,6 @@ class Kube:
         return base64.b64decode(self.get("secret", name)["data"][key]).decode()
 
 
-
 # The node's ingress (k8s/overlays/node/traefik/): the public Service and the host the
 # purchase.local Ingresses route, as a client outside the cluster reaches the functions.
 INGRESS_NAMESPACE = "traefik"
@@ -87,7 +58,7 @@ INGRESS_SERVICE = "traefik"
 INGRESS_HOST = "purchase.local"
 
 
-def ingress_url(kube: "Kube") -> str:
+def ingress_url(kube: Kube) -> str:
     """http://<node address>:<NodePort> of the ingress's public Service (kube-proxy binds NodePorts
     to the node's bridge address only: reachable from this machine, nowhere else)."""
     service = kube.get("service", INGRESS_SERVICE, namespace=INGRESS_NAMESPACE)
@@ -111,12 +82,12 @@ class Revision:
         """For `requests`, which sends this Host instead of the URL's."""
         return {"Host": self.host}
 
-    def pods(self, kube: "Kube") -> list[dict]:
+    def pods(self, kube: Kube) -> list[dict]:
         return [p for p in kube.items("pods", f"serving.knative.dev/revision={self.name}")
                 if not p["metadata"].get("deletionTimestamp")]
 
 
-def revision_ready(kube: "Kube", service: str) -> Revision | None:
+def revision_ready(kube: Kube, service: str) -> Revision | None:
     """The latest Ready Revision of a Knative Service once the Service is Ready, which includes its
     Route: the ingress has configured the KIngress and traffic reaches the Revision through it."""
     ksvc = kube.get("service.serving.knative.dev", service)
@@ -150,9 +121,9 @@ class StepWatch:
     _proc: subprocess.Popen | None = None
     _thread: threading.Thread | None = None
 
-    def __enter__(self) -> "StepWatch":
-        argv = [str(self.kube.kubectl_path), f"--kubeconfig={self.kube.kubeconfig}", "get", self.kind,
-                f"--namespace={NAMESPACE}", "--watch", "--output-watch-events", "-o", "json"]
+    def __enter__(self) -> StepWatch:
+        argv = self.kube.argv("get", self.kind, f"--namespace={NAMESPACE}", "--watch", "--output-watch-events",
+                              "-o", "json")
         if self.selector:
             argv.append(f"--selector={self.selector}")
         if self.name:

@@ -8,8 +8,10 @@ import sys
 import threading
 import time
 
+from tools.common import ROOT
+
 from . import gateway
-from .servers import ROOT, ensure_ferretdb, ensure_kafka, say
+from .servers import ensure_ferretdb, ensure_kafka, say
 from .stack import function_env, start_functions, start_servers, stop_from_state, write_state
 
 RUN_DIR = ROOT / ".run"

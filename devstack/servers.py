@@ -10,20 +10,24 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# Outside the clone: a fresh clone (CI's, a second checkout) reuses every download and build.
-CACHE_DIR = Path(os.environ.get("PURCHASE_CACHE_DIR")
-                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "purchase-system")
+from tools.common import (
+    CACHE_DIR,
+    ROOT,
+    Process,
+    fetch_maven_jars,
+    free_port,
+    go_install,
+    pid_alive,
+    sh,
+    spawn,
+    speaker,
+    wait_for_port,
+)
+
 KAFKA_VERSION = "4.1.1"
 FERRETDB_VERSION = "v1.24.2"
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
@@ -31,20 +35,9 @@ FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 # Go module proxy serves.
 HEY_VERSION = "v0.1.5"
 HEY_MODULE = "github.com/rakyll/hey"
-GO_BUILD_TIMEOUT_S = 900
+# Downloads, builds and the broker's storage formatting: slow on a first run, bounded all the same.
+BUILD_TIMEOUT_S = 1800
 
-# A throwaway project whose only job is `mvn dependency:copy-dependencies` of its dependencies.
-MAVEN_FETCH_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local.purchase</groupId>
-  <artifactId>{name}</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-{dependencies}
-  </dependencies>
-</project>
-"""
 # The broker's runtime: Kafka itself, and reload4j as the logging backend its log4j 1 config expects.
 KAFKA_BROKER_JARS = (("org.apache.kafka", "kafka_2.13", KAFKA_VERSION), ("org.slf4j", "slf4j-reload4j", "1.7.36"))
 
@@ -58,62 +51,7 @@ log4j.logger.kafka.server.BrokerServer=INFO
 """
 
 
-def say(message: str) -> None:
-    print(f"[devstack] {message}", file=sys.stderr, flush=True)
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def pick_port(preferred: int | None) -> int:
-    if preferred and port_is_free(preferred):
-        return preferred
-    return free_port()
-
-
-def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what or 'process'} exited with code {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{what or 'server'} did not listen on 127.0.0.1:{port} within {timeout_s:.0f}s")
-
-
-def run_checked(argv: list[str], cwd: Path | None = None, env: dict | None = None, timeout_s: float = 1800) -> str:
-    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result.stdout
-
-
-def fetch_maven_jars(home: Path, name: str, artifacts, transitive: bool = True, timeout_s: float = 1800) -> Path:
-    """Copy (groupId, artifactId, version) jars, with their dependencies unless transitive is
-    False, from Maven Central into home/libs."""
-    home.mkdir(parents=True, exist_ok=True)
-    dependencies = "\n".join(f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
-                              f"<version>{v}</version></dependency>" for g, a, v in artifacts)
-    (home / "pom.xml").write_text(MAVEN_FETCH_POM.format(name=name, dependencies=dependencies))
-    run_checked(["mvn", "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={home / 'libs'}",
-                 *([] if transitive else ["-DexcludeTransitive=true"])], cwd=home, timeout_s=timeout_s)
-    return home / "libs"
+say = speaker("devstack")
 
 
 def ensure_kafka() -> Path:
@@ -149,130 +87,24 @@ def ensure_ferretdb() -> Path:
     say(f"building FerretDB {FERRETDB_VERSION} from the Go module proxy (first run only, a few minutes)")
     started = time.monotonic()
     env = dict(os.environ, GOFLAGS="-mod=mod", CGO_ENABLED="0")
-    info = json.loads(run_checked(["go", "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}"], env=env))
+    info = json.loads(sh("go", "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}", env=env,
+                         timeout_s=BUILD_TIMEOUT_S))
     source = home / "src"
     shutil.rmtree(source, ignore_errors=True)
     shutil.copytree(info["Dir"], source)
     for path in source.rglob("*"):
         path.chmod(path.stat().st_mode | 0o200)
     (source / "build" / "version" / "version.txt").write_text(FERRETDB_VERSION + "\n")
-    run_checked(["go", "build", "-o", str(binary) + ".tmp", "./cmd/ferretdb"], cwd=source, env=env)
+    sh("go", "build", "-o", str(binary) + ".tmp", "./cmd/ferretdb", cwd=source, env=env, timeout_s=BUILD_TIMEOUT_S)
     os.replace(str(binary) + ".tmp", binary)
     shutil.rmtree(source, ignore_errors=True)
     say(f"FerretDB built in {time.monotonic() - started:.0f}s")
     return binary
 
 
-def cached_build(home: Path, product: str, stamp: str, what: str, build) -> Path:
-    """home/product, made once by `build(work_dir)` (which returns the path it made); a marker
-    holding `stamp` says it is complete, so an interrupted build is redone. Each build has a
-    work directory of its own under home, so two clones building at once do not collide."""
-    target, marker = home / product, home / ".complete"
-    if target.exists() and marker.exists() and marker.read_text().strip() == stamp:
-        return target
-    say(f"{what} (first run only)")
-    started = time.monotonic()
-    home.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="build-", dir=home))
-    try:
-        made = build(work)
-        if target.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-        os.replace(made, target)
-        marker.write_text(stamp + "\n")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    say(f"{what}: done in {time.monotonic() - started:.1f}s")
-    return target
-
-
-def _require_go(name: str) -> None:
-    if shutil.which("go") is None:
-        raise RuntimeError(f"{name} is built with Go (1.24+; it also builds FerretDB); 'go' is not on PATH")
-
-
-def go_install(module: str, version: str, name: str, timeout_s: float = GO_BUILD_TIMEOUT_S) -> Path:
-    """A Go command built once with `go install module@version` into CACHE_DIR/name-version/name,
-    reused by every clone."""
-    def build(out: Path) -> Path:
-        _require_go(name)
-        # `go install module@version` takes no -mod flag; GOTOOLCHAIN=local fails at once
-        # instead of fetching a newer Go should the module ever ask for one.
-        env = dict(os.environ, GOBIN=str(out), GOFLAGS="", CGO_ENABLED="0", GOTOOLCHAIN="local")
-        run_checked(["go", "install", "-ldflags=-s -w", f"{module}@{version}"], env=env, timeout_s=timeout_s)
-        parts = module.split("/")
-        # The command is named after the module's last element, a major-version suffix (/v5) left out.
-        return out / (parts[-2] if len(parts) > 1 and parts[-1][1:].isdigit() and parts[-1][0] == "v" else parts[-1])
-
-    return cached_build(CACHE_DIR / f"{name}-{version}", name, version,
-                        f"building {name} {version} from the Go module proxy", build)
-
-
 def ensure_hey() -> Path:
     """rakyll/hey, the HTTP load generator of `make bench-versus`, built from the Go module proxy once."""
     return go_install(HEY_MODULE, HEY_VERSION, "hey")
-
-
-def build_go_program(name: str, source: Path, files: tuple[str, ...]) -> Path:
-    """A Go program of this repository (source: its folder, files: all its build inputs),
-    built once per version of those files into the cache outside the clone."""
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update((source / file).read_bytes())
-    version = digest.hexdigest()[:16]
-
-    def build(out: Path) -> Path:
-        _require_go(name)
-        # GOTOOLCHAIN=local fails at once instead of fetching a newer Go should go.mod ask for one.
-        env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly", GOTOOLCHAIN="local")
-        run_checked(["go", "build", "-trimpath", "-o", str(out / name), "."], cwd=source, env=env,
-                    timeout_s=GO_BUILD_TIMEOUT_S)
-        return out / name
-
-    return cached_build(CACHE_DIR / name / version, name, version,
-                        f"building {name} with Go (once per version of {source.relative_to(ROOT)})", build)
-
-
-@dataclass
-class Process:
-    name: str
-    proc: subprocess.Popen
-    port: int
-    log: Path
-    extra: dict = field(default_factory=dict)
-
-    def stop(self, timeout_s: float = 15) -> None:
-        stop_pid(self.proc.pid, timeout_s, self.proc)
-
-
-def stop_pid(pid: int, timeout_s: float = 15, proc: subprocess.Popen | None = None) -> None:
-    """SIGTERM the process group, then SIGKILL after a bounded wait."""
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            os.kill(pid, sig)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if proc is not None:
-                if proc.poll() is not None:
-                    return
-            else:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    return
-            time.sleep(0.1)
-
-
-def spawn(name: str, argv: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(log, "ab")
-    # A session of its own: the stack stops it by PID, and a terminal Ctrl-C reaches only the manager.
-    return subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, cwd=cwd, start_new_session=True)
 
 
 def start_kafka(data_dir: Path, port: int | None = None, controller_port: int | None = None,
@@ -312,8 +144,9 @@ def start_kafka(data_dir: Path, port: int | None = None, controller_port: int | 
         "-cp", f"{libs}/*",
     ]
     if not (log_dir / "meta.properties").exists():
-        cluster_id = run_checked(java + ["kafka.tools.StorageTool", "random-uuid"]).strip().splitlines()[-1]
-        run_checked(java + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)])
+        cluster_id = sh(*java, "kafka.tools.StorageTool", "random-uuid",
+                        timeout_s=BUILD_TIMEOUT_S).strip().splitlines()[-1]
+        sh(*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), timeout_s=BUILD_TIMEOUT_S)
     proc = spawn("kafka", java + ["kafka.Kafka", str(props)], data_dir / "kafka.out")
     wait_for_port(port, timeout_s, proc, "Kafka")
     return Process("kafka", proc, port, data_dir / "kafka-server.log", {"controller_port": controller_port})
@@ -341,8 +174,8 @@ def ensure_postgresql() -> Path:
     if found() is None and os.geteuid() == 0 and shutil.which("apt-get"):
         say("installing Debian's postgresql-15 (apt-get; first run only)")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        run_checked(["apt-get", "update", "-qq"], env=env, timeout_s=600)
-        run_checked(["apt-get", "install", "-y", "-qq", "postgresql-15"], env=env, timeout_s=900)
+        sh("apt-get", "update", "-qq", env=env, timeout_s=600)
+        sh("apt-get", "install", "-y", "-qq", "postgresql-15", env=env, timeout_s=900)
     bin_dir = found()
     if bin_dir is None:
         raise RuntimeError("FerretDB's store needs PostgreSQL 15+ (Debian: apt-get install postgresql-15)")
@@ -375,7 +208,7 @@ def postgresql_data_dir(data_dir: Path) -> Path:
     for origin in ROOT_PG_PARENT.glob("*.origin"):  # data folders gone (pytest keeps three runs)
         folder = origin.with_suffix("")
         pid_file = folder / "postmaster.pid"
-        running = pid_file.exists() and _alive(int(pid_file.read_text().split()[0] or 0))
+        running = pid_file.exists() and pid_alive(int(pid_file.read_text().split()[0] or 0))
         if not Path(origin.read_text()).exists() and not running:
             shutil.rmtree(folder, ignore_errors=True)
             origin.unlink(missing_ok=True)
@@ -384,16 +217,6 @@ def postgresql_data_dir(data_dir: Path) -> Path:
     if not inside.is_symlink():
         inside.symlink_to(outside)
     return outside
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
 
 
 def start_ferretdb(data_dir: Path, port: int | None = None, timeout_s: float = 90, env: dict | None = None,
@@ -475,6 +298,3 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 60)
     finally:
         admin.close()
 
-
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:8]

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from purchase_common import config
 
+from tools.common import ROOT, Process, free_port, pick_port, spawn, stop_pid, wait_for_port
+
 from . import gateway
-from .servers import ROOT, Process, ensure_topics, free_port, pick_port, spawn, start_ferretdb, start_kafka, \
-    stop_pid, wait_for_kafka_ready, wait_for_port
+from .servers import ensure_topics, start_ferretdb, start_kafka, wait_for_kafka_ready
 
 BIN = Path(sys.executable).parent
 FUNCTIONS = ROOT / "functions"

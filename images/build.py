@@ -17,15 +17,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from devstack import servers
+from tools.common import CACHE_DIR, ROOT, fetch_maven_jars, speaker
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = servers.CACHE_DIR / "images"
+CACHE = CACHE_DIR / "images"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 STAMP_LABEL = "purchase.stamp"
 
@@ -83,8 +82,7 @@ runtime = "runc"
 BUILD_FLAGS = ["--network", "host"]
 
 
-def say(message: str) -> None:
-    print(f"[images] {message}", file=sys.stderr, flush=True)
+say = speaker("images")
 
 
 def podman_env() -> dict:
@@ -233,7 +231,7 @@ def _kafka_tools_jar() -> Path:
     jar = home / "libs" / f"kafka-tools-{servers.KAFKA_VERSION}.jar"
     if jar.exists():
         return jar
-    servers.fetch_maven_jars(home, "kafka-tools-jar", [("org.apache.kafka", "kafka-tools", servers.KAFKA_VERSION)],
+    fetch_maven_jars(home, "kafka-tools-jar", [("org.apache.kafka", "kafka-tools", servers.KAFKA_VERSION)],
                              transitive=False, timeout_s=900)
     return jar
 

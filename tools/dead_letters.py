@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
-
 from purchase_common import config
 
 STATE = Path(__file__).resolve().parent.parent / ".run" / "state.json"

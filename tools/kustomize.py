@@ -4,7 +4,7 @@
     python -m tools.kustomize build k8s/overlays/node     # any kustomize arguments
 
 It is built once from the Go module proxy into the cache outside the clone
-(devstack.servers.CACHE_DIR), at the version kubectl v1.37.2 embeds, which cluster/kube/go.mod
+(tools.common.CACHE_DIR), at the version kubectl v1.37.2 embeds, which cluster/kube/go.mod
 pins: the tests render exactly what the node's `kubectl apply -k` applies.
 """
 from __future__ import annotations
@@ -14,9 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from devstack.servers import CACHE_DIR, go_install, run_checked
+from tools.common import CACHE_DIR, ROOT, go_install, sh
 
-ROOT = Path(__file__).resolve().parent.parent
 MODULE = "sigs.k8s.io/kustomize/kustomize/v5"
 BUILD_TIMEOUT_S = 900
 RUN_TIMEOUT_S = 120
@@ -43,7 +42,7 @@ def ensure() -> Path:
 
 def build(path: Path | str) -> str:
     """`kustomize build PATH`: the rendered objects as one YAML stream."""
-    return run_checked([str(ensure()), "build", str(path)], timeout_s=RUN_TIMEOUT_S)
+    return sh(str(ensure()), "build", str(path), timeout_s=RUN_TIMEOUT_S)
 
 
 def main(argv: list[str]) -> int:

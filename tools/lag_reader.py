@@ -12,8 +12,8 @@ import time
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.errors import KafkaError
-
 from purchase_common import config
+
 from tools.keda_scaler import ROOT, PartitionOffsets
 
 STATE_FILE = ROOT / ".run" / "state.json"

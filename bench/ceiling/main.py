@@ -9,7 +9,6 @@ import json
 import uuid
 
 import functions_framework.aio
-
 from purchase_common import answers
 
 
