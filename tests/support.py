@@ -13,7 +13,7 @@ import requests
 from devstack import stack as devstack
 from devstack.servers import ensure_topics
 from purchase_common import config
-from purchase_common.retry import poll_until
+from tools.common import poll_until
 
 ANSWER_WITHIN_S = 5
 
@@ -52,7 +52,8 @@ def isolated_env(stack: devstack.Stack, tag: str, **overrides: str) -> tuple[dic
 
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.1, message: str = "condition"):
-    """Poll predicate until it returns a truthy value; fail the test after timeout_s."""
+    """tools.common.poll_until for a test: its timeout is the test's failure (an AssertionError,
+    which pytest reports as the failed check, not as an error in the code under test)."""
     try:
         return poll_until(predicate, timeout_s, interval_s, message)
     except TimeoutError as exc:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,13 +15,14 @@ from pathlib import Path
 
 import requests
 import yaml
+from support import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from cluster import control, node
+from cluster.observe import CONSUMER, NAMESPACE, Kube, Revision, parse_time, revision_ready
+from tools.common import ROOT
 
-from cluster import control, node  # noqa: E402
-from cluster.observe import CONSUMER, NAMESPACE, Kube, Revision, parse_time, revision_ready  # noqa: E402,F401
-from support import wait_until  # noqa: E402
+# What the node tests import from here as well (one place for the cluster's names).
+__all__ = ["CONSUMER", "NAMESPACE", "ROOT", "Kube", "Revision", "revision_ready", "wait_until"]
 
 NODE_OVERLAY = ROOT / "k8s" / "overlays" / "node"
 # KEDA's timings as the node overlay deploys them (its scaledobject-timings.yaml says why).
@@ -33,10 +33,7 @@ COOLDOWN_S = _TIMINGS["cooldownPeriod"]
 MARGIN_S = float(os.environ.get("CLUSTER_TEST_MARGIN", "10"))
 HPA_SYNC_S = 15  # kube-controller-manager's --horizontal-pod-autoscaler-sync-period (cluster default)
 RESULTS = ROOT / ".run" / "cluster" / "results"
-
-
-def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
-    return wait_until(predicate, timeout_s, interval_s, what)
+POLL_S = 0.5  # how often a node test re-reads the cluster while it waits (each read is a kubectl call)
 
 
 def load_manifest(path: Path) -> dict:
@@ -119,8 +116,8 @@ class NodeStack:
 
     def wait_idle_at_zero(self, timeout_s: float) -> None:
         """No lag, replicas 0 and no consumer pod left: the start state of every scaling test."""
-        wait_for(lambda: self.kube.replicas() == 0 and not self.kube.consumer_pods(), timeout_s,
-                 "persist-purchase idle at 0 replicas with no pod")
+        wait_until(lambda: self.kube.replicas() == 0 and not self.kube.consumer_pods(), timeout_s, POLL_S,
+                   "persist-purchase idle at 0 replicas with no pod")
 
 
 UNCONFIRMED = (502, 503, 504)  # nothing confirmed: retry with the same Idempotency-Key
@@ -149,7 +146,7 @@ def kill_container(pod: dict, signal_name: str = "SIGKILL") -> str:
     """Signal a pod's container through the node's runtime (containerd), as an OOM kill or a
     crash would: kubelet sees the exit and restarts it."""
     container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-    node.ctr(node.Paths(control.RUN), "tasks", "kill", f"--signal={signal_name}", container_id)
+    node.Node(control.RUN).ctr("tasks", "kill", f"--signal={signal_name}", container_id)
     return container_id
 
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clusterlib import POLL_S, ROOT, Kube, NodeStack, revision_ready, wait_until
+
+from cluster import control
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from clusterlib import ROOT, Kube, NodeStack, revision_ready, wait_for  # noqa: E402
-from cluster import control  # noqa: E402
 
 ENABLED = os.environ.get("PURCHASE_CLUSTER_TESTS") == "1"
 
@@ -64,10 +62,11 @@ def deployed(kube) -> subprocess.CompletedProcess:
 def stack(kube, deployed) -> NodeStack:
     """The deployed system: buy and history as Knative Services whose Routes are Ready, reached
     through the node's ingress (Traefik) with Host: purchase.local, as a client reaches them."""
-    revisions = {name: wait_for(lambda n=name: revision_ready(kube, n), 180, f"{name}'s Revision Ready")
+    revisions = {name: wait_until(lambda n=name: revision_ready(kube, n), 180, POLL_S, f"{name}'s Revision Ready")
                  for name in ("buy", "history")}
     mongodb_uri = kube.secret_value("mongodb-credentials", "MONGODB_ADMIN_URI")
     bootstrap = kube.get("configmap", "purchase-config")["data"]["KAFKA_BOOTSTRAP_SERVERS"]
     result = NodeStack(kube, revisions["buy"], revisions["history"], mongodb_uri, bootstrap)
-    wait_for(lambda: kube.condition(result.scaled_object(), "Ready") == "True", 120, "ScaledObject Ready=True")
+    wait_until(lambda: kube.condition(result.scaled_object(), "Ready") == "True", 120, POLL_S,
+               "ScaledObject Ready=True")
     return result

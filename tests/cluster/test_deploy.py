@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import requests
 import yaml
+from clusterlib import CONSUMER, NAMESPACE, NODE_OVERLAY, POLL_S, pod_timeline, record_timeline, wait_until
 
-from clusterlib import CONSUMER, NAMESPACE, NODE_OVERLAY, pod_timeline, record_timeline, wait_for
 from cluster import knative, node
 from tools import kustomize
 
@@ -64,8 +64,8 @@ def test_kafka_and_mongodb_run_as_real_pods_and_the_topic_job_completes(deployed
 def test_functions_run_as_knative_revisions_non_root_with_a_read_only_root(stack, kube, capsys):
     timings = {}
     for function, revision in (("buy", stack.buy_revision), ("history", stack.history_revision)):
-        pods = wait_for(lambda r=revision: [p for p in r.pods(kube) if kube.condition(p, "Ready") == "True"], 120,
-                        f"a Ready pod of {revision.name}")
+        pods = wait_until(lambda r=revision: [p for p in r.pods(kube) if kube.condition(p, "Ready") == "True"], 120,
+                          POLL_S, f"a Ready pod of {revision.name}")
         pod = pods[0]
         name = pod["metadata"]["name"]
         # The function container plus Knative's queue-proxy, both ready (probes through queue-proxy).
@@ -91,8 +91,8 @@ def test_keda_takes_the_scaledobject_ready_with_the_in_cluster_broker(stack, kub
     assert scaled["spec"]["triggers"][0]["metadata"]["bootstrapServers"] == "kafka.purchase.svc.cluster.local:9092"
     assert kube.condition(scaled, "Ready") == "True"
     assert scaled["status"]["scaleTargetKind"] == "apps/v1.Deployment"
-    hpa = wait_for(lambda: kube.get("horizontalpodautoscaler.autoscaling", scaled["status"]["hpaName"]), 60,
-                   "KEDA's HPA")
+    hpa = wait_until(lambda: kube.get("horizontalpodautoscaler.autoscaling", scaled["status"]["hpaName"]), 60,
+                     POLL_S, "KEDA's HPA")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": CONSUMER}
     assert hpa["spec"]["minReplicas"] == 1 and hpa["spec"]["maxReplicas"] == scaled["spec"]["maxReplicaCount"]
     assert hpa["metadata"]["ownerReferences"][0]["kind"] == "ScaledObject"
@@ -125,7 +125,7 @@ def test_the_readme_routes_answer_through_the_ingress(stack):
     the original system's two routes, all with Host: purchase.local."""
     user = "readme" + __import__("uuid").uuid4().hex[:8]
     ids = stack.buy(2, user=user)
-    wait_for(lambda: sorted(stack.stored_ids(user)) == sorted(ids), 120, "2 purchases stored")
+    wait_until(lambda: sorted(stack.stored_ids(user)) == sorted(ids), 120, POLL_S, "2 purchases stored")
     front = stack.history_revision
     answers = {path: requests.get(f"{front.url}{path}", headers=front.headers, timeout=35)
                for path in (f"/api/user/{user}/purchases", f"/api/purchases?userId={user}",
@@ -144,7 +144,7 @@ def test_a_purchase_goes_through_the_pods_end_to_end(stack, kube):
     history Revision."""
     user = "e2e" + __import__("uuid").uuid4().hex[:8]
     ids = stack.buy(3, user=user)
-    wait_for(lambda: sorted(stack.stored_ids(user)) == sorted(ids), 120, "3 purchases stored")
+    wait_until(lambda: sorted(stack.stored_ids(user)) == sorted(ids), 120, POLL_S, "3 purchases stored")
     answered = stack.history(user)
     assert sorted(p["id"] for p in answered) == sorted(ids)
     assert [p["price"] for p in answered] == [3, 2, 1]  # newest first

@@ -13,8 +13,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from clusterlib import COOLDOWN_S, HPA_SYNC_S, MARGIN_S, POLL_S, POLLING_INTERVAL_S, record_timeline, wait_until
 
-from clusterlib import COOLDOWN_S, HPA_SYNC_S, MARGIN_S, POLLING_INTERVAL_S, record_timeline, wait_for
 from cluster import control, node
 
 
@@ -35,10 +35,11 @@ def test_hpa_scales_real_pods_out_on_kafka_lag(stack, kube, capsys):
         with ThreadPoolExecutor(len(users)) as pool:
             sent = dict(zip(users, pool.map(lambda u: stack.buy(count // len(users), user=u), users)))
         ids = [i for chunk in sent.values() for i in chunk]
-        wait_for(lambda: (kube.replicas() or 0) >= 1, POLLING_INTERVAL_S + MARGIN_S + time.monotonic() - t_first,
-                 "KEDA activation (replicas >= 1)")
+        wait_until(lambda: (kube.replicas() or 0) >= 1, POLLING_INTERVAL_S + MARGIN_S + time.monotonic() - t_first,
+                   POLL_S, "KEDA activation (replicas >= 1)")
         t_one = time.monotonic()
-        wait_for(lambda: (kube.replicas() or 0) >= expected, 3 * HPA_SYNC_S + MARGIN_S, f"HPA scale-out to {expected}")
+        wait_until(lambda: (kube.replicas() or 0) >= expected, 3 * HPA_SYNC_S + MARGIN_S, POLL_S,
+                   f"HPA scale-out to {expected}")
         t_peak = time.monotonic()
         pending = [p for p in kube.consumer_pods() if p["status"].get("phase") == "Pending"]
         assert len(pending) >= expected, "a cordoned node runs no new pod"
@@ -48,15 +49,15 @@ def test_hpa_scales_real_pods_out_on_kafka_lag(stack, kube, capsys):
     finally:
         kube.run("uncordon", node.NODE_NAME)
 
-    wait_for(lambda: len(kube.running_consumers()) >= expected, 120, f"{expected} consumer pods running")
+    wait_until(lambda: len(kube.running_consumers()) >= expected, 120, POLL_S, f"{expected} consumer pods running")
     t_running = time.monotonic()
-    wait_for(lambda: all(sorted(stack.stored_ids(u)) == sorted(v) for u, v in sent.items()) or None, 180,
-             f"all {len(ids)} purchases stored")
+    wait_until(lambda: all(sorted(stack.stored_ids(u)) == sorted(v) for u, v in sent.items()) or None, 180,
+               POLL_S, f"all {len(ids)} purchases stored")
     t_drained = time.monotonic()
     stored = [i for u in users for i in stack.stored_ids(u)]
     assert sorted(stored) == sorted(ids), "each purchase stored exactly once across rebalances"
-    wait_for(lambda: kube.replicas() == 0, COOLDOWN_S + 3 * POLLING_INTERVAL_S + HPA_SYNC_S + MARGIN_S,
-             "KEDA back to zero")
+    wait_until(lambda: kube.replicas() == 0, COOLDOWN_S + 3 * POLLING_INTERVAL_S + HPA_SYNC_S + MARGIN_S,
+               POLL_S, "KEDA back to zero")
     t_zero = time.monotonic()
     timeline = {
         "purchases": len(ids), "lag_threshold": lag_threshold, "expected_replicas": expected,

@@ -12,8 +12,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-
-from clusterlib import pod_timeline, post_purchase, record_timeline, wait_for
+from clusterlib import POLL_S, pod_timeline, post_purchase, record_timeline, wait_until
 
 # buy.yaml's scale-down-delay (60 s) and window (60 s), plus the test overlay's grace period.
 TO_ZERO_BUDGET_S = 240
@@ -24,11 +23,11 @@ def _at_zero(kube, revision) -> bool:
 
 
 def _cold_request(kube, revision, send) -> dict:
-    wait_for(lambda: _at_zero(kube, revision), TO_ZERO_BUDGET_S, f"{revision.name} scaled to zero")
+    wait_until(lambda: _at_zero(kube, revision), TO_ZERO_BUDGET_S, POLL_S, f"{revision.name} scaled to zero")
     started = time.monotonic()
     response = send()
     answered_s = time.monotonic() - started
-    pod = wait_for(lambda: next(iter(revision.pods(kube)), None), 30, f"{revision.name}'s new pod")
+    pod = wait_until(lambda: next(iter(revision.pods(kube)), None), 30, POLL_S, f"{revision.name}'s new pod")
     return {"status": response.status_code, "answered_s": round(answered_s, 2), "pod": pod_timeline(pod)}
 
 
@@ -89,11 +88,11 @@ def test_kpa_adds_buy_pods_when_concurrency_passes_the_target(stack, kube, capsy
     load_s = time.monotonic() - started
     accepted = sum(len(ids) for ids in sent.values())
     assert 2 <= peak <= max_scale, f"peak Ready buy pods {peak} (target {target}, max-scale {max_scale})"
-    wait_for(lambda: all(sorted(stack.stored_ids(f"{user}-{i}")) == sorted(ids) for i, ids in sent.items()) or None,
-             180, f"all {accepted} accepted purchases stored exactly once")
+    wait_until(lambda: all(sorted(stack.stored_ids(f"{user}-{i}")) == sorted(ids) for i, ids in sent.items()) or None,
+               180, POLL_S, f"all {accepted} accepted purchases stored exactly once")
     # After the load, KPA removes the extra pods (scale-down-delay 60 s keeps them a minute).
     t_end = time.monotonic()
-    wait_for(lambda: len(buy.pods(kube)) <= 1, 180, "KPA back to at most one buy pod")
+    wait_until(lambda: len(buy.pods(kube)) <= 1, 180, POLL_S, "KPA back to at most one buy pod")
     figures = {"concurrency": concurrency, "target": target, "peak_ready_pods": peak,
                "accepted": accepted, "retried_unconfirmed": retries[0], "req_per_s": round(accepted / load_s, 1),
                "load_end_to_one_pod_s": round(time.monotonic() - t_end, 1)}

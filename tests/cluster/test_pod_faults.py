@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 
-from clusterlib import COOLDOWN_S, POLLING_INTERVAL_S, kill_container, record_timeline, wait_for
+from clusterlib import COOLDOWN_S, POLL_S, POLLING_INTERVAL_S, kill_container, record_timeline, wait_until
 
 
 def _purchases_in_background(stack, users: list[str], per_user: int, retry_s: float) -> tuple[dict, list]:
@@ -39,8 +39,8 @@ def _join(handle, timeout_s: float) -> None:
 
 
 def _assert_exactly_once(stack, sent: dict, timeout_s: float = 180) -> int:
-    wait_for(lambda: all(sorted(stack.stored_ids(u)) == sorted(ids) for u, ids in sent.items()) or None, timeout_s,
-             "every acknowledged purchase stored")
+    wait_until(lambda: all(sorted(stack.stored_ids(u)) == sorted(ids) for u, ids in sent.items()) or None, timeout_s,
+               POLL_S, "every acknowledged purchase stored")
     stored = [i for u in sent for i in stack.stored_ids(u)]
     expected = [i for ids in sent.values() for i in ids]
     assert sorted(stored) == sorted(expected), "0 lost, 0 duplicated"
@@ -51,20 +51,20 @@ def test_consumer_pod_deleted_mid_drain_and_killed_with_sigkill(stack, kube, cap
     stack.wait_idle_at_zero(COOLDOWN_S + 4 * POLLING_INTERVAL_S + 60)
     users = [f"f{uuid.uuid4().hex[:8]}" for _ in range(4)]
     sent, handle = _purchases_in_background(stack, users, 250, retry_s=0)
-    pod = wait_for(lambda: next(iter(kube.running_consumers()), None), 90, "a running consumer pod")
+    pod = wait_until(lambda: next(iter(kube.running_consumers()), None), 90, POLL_S, "a running consumer pod")
     time.sleep(1.0)  # mid-drain: records are flowing in and being written
     kube.run("delete", "pod", pod["metadata"]["name"], "--namespace=purchase", "--wait=false")
     t_deleted = time.monotonic()
-    replacement = wait_for(lambda: next((p for p in kube.running_consumers()
-                                         if p["metadata"]["name"] != pod["metadata"]["name"]
-                                         and kube.condition(p, "Ready") == "True"), None),
-                           120, "a replacement consumer pod Ready")
+    replacement = wait_until(lambda: next((p for p in kube.running_consumers()
+                                           if p["metadata"]["name"] != pod["metadata"]["name"]
+                                           and kube.condition(p, "Ready") == "True"), None),
+                             120, POLL_S, "a replacement consumer pod Ready")
     t_replaced = time.monotonic()
     killed = kill_container(replacement)
-    wait_for(lambda: (lambda p: p and p["status"]["containerStatuses"][0]["restartCount"] >= 1
-                      and p["status"]["containerStatuses"][0]["ready"])(
-                          kube.get("pod", replacement["metadata"]["name"])), 120,
-             "kubelet restarted the SIGKILLed container")
+    wait_until(lambda: (lambda p: p and p["status"]["containerStatuses"][0]["restartCount"] >= 1
+                        and p["status"]["containerStatuses"][0]["ready"])(
+                            kube.get("pod", replacement["metadata"]["name"])), 120,
+               POLL_S, "kubelet restarted the SIGKILLed container")
     t_restarted = time.monotonic()
     _join(handle, 300)
     stored = _assert_exactly_once(stack, sent)
@@ -82,8 +82,8 @@ def test_kafka_pod_deleted_under_load(stack, kube, capsys):
     old_uid = kube.get("pod", "kafka-0")["metadata"]["uid"]
     t_deleted = time.monotonic()
     kube.run("delete", "pod", "kafka-0", "--namespace=purchase", "--wait=false")
-    wait_for(lambda: (lambda p: p and p["metadata"]["uid"] != old_uid and kube.condition(p, "Ready") == "True")(
-        kube.get("pod", "kafka-0")), 240, "the Kafka pod back and Ready")
+    wait_until(lambda: (lambda p: p and p["metadata"]["uid"] != old_uid and kube.condition(p, "Ready") == "True")(
+          kube.get("pod", "kafka-0")), 240, POLL_S, "the Kafka pod back and Ready")
     t_back = time.monotonic()
     _join(handle, 420)
     stored = _assert_exactly_once(stack, sent, timeout_s=240)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from clusterlib import COOLDOWN_S, MARGIN_S, POLLING_INTERVAL_S, pod_timeline, record_timeline, wait_for
+from clusterlib import COOLDOWN_S, MARGIN_S, POLL_S, POLLING_INTERVAL_S, pod_timeline, record_timeline, wait_until
 
 
 def scale_cycle(stack, kube, count: int, label: str) -> dict:
@@ -32,17 +32,17 @@ def scale_cycle(stack, kube, count: int, label: str) -> dict:
             if name not in seen and check():
                 seen[name] = time.monotonic()
         return len(seen) == len(checks)
-    wait_for(observe, POLLING_INTERVAL_S + MARGIN_S + 120, f"{label}: replicas 1, pod Ready, all {count} stored "
-             f"(seen so far: {seen})")
+    wait_until(observe, POLLING_INTERVAL_S + MARGIN_S + 120, POLL_S,
+               f"{label}: replicas 1, pod Ready, all {count} stored (seen so far: {seen})")
     assert seen["replicas_1"] - t_first <= POLLING_INTERVAL_S + MARGIN_S + (t_sent - t_first), seen
     pod = next(p for p in kube.consumer_pods() if kube.condition(p, "Ready") == "True")
     t_replicas, t_ready, t_stored = seen["replicas_1"], seen["pod_ready"], seen["all_stored"]
-    wait_for(lambda: stack.group_lag() == 0, 60, f"{label}: consumer group lag 0")
+    wait_until(lambda: stack.group_lag() == 0, 60, POLL_S, f"{label}: consumer group lag 0")
 
-    wait_for(lambda: kube.replicas() == 0, COOLDOWN_S + 3 * POLLING_INTERVAL_S + MARGIN_S,
-             f"{label}: KEDA back to 0 replicas")
+    wait_until(lambda: kube.replicas() == 0, COOLDOWN_S + 3 * POLLING_INTERVAL_S + MARGIN_S,
+               POLL_S, f"{label}: KEDA back to 0 replicas")
     t_zero = time.monotonic()
-    wait_for(lambda: not kube.consumer_pods(), 90, f"{label}: the pod is gone")
+    wait_until(lambda: not kube.consumer_pods(), 90, POLL_S, f"{label}: the pod is gone")
     t_gone = time.monotonic()
 
     stored = stack.stored_ids(user)

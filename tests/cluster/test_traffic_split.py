@@ -21,8 +21,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-
-from clusterlib import NAMESPACE, wait_for
+from clusterlib import NAMESPACE, POLL_S, wait_until
 
 SPLIT = {"old": 80, "new": 20}
 REQUESTS = 400
@@ -136,12 +135,12 @@ def test_history_splits_80_20_then_moves_whole_to_the_new_revision_without_a_fai
             _patch(kube, {"template": template,
                           "traffic": [{"revisionName": old, "percent": SPLIT["old"]},
                                       {"revisionName": new, "percent": SPLIT["new"]}]})
-            wait_for(lambda: _traffic_is(kube, {old: SPLIT["old"], new: SPLIT["new"]}), 240,
-                     f"history split {SPLIT['old']}/{SPLIT['new']} between {old} and {new}")
+            wait_until(lambda: _traffic_is(kube, {old: SPLIT["old"], new: SPLIT["new"]}), 240,
+                       POLL_S, f"history split {SPLIT['old']}/{SPLIT['new']} between {old} and {new}")
             with steady.paused():
                 split = _split_of(kube, stack, revisions, user, REQUESTS)
             _patch(kube, {"traffic": [{"revisionName": new, "percent": 100}]})
-            wait_for(lambda: _traffic_is(kube, {new: 100}), 240, f"history wholly on {new}")
+            wait_until(lambda: _traffic_is(kube, {new: 100}), 240, POLL_S, f"history wholly on {new}")
             time.sleep(2)  # Traefik applies the KIngress change, then marks it Ready
             with steady.paused():
                 whole = _split_of(kube, stack, revisions, user, 100)
@@ -158,4 +157,4 @@ def test_history_splits_80_20_then_moves_whole_to_the_new_revision_without_a_fai
         # its name, so the name goes too): a Revision like the first, all traffic on the latest.
         deployed["template"]["metadata"]["name"] = None
         _patch(kube, deployed)
-        wait_for(lambda: _on_latest(kube), 240, "history back on its latest Revision, as deployed")
+        wait_until(lambda: _on_latest(kube), 240, POLL_S, "history back on its latest Revision, as deployed")

@@ -10,10 +10,10 @@ import uuid
 import pytest
 
 from tools import keda_scaler, lag_reader
+from tools.common import ROOT
 
 pytestmark = pytest.mark.integration
 
-ROOT = keda_scaler.ROOT
 PER_PARTITION = {0: 30, 1: 20, 2: 10}
 DELETED_FROM_P2 = 4  # records removed by retention (DeleteRecords) from partition 2
 MANIFEST = textwrap.dedent("""

@@ -1,4 +1,5 @@
 """One retry policy for every wait on a dead dependency: capped exponential backoff with jitter."""
+
 from __future__ import annotations
 
 import random
@@ -30,15 +31,3 @@ class Deadline:
     def left(self) -> float:
         return self.at - time.monotonic()
 
-
-def poll_until(predicate, timeout_s: float, interval_s: float = 0.1, what: str = "condition"):
-    """Call predicate until it returns something truthy and return that; TimeoutError (naming
-    `what` and the last value) after timeout_s. For tools and tests waiting on a system."""
-    deadline = Deadline(timeout_s)
-    last = None
-    while not deadline.passed():
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval_s)
-    raise TimeoutError(f"{what} not reached within {timeout_s}s (last value: {last!r})")
