@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     print(f"{'variant':<16} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} "
           f"{'x ' + base:>10} {'CPU x':>6}")
     for name, _ in variants:
-        for level, ref in zip(summary[name], summary[base]):
+        for level, ref in zip(summary[name], summary[base], strict=False):
             print(f"{name:<16} {level['concurrency']:>3} {level['per_s']:>8.0f} {level['p50']:>8.2f} "
                   f"{level['p99']:>8.2f} {level['cpu_us']:>10.0f} {level['per_s'] / ref['per_s']:>10.2f} "
                   f"{level['cpu_us'] / ref['cpu_us']:>6.2f}")

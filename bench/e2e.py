@@ -138,7 +138,8 @@ class EndToEndSection:
                                "mean_polls": round(statistics.mean(r["polls"] for r in history_results), 1)
                                if history_results else None},
             "note": "stored = the consumer group committed past the record (after insert_many), sampled every 20 ms; "
-                    "history probes = a probe user's purchase appears in GET /api/user/<id>/purchases, polled every 20 ms",
+                    "history probes = a probe user's purchase appears in GET /api/user/<id>/purchases, "
+                    "polled every 20 ms",
         }
         self.results["rss"]["e2e-buy"] = peak_rss_mb(buy.proc.pid)
         self.results["rss"]["e2e-persist-purchase"] = peak_rss_mb(consumer.proc.pid)

@@ -39,7 +39,7 @@ class HistorySection:
         conn = loadgen.HttpConnection(target, 60)
         raw_lat, fn_lat, statuses = [], [], {}
         deadline = time.monotonic() + budget_s
-        for i in range(samples):
+        for _ in range(samples):
             if time.monotonic() > deadline:
                 break
             user, before = pick()

@@ -327,7 +327,8 @@ def format_consumer(r: dict) -> str:
 
 def format_table(results: dict) -> str:
     lines = [f"{'service':<8} {'cold p50':>9} {'cold p99':>9} {'req>created':>11} {'>scheduled':>10} "
-             f"{'>started':>9} {'>answered':>9} {'warm p50':>9} {'warm p99':>9} {'peak pods':>9} {'last req>0 pods':>15}"]
+             f"{'>started':>9} {'>answered':>9} {'warm p50':>9} {'warm p99':>9} {'peak pods':>9} "
+             f"{'last req>0 pods':>15}"]
     for name, r in results.items():
         c = r["cold"]
         lines.append(f"{name:<8} {c['cold_p50_s']:>8.3f}s {c['cold_p99_s']:>8.3f}s "

@@ -56,7 +56,8 @@ class PersistSection:
                     data = json.loads(record.value)
                     docs.append({"eventId": headers["ce_id"].decode(), "username": data["username"],
                                  "userId": data["userId"], "priceCents": int(round(float(data["price"]) * 100)),
-                                 "timestamp": dt.datetime.fromisoformat(headers["ce_time"].decode().replace("Z", "+00:00"))})
+                                 "timestamp": dt.datetime.fromisoformat(
+                                     headers["ce_time"].decode().replace("Z", "+00:00"))})
                 collection.insert_many(docs, ordered=False)
                 consumer.commit()
                 done += len(records)

@@ -130,9 +130,11 @@ class ProduceSection:
         for linger in sorted({other_linger, buy_linger}):
             say(f"raw produce (buy's client: librdkafka on asyncio, acks=all, linger {linger} ms) "
                 f"at concurrency {', '.join(map(str, self.sizes['levels']))} for {seconds}s each")
-            raw[linger] = [self.raw_produce_buys_client(names["topic"], c, seconds, linger) for c in self.sizes["levels"]]
+            raw[linger] = [self.raw_produce_buys_client(names["topic"], c, seconds, linger)
+                           for c in self.sizes["levels"]]
         say(f"raw produce (kafka-python, buy's client before issue 12, linger {buy_linger} ms, send().get())")
-        kafka_python = [self.raw_produce(names["topic"], c, seconds, linger_ms=buy_linger) for c in self.sizes["levels"]]
+        kafka_python = [self.raw_produce(names["topic"], c, seconds, linger_ms=buy_linger)
+                        for c in self.sizes["levels"]]
         pipelined = self.raw_produce_pipelined(names["topic"], 20_000 if not self.args.quick else 5_000)
         # The ceiling: buy's own server stack and settings, a function that sends nothing.
         ceiling = self.start_buy(names, source=CEILING_SOURCE, target="ceiling")

@@ -18,16 +18,16 @@ def table(results: dict) -> str:
                      ", ".join(f"{k} {v['median']}" for k, v in split), "", f"{cold['rounds']} rounds"))
     produce = results.get("produce")
     if produce:
-        for fn, raw in zip(produce["buy"], produce["raw"]):
+        for fn, raw in zip(produce["buy"], produce["raw"], strict=False):
             ratio = round(fn["per_s"] / raw["per_s"], 2) if raw["per_s"] else None
             ok = None
-            if fn["concurrency"] == max(l["concurrency"] for l in produce["buy"]):
+            if fn["concurrency"] == max(level["concurrency"] for level in produce["buy"]):
                 ok = fn["per_s"] >= TARGETS["buy_rps"] and (fn["p99"] or 1e9) < TARGETS["buy_p99_ms"]
             rows.append((f"buy c={fn['concurrency']} req/s (p50/p99 ms)",
                          f"{fn['per_s']:.0f} ({fn['p50']}/{fn['p99']})",
                          f"{raw['per_s']:.0f} ({raw['p50']}/{raw['p99']})", ratio,
                          f">=2000/s p99<50ms: {verdict(ok)}" if ok is not None else ""))
-        for fn, ceiling in zip(produce["buy"], produce.get("ceiling", [])):
+        for fn, ceiling in zip(produce["buy"], produce.get("ceiling", []), strict=False):
             ratio = round(fn["per_s"] / ceiling["per_s"], 2) if ceiling["per_s"] else None
             rows.append((f"HTTP ceiling c={ceiling['concurrency']} req/s (p50/p99 ms): buy / ceiling",
                          f"{fn['per_s']:.0f} ({fn['p50']}/{fn['p99']})",
@@ -68,8 +68,8 @@ def table(results: dict) -> str:
                      f"{s['p50']}/{s['p99']} (n={s['count']}, missing {s['missing']})", "", "",
                      f"p99<1s at 1000/s: {verdict(ok)}"))
         h = e2e["history_probes"]
-        rows.append(("e2e buy->visible in history p50/p99 ms (probes)", f"{h['p50']}/{h['p99']} (n={h['found']}/{h['count']})",
-                     "", "", ""))
+        rows.append(("e2e buy->visible in history p50/p99 ms (probes)",
+                     f"{h['p50']}/{h['p99']} (n={h['found']}/{h['count']})", "", "", ""))
     history = results.get("history")
     if history:
         for step in history["steps"]:
@@ -78,11 +78,13 @@ def table(results: dict) -> str:
             ok = (fn["p50"] or 1e9) <= TARGETS["history_p50_ms"] and (fn["p99"] or 1e9) <= TARGETS["history_p99_ms"] \
                 if step is history["steps"][-1] else None
             rows.append((f"history first page p50/p99 ms, {step['documents']:,} docs, {history['users']:,} users",
-                         f"{fn['p50']}/{fn['p99']} (n={fn['n']}, {fn['statuses']})", f"{raw['p50']}/{raw['p99']} (n={raw['n']})",
+                         f"{fn['p50']}/{fn['p99']} (n={fn['n']}, {fn['statuses']})",
+                         f"{raw['p50']}/{raw['p99']} (n={raw['n']})",
                          ratio, f"p50<=10ms p99<=50ms: {verdict(ok)}" if ok is not None else ""))
         at_scale = history.get("at_scale")
         if at_scale:
-            for key, what in (("heavy_first", "first page"), ("heavy_deep", f"page {at_scale['deep_position']:,} deep")):
+            deep = f"page {at_scale['deep_position']:,} deep"
+            for key, what in (("heavy_first", "first page"), ("heavy_deep", deep)):
                 fn, raw = at_scale[key]["function"], at_scale[key]["raw"]
                 rows.append((f"history heavy user ({history['heavy_user_docs']:,}) {what} p50/p99 ms",
                              f"{fn['p50']}/{fn['p99']} (n={fn['n']}, {fn['statuses']})",
@@ -91,7 +93,8 @@ def table(results: dict) -> str:
             counts = at_scale["counts"]
             rows.append((f"count ms at {history['documents']:,} docs: one user p50/p99; all (count); all (collStats)",
                          f"{counts['per_user']['p50']}/{counts['per_user']['p99']}; {counts['all']['ms']} "
-                         f"(n={counts['all']['count']}); {counts['collstats']['ms']} (n={counts['collstats']['count']})",
+                         f"(n={counts['all']['count']}); "
+                         f"{counts['collstats']['ms']} (n={counts['collstats']['count']})",
                          "", "", ""))
         paged = history["heavy_paged"]
         rows.append((f"history heavy user ({history['heavy_user_docs']:,}) paged p50/p99 ms",

@@ -148,8 +148,8 @@ class Bench(ColdStartSection, ProduceSection, PersistSection, EndToEndSection, H
                                 "quick": self.args.quick, "cpus": os.cpu_count(), "python": platform.python_version(),
                                 "function_log_level": "WARNING", "profiler": self.profiler.tool or "none"}
         # Cold starts first, while the box is idle (no load generator, no filled collection).
-        sections = [("coldstart", self.section_coldstart), ("produce", self.section_produce), ("persist", self.section_persist),
-                    ("e2e", self.section_e2e), ("history", self.section_history)]
+        sections = [("coldstart", self.section_coldstart), ("produce", self.section_produce),
+                    ("persist", self.section_persist), ("e2e", self.section_e2e), ("history", self.section_history)]
         only = set(self.args.only or [])
         for name, section in sections:
             if only and name not in only:

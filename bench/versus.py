@@ -145,7 +145,7 @@ def ratios(rounds: dict, levels: list[int]) -> dict:
             continue
         result[label] = []
         for position, c in enumerate(levels):
-            pairs = [(a[position], b[position]) for a, b in zip(rounds[top], rounds[bottom])]
+            pairs = [(a[position], b[position]) for a, b in zip(rounds[top], rounds[bottom], strict=False)]
             rate = [a["per_s"] / b["per_s"] for a, b in pairs if a["per_s"] and b["per_s"]]
             cpu = [a["cpu_us"] / b["cpu_us"] for a, b in pairs if a["cpu_us"] and b["cpu_us"]]
             result[label].append({"concurrency": c, "per_s": round(statistics.median(rate), 2) if rate else None,

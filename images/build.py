@@ -154,7 +154,8 @@ def _mmdebstrap_argv(packages: list[str], trust_host_ca: bool, tarball: Path) ->
         argv += ["--customize-hook",
                  'cp /etc/ssl/certs/ca-certificates.crt "$1/usr/local/share/ca-certificates/host-trusted.crt"',
                  "--customize-hook", 'chroot "$1" update-ca-certificates --fresh >/dev/null',
-                 "--customize-hook", "printf '[global]\\ncert = /etc/ssl/certs/ca-certificates.crt\\n' > \"$1/etc/pip.conf\""]
+                 "--customize-hook",
+                 "printf '[global]\\ncert = /etc/ssl/certs/ca-certificates.crt\\n' > \"$1/etc/pip.conf\""]
     return argv + [SUITE, str(tarball), *MIRRORS]
 
 
