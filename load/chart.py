@@ -60,7 +60,7 @@ def write_chart(path: Path, samples, load_rows, result, load_offset: float, summ
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     times = [s.t for s in samples]
-    widths = [max(t - previous, 1e-3) for previous, t in zip([0.0] + times[:-1], times)]
+    widths = [max(t - previous, 1e-3) for previous, t in zip([0.0] + times[:-1], times, strict=False)]
     latencies = bucket_latencies(samples, result.records, load_offset)
 
     figure, (rates, lag, replicas, latency) = pyplot.subplots(
@@ -68,12 +68,12 @@ def write_chart(path: Path, samples, load_rows, result, load_offset: float, summ
     figure.suptitle(title, fontsize=11)
 
     # Offered drawn wide and pale underneath: where every request is accepted the lines coincide.
-    rates.step(times, _series(row["sent"] / w for row, w in zip(load_rows, widths)), where="pre",
+    rates.step(times, _series(row["sent"] / w for row, w in zip(load_rows, widths, strict=False)), where="pre",
                label="offered", color="#aaaaaa", linewidth=4, alpha=0.6)
-    rates.step(times, _series(row["accepted"] / w for row, w in zip(load_rows, widths)), where="pre",
+    rates.step(times, _series(row["accepted"] / w for row, w in zip(load_rows, widths, strict=False)), where="pre",
                label="accepted (2xx)", color="#1f77b4")
     if any(row["failed"] for row in load_rows):
-        rates.step(times, _series(row["failed"] / w for row, w in zip(load_rows, widths)), where="pre",
+        rates.step(times, _series(row["failed"] / w for row, w in zip(load_rows, widths, strict=False)), where="pre",
                    label="failed", color="#c0392b")
     rates.set_ylabel("requests/s")
     rates.legend(loc="upper right", fontsize=8)
@@ -97,7 +97,8 @@ def write_chart(path: Path, samples, load_rows, result, load_offset: float, summ
                       label="persist-purchase replicas (KEDA)")
         replicas.step(times, _series(s.ready_replicas for s in samples), where="pre", color="#3c9d5d",
                       linestyle=":", label="ready")
-        for service, colour in zip(sorted({name for s in samples for name in s.knative_pods}), KNATIVE_COLOURS):
+        services = sorted({name for s in samples for name in s.knative_pods})
+        for service, colour in zip(services, KNATIVE_COLOURS, strict=False):
             replicas.step(times, _series(s.knative_pods.get(service) for s in samples), where="pre", color=colour,
                           linewidth=1.5, label=f"{service} pods (Knative, Ready)")
     else:

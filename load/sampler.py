@@ -13,7 +13,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from kafka.errors import KafkaError
 from purchase_common import config
+
 from tools import keda_scaler, lag_reader
 
 KUBECTL_TIMEOUT_S = 3
@@ -114,6 +116,33 @@ class Kube:
             sample.error = (sample.error + "; " if sample.error else "") + f"kubectl: {exc}"
 
 
+class BrokerReads:
+    """Calls read(LagReader), with a fresh admin client after a failure (the broker may be
+    restarting under it)."""
+
+    def __init__(self, bootstrap: str, read):
+        self.bootstrap, self.read = bootstrap, read
+        self.reader: lag_reader.LagReader | None = None
+
+    def __call__(self):
+        try:
+            if self.reader is None:
+                self.reader = lag_reader.LagReader(self.bootstrap, timeout_ms=2000)
+            return self.read(self.reader)
+        except (KafkaError, LookupError, OSError):
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the broker connection (best effort); the next read opens a fresh one."""
+        if self.reader is not None:
+            try:
+                self.reader.close()
+            except Exception:  # a client that lost its broker may fail to close in any way
+                pass
+            self.reader = None
+
+
 class Sampler:
     def __init__(self, bootstrap: str, topic: str, group: str, settings: keda_scaler.ScalerSettings,
                  kube: Kube | None, interval_s: float = 1.0, on_sample=None):
@@ -122,23 +151,18 @@ class Sampler:
         self.samples: list[Sample] = []
         self.phase = "load"
         self.started = time.monotonic()
-        self._reader: lag_reader.LagReader | None = None
+        self._offsets = BrokerReads(bootstrap, lambda reader: reader.read(topic, group))
         self._previous: dict = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lag_error = ""
 
     def _lag(self, sample: Sample) -> None:
-        from kafka.errors import KafkaError
-
         try:
-            if self._reader is None:
-                self._reader = lag_reader.LagReader(self.bootstrap, timeout_ms=2000)
-            offsets = self._reader.read(self.topic, self.group)
+            offsets = self._offsets()
         except (KafkaError, LookupError, OSError) as exc:
             self.lag_error = f"{type(exc).__name__}: {exc}"
             sample.error = f"lag: {self.lag_error}"
-            self._drop_reader()
             return
         decision = keda_scaler.evaluate(offsets, self.settings, previous_committed=self._previous)
         self._previous = {p.partition: p.committed for p in offsets if p.committed is not None}
@@ -152,15 +176,6 @@ class Sampler:
         sample.lag_total = sum(sample.lag_by_partition.values())
         sample.keda_lag, sample.keda_active = decision.keda_total_lag, decision.active
         sample.keda_desired = decision.desired_replicas
-
-    def _drop_reader(self) -> None:
-        """Close the broker connection (best effort); the next sample opens a fresh one."""
-        if self._reader is not None:
-            try:
-                self._reader.close()
-            except Exception:
-                pass
-            self._reader = None
 
     def sample_once(self) -> Sample:
         sample = Sample(t=round(time.monotonic() - self.started, 2), phase=self.phase)
@@ -206,4 +221,4 @@ class Sampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=KUBECTL_TIMEOUT_S * 2 + 10)
-        self._drop_reader()
+        self._offsets.close()

@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from purchase_common import config
+
 from load import chart, loadgen
 from load.sampler import Kube, Sampler
-from purchase_common import config
 from tools import keda_scaler, lag_reader
 
 DEFAULT_URL = "http://localhost:8080"
@@ -49,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     load.add_argument("--path", default="/api/buy", help="request path (default /api/buy)")
     load.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
                       help="extra request header, repeatable")
-    load.add_argument("--rate", type=float, default=None, help="pace to this many requests/s (default: as fast as possible)")
+    load.add_argument("--rate", type=float, default=None,
+                      help="pace to this many requests/s (default: as fast as possible)")
     load.add_argument("--users", type=int, default=1000, help="distinct userIds in the bodies (default 1000)")
     load.add_argument("--timeout", type=float, default=10, help="per-request timeout in seconds (default 10)")
     load.add_argument("--tool", choices=("auto", "hey", "python"), default="auto",
@@ -65,12 +67,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="after the drain, wait at most this long for 0 replicas (default: the ScaledObject's "
                             "cooldownPeriod + pollingInterval + 60 s; 0 skips; at most 1800)")
     watch.add_argument("--namespace", default="purchase", help="Kubernetes namespace (default purchase)")
-    watch.add_argument("--deployment", default="persist-purchase", help="consumer deployment (default persist-purchase)")
+    watch.add_argument("--deployment", default="persist-purchase",
+                       help="consumer deployment (default persist-purchase)")
     watch.add_argument("--context", default=None, help="kubectl context (default: the current one)")
     watch.add_argument("--knative-service", action="append", default=[], metavar="NAME",
                        help="also count the Ready pods of this Knative Service (repeatable; e.g. buy)")
     watch.add_argument("--bootstrap", default=None,
-                       help="Kafka bootstrap for lag (default: KAFKA_BOOTSTRAP_SERVERS, .run/state.json, 127.0.0.1:9092;"
+                       help="Kafka bootstrap for lag (default: KAFKA_BOOTSTRAP_SERVERS, .run/state.json, "
+                            "127.0.0.1:9092;"
                             " on a cluster use a port-forward)")
     watch.add_argument("--topic", default=None, help="topic (default: PURCHASES_TOPIC or purchases)")
     watch.add_argument("--group", default=None, help="consumer group (default: CONSUMER_GROUP or persist-purchase)")
@@ -96,14 +100,6 @@ def default_url() -> str:
         if process.get("name") == "gateway" and process.get("port"):
             return f"http://localhost:{process['port']}"
     return DEFAULT_URL
-
-
-def fmt_ms(seconds) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.1f}"
-
-
-def fmt_t(value) -> str:
-    return "never" if value is None else f"{value:.1f}s"
 
 
 def per_sample_load(samples, records, offset: float) -> list[dict]:
@@ -174,7 +170,8 @@ def print_summary(summary: dict, samples) -> None:
     if summary.get("first_ready_t") is not None:
         events.append((summary["first_ready_t"], "first pod ready"))
     events.append((summary["load_started_t"] + summary["load_wall_s"],
-                   f"load finished: {summary['sent']} sent, {summary['accepted']} accepted, {summary['failed']} failed"))
+                   f"load finished: {summary['sent']} sent, {summary['accepted']} accepted, "
+                   f"{summary['failed']} failed"))
     if summary["lag_peak"] is not None:
         events.append((summary["lag_peak_t"], f"lag peak {summary['lag_peak']}"))
     if summary.get("peak_replicas"):
@@ -197,7 +194,8 @@ def print_summary(summary: dict, samples) -> None:
              else "not within --drain-timeout"))
     if summary["cluster"]:
         print(f"  scale from zero      initial replicas {summary['initial_replicas']}; first pod "
-              + (f"{summary['first_pod_after_load_start_s']}s after the load started" if summary["first_pod_t"] is not None
+              + (f"{summary['first_pod_after_load_start_s']}s after the load started"
+                 if summary["first_pod_t"] is not None
                  else "never"))
         print(f"  peak replicas        {summary['peak_replicas']}")
         for name, peak in summary["peak_knative_pods"].items():
@@ -214,7 +212,7 @@ def print_summary(summary: dict, samples) -> None:
 def write_outputs(args, samples, load_rows, summary, config: dict) -> None:
     partitions = sorted({p for s in samples for p in s.lag_by_partition})
     rows = []
-    for sample, load in zip(samples, load_rows):
+    for sample, load in zip(samples, load_rows, strict=False):
         row = {"t": sample.t, "phase": sample.phase, **load, "lag_total": sample.lag_total,
                **{f"lag_p{p}": sample.lag_by_partition.get(p) for p in partitions},
                "keda_lag": sample.keda_lag, "keda_active": sample.keda_active, "keda_desired": sample.keda_desired,
@@ -281,7 +279,8 @@ def main(argv=None) -> int:
     print(f"lag         topic {topic}, group {group} on {bootstrap}; KEDA settings from {settings.source}")
     print("replicas    " + (f"deployment {args.namespace}/{args.deployment} via kubectl" if kube.reachable
                              else f"replica counts need a cluster ({kube.reason})"))
-    print(f"waits       drain <= {args.drain_timeout:.0f}s" + (f", back to zero <= {zero_timeout:.0f}s" if kube.reachable else ""))
+    print(f"waits       drain <= {args.drain_timeout:.0f}s"
+          + (f", back to zero <= {zero_timeout:.0f}s" if kube.reachable else ""))
     print()
 
     def live(sample):

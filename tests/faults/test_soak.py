@@ -1,4 +1,4 @@
-"""The short soak (load/soak.py; `make soak` runs the long one): every kind of fault once,
+"""The short soak (load/soak/; `make soak` runs the long one): every kind of fault once,
 overlapping, at 25 purchases/s for 75 s with FerretDB stopped for 10 s. Besides the soak's own
 verdict, the outcome is checked here from what MongoDB and the broker hold."""
 from __future__ import annotations
@@ -8,8 +8,10 @@ import os
 
 import pytest
 
-from load import chaos_plan, soak
-from load.chaos_plan import Holds
+from load.soak import local
+from load.soak import plan as chaos_plan
+from load.soak.plan import Holds, Options
+from load.soak.report import format_report
 from tools.lag_reader import LagReader
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -20,14 +22,14 @@ SEED = int(os.environ.get("SOAK_TEST_SEED", "20261128"))
 
 
 def test_all_faults_at_once_store_every_accepted_purchase_exactly_once(tmp_path):
-    options = soak.Options(rate=RATE, seconds=SECONDS, seed=SEED, holds=Holds(ferretdb_down_s=10))
-    with soak.Soak(options, tmp_path) as run:
+    options = Options(rate=RATE, seconds=SECONDS, seed=SEED, holds=Holds(ferretdb_down_s=10))
+    with local.build(options, tmp_path) as run:
         report = run.run()
-        print(soak.format_report(report))
+        print(format_report(report))
         stored = collections.Counter(doc["eventId"] for doc in run.stored_documents())
-        reader = LagReader(run.servers.bootstrap)
+        reader = LagReader(run.target.bootstrap)
         try:
-            dead_letters = reader.records_written(run.settings.dead_letter_topic)
+            dead_letters = reader.records_written(run.target.settings.dead_letter_topic)
         finally:
             reader.close()
         logs = "" if report["passed"] else run.log_tails()

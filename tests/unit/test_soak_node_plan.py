@@ -1,4 +1,4 @@
-"""The node soak's chaos plan (load/chaos_plan.py with NODE_KINDS, run by load/soak_node.py)
+"""The node soak's chaos plan (load/soak/plan.py with NODE_KINDS, run by load/soak/node.py)
 keeps the local soak's rules for every seed: each pod fault once per round, overlapping, over
 before the load ends, and the frozen consumer always gets the broker uptime it needs to be
 evicted even when kafka-0 is deleted during the freeze. Its users are this run's own."""
@@ -7,10 +7,12 @@ from __future__ import annotations
 import functools
 
 import pytest
-
-from load import chaos_plan, soak_node
-from load.chaos_plan import CONSUMER_PAUSE, EVICTION_MARGIN_S, KAFKA_POD_DELETE, NODE_KINDS, Fault, Holds
 from purchase_common import config
+
+from load import soak_node
+from load.soak import plan as chaos_plan
+from load.soak.clients import make_purchases
+from load.soak.plan import CONSUMER_PAUSE, EVICTION_MARGIN_S, KAFKA_POD_DELETE, NODE_KINDS, Fault, Holds
 
 SESSION_TIMEOUT_S = config.Settings().consumer_session_timeout_ms / 1000
 # make soak-node's default length and tests/cluster/test_soak_node.py's.
@@ -72,7 +74,7 @@ def test_the_short_node_soak_has_one_round_and_the_full_one_several():
 
 
 def test_each_run_has_users_of_its_own_and_keys_that_give_its_event_ids():
-    first, second = soak_node.make_purchases(10, 30, "aaaa", users="node-aaaa"), soak_node.make_purchases(10, 30, "bbbb", users="node-bbbb")
+    first, second = make_purchases(10, 30, "aaaa", users="node-aaaa"), make_purchases(10, 30, "bbbb", users="node-bbbb")
     assert len(first) == 300 and len({p.key for p in first}) == 300
     assert not {p.user_id for p in first} & {p.user_id for p in second}
     assert len({p.event_id for p in first + second}) == 600
@@ -80,8 +82,8 @@ def test_each_run_has_users_of_its_own_and_keys_that_give_its_event_ids():
 
 
 def test_each_502_504_is_matched_to_the_faults_whose_window_it_overlaps():
-    from load.soak import FaultRun
-    from load.soak_node import READY_TIMEOUT_S, trace_platform_answers
+    from load.soak.faults import FaultRun
+    from load.soak.node import READY_TIMEOUT_S, trace_platform_answers
 
     buy = FaultRun(chaos_plan.Fault(chaos_plan.BUY_POD_DELETE, 10.0, 0.0), injected_at=10.0, lifted_at=20.0)
     kafka = FaultRun(chaos_plan.Fault(chaos_plan.KAFKA_POD_DELETE, 15.0, 0.0), injected_at=15.0, lifted_at=40.0)

@@ -1,4 +1,4 @@
-"""The soak's chaos plan (load/chaos_plan.py) keeps its rules for every seed: faults overlap,
+"""The soak's chaos plan (load/soak/plan.py) keeps its rules for every seed: faults overlap,
 are over before the load ends, and a SIGSTOPped consumer always gets enough broker uptime to
 be evicted (the rule a broker restart inside the pause once broke)."""
 from __future__ import annotations
@@ -6,11 +6,20 @@ from __future__ import annotations
 import functools
 
 import pytest
-
-from load import chaos_plan
-from load.chaos_plan import BROKER_RESTART, CONSUMER_SIGSTOP, EVICTION_MARGIN_S, KINDS, Fault, Holds, PlanError
-from load.soak import DEFAULT_RATE, DEFAULT_SECONDS
 from purchase_common import config
+
+from load.soak import plan as chaos_plan
+from load.soak.plan import (
+    BROKER_RESTART,
+    CONSUMER_SIGSTOP,
+    DEFAULT_RATE,
+    DEFAULT_SECONDS,
+    EVICTION_MARGIN_S,
+    KINDS,
+    Fault,
+    Holds,
+    PlanError,
+)
 
 SESSION_TIMEOUT_S = config.Settings().consumer_session_timeout_ms / 1000
 # The full soak's defaults and the short one of tests/faults/test_soak.py.
@@ -59,7 +68,7 @@ def test_each_pause_has_broker_uptime_past_the_session_timeout(profile):
             up = [t / 10 for t in range(int(start * 10), int(end * 10))
                   if not any(lo <= t / 10 < hi for lo, hi in outages)]
             longest, run = 0.0, 0.0
-            for previous, t in zip([None] + up, up):
+            for previous, t in zip([None] + up, up, strict=False):
                 run = run + 0.1 if previous is not None and abs(t - previous - 0.1) < 1e-6 else 0.1
                 longest = max(longest, run)
             assert longest >= SESSION_TIMEOUT_S + EVICTION_MARGIN_S - 0.2, (seed, pause)

@@ -1,8 +1,10 @@
-"""The soak's chaos plan: which fault starts when and for how long, drawn from a seed.
+"""The soak's plan: the load it offers (`Options`) and its chaos, which fault starts when and
+for how long, drawn from a seed.
 
 Pure (no I/O, no clock), so one seed always gives one plan and tests/unit/test_soak_plan.py
-checks its rules over hundreds of seeds. load/soak.py executes it with the local kinds (KINDS);
-load/soak_node.py with the pod faults of the node (NODE_KINDS, tests/unit/test_soak_node_plan.py).
+checks its rules over hundreds of seeds. The local soak (load/soak/local.py) executes it with
+the local kinds (KINDS); the node's (load/soak/node.py) with the pod faults of the node
+(NODE_KINDS, tests/unit/test_soak_node_plan.py).
 
 Rules every plan keeps:
 - every kind of fault runs once per round, and within a round the faults overlap: ordered
@@ -27,7 +29,7 @@ FERRETDB_STOP = "ferretdb-stop"
 CONSUMER_SIGSTOP = "consumer-sigstop"
 KINDS = (CONSUMER_SIGKILL, BUY_WORKER_SIGKILL, BROKER_RESTART, FERRETDB_STOP, CONSUMER_SIGSTOP)
 
-# On the node (load/soak_node.py) a fault is one action on a pod or a container, and Kubernetes
+# On the node (load/soak/node.py) a fault is one action on a pod or a container, and Kubernetes
 # brings it back; only the consumer's freeze is held and lifted.
 CONSUMER_POD_DELETE = "consumer-pod-delete"
 CONSUMER_CTR_SIGKILL = "consumer-ctr-sigkill"
@@ -69,6 +71,8 @@ LEAD_S = 10.0      # steady load before the first fault
 TAIL_S = 15.0      # load after the last planned fault is over: recovery is seen under load
 ROUND_S = 150.0    # one round of every kind of fault per this much load
 MAX_DRAWS = 10_000
+DEFAULT_RATE = 90.0        # with DEFAULT_SECONDS: 54,000 purchases over 10 minutes
+DEFAULT_SECONDS = 600.0
 
 
 class PlanError(ValueError):
@@ -92,6 +96,16 @@ class Holds:
             CONSUMER_PAUSE: SIGSTOP_SESSION_TIMEOUTS * session_timeout_s,
             **NODE_POD_HOLDS_S,
         }[kind]
+
+
+@dataclass
+class Options:
+    """What one soak is asked for: its load, the seed of its chaos, how long local faults hold."""
+    rate: float = DEFAULT_RATE
+    seconds: float = DEFAULT_SECONDS
+    seed: int = 0
+    holds: Holds = Holds()
+    clients: int | None = None   # client threads; None: clients.client_threads(rate)
 
 
 @dataclass(frozen=True)
@@ -194,5 +208,5 @@ def describe(plan: list[Fault]) -> str:
 
 
 def draw_node_plan(seed: int, seconds: float, session_timeout_s: float) -> list[Fault]:
-    """The plan of the soak on the node (load/soak_node.py): its pod faults in its window."""
+    """The plan of the soak on the node (load/soak/node.py): its pod faults in its window."""
     return draw_plan(seed, seconds, session_timeout_s, kinds=NODE_KINDS, window_s=NODE_WINDOW_S)
