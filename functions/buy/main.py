@@ -1,8 +1,11 @@
 """buy: POST /api/buy -> a purchase CloudEvent on Kafka, answered 202 once the broker acked it.
 
-An ASGI function (functions-framework serves it with uvicorn workers): a request waiting for
-the broker's ack holds no thread, and the server stack costs 0.6x the CPU of the WSGI one
-(bench/README.md, "Issue 12")."""
+``Buy`` is the function as an object, built from Settings (its producer, its Idempotency-Key
+store, its probes) and started once per worker process; ``buy`` below is the functions-framework
+entry point that hands each request to it. An ASGI function (functions-framework serves it with
+uvicorn workers): a request waiting for the broker's ack holds no thread, and the ASGI server
+stack costs less CPU per request than the WSGI one."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,39 +15,30 @@ import time
 
 import functions_framework.aio
 from prometheus_client import Counter, Histogram
-
 from purchase_common import answers, config, idempotency, probes
+from purchase_common.config import Settings
 from purchase_common.events import event_id_for, purchase_record, validate_idempotency_key
+from purchase_common.lifecycle import PerProcess
 from purchase_common.logs import get_logger, log
 from purchase_common.producer import KafkaUnavailable, Producer
 from purchase_common.schema import FIELDS, MAX_BODY_BYTES, ValidationError, parse_json_body, validate_purchase
+from starlette.requests import Request
+from starlette.responses import Response
 
-settings = config.settings()
-logger = get_logger("buy")
-producer = Producer(settings, logger)
-# Each worker connects as it is forked, not on its first purchase: librdkafka's threads must
-# start in the worker, never in the pre-fork master, and the broker connection then overlaps
-# the server's own start (cold start).
-os.register_at_fork(after_in_child=producer.start)
-fingerprints = idempotency.FingerprintStore(
-    settings.idempotency_store_path or idempotency.default_path(settings.purchases_topic),
-    settings.idempotency_window_s)
 answer = answers.ASGI
-answers.install_asgi_json_errors()
-# Serving is all readiness means here: with Kafka down, buy still answers (503) at once.
-PROBES = probes.app()
 # Metric label values must stay a fixed set: an unknown field's name is client-chosen.
 KNOWN_FIELDS = {*FIELDS, "body", "Idempotency-Key"}
 
 ACCEPTED = Counter("purchases_accepted_total", "Purchases acknowledged by Kafka and answered 202")
 REJECTED = Counter("purchases_rejected_total", "Purchase requests refused", ["reason"])
 PRODUCE_LATENCY = Histogram(
-    "purchase_produce_seconds", "Time from send to broker acknowledgement",
+    "purchase_produce_seconds",
+    "Time from send to broker acknowledgement",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
 
-def _media_type(request) -> str:
+def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
@@ -52,7 +46,7 @@ def _too_large() -> ValidationError:
     return ValidationError("body", f"request body larger than {MAX_BODY_BYTES} bytes", status=413)
 
 
-async def _read_body(request) -> bytes:
+async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise _too_large()
@@ -64,54 +58,112 @@ async def _read_body(request) -> bytes:
     return bytes(body)
 
 
-def _refused(reason: str, response):
+def _refused(reason: str, response: Response) -> Response:
     REJECTED.labels(reason=reason).inc()
     return response
 
 
-async def accept_purchase(request):
-    if _media_type(request) != "application/json":
-        return _refused("content_type", answer.error(415, "Content-Type must be application/json", "Content-Type"))
-    try:
-        purchase = validate_purchase(parse_json_body(await _read_body(request)))
-        idempotency_key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
-    except ValidationError as exc:
-        reason = f"invalid_{exc.field}" if exc.field in KNOWN_FIELDS else "invalid_unknown_field"
-        return _refused(reason, answer.invalid(exc))
+class Buy:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: Producer | None = None,
+        fingerprints: idempotency.FingerprintStore | None = None,
+    ):
+        self.settings = settings
+        self.logger = get_logger("buy", settings)
+        self.producer = producer or Producer(settings, self.logger)
+        self.fingerprints = fingerprints or idempotency.FingerprintStore(
+            settings.idempotency_store_path or idempotency.default_path(settings.purchases_topic),
+            settings.idempotency_window_s,
+        )
+        self.probes = probes.app(self.alive, self.ready)
 
-    # The key store is a SQLite file shared with the other workers: its wait stays off the loop.
-    if idempotency_key is not None and not await asyncio.to_thread(
-            fingerprints.claim, event_id_for(purchase.user_id, idempotency_key), idempotency.fingerprint(purchase)):
-        return _refused("idempotency_key_reused", answer.error(
-            422, "Idempotency-Key was already used for a different purchase; use a new key", "Idempotency-Key"))
-    record = purchase_record(purchase, idempotency_key)
-    started = time.perf_counter()
-    try:
-        delivery = await producer.send(settings.purchases_topic, record.key, record.value, record.headers)
-    except KafkaUnavailable as exc:
-        log(logger, logging.WARNING, "kafka unavailable", eventId=record.event_id, error=str(exc))
-        return _refused("kafka_unavailable",
-                        answer.unavailable("purchase service temporarily unavailable; retry later", settings))
-    PRODUCE_LATENCY.observe(time.perf_counter() - started)
-    ACCEPTED.inc()
-    log(logger, logging.INFO, "purchase accepted", eventId=record.event_id, userId=purchase.user_id,
-        partition=delivery.partition, offset=delivery.offset)
-    return answer.json({"message": "Purchase accepted", "id": record.event_id}, 202)
+    def start(self) -> None:
+        """Connect now (in the background), not on the first purchase, so the broker connection
+        overlaps the server's own start (cold start)."""
+        answers.install_asgi_json_errors()
+        self.producer.start()
+
+    def stop(self) -> None:
+        self.producer.close()
+
+    def alive(self) -> bool:
+        return True
+
+    def ready(self) -> dict[str, bool]:
+        # Serving is all readiness means here: with Kafka down, buy still answers (503) at once.
+        return {}
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            return await self._route(request)
+        except Exception as exc:  # a JSON 500, never functions-framework's plain-text crash answer
+            log(self.logger, logging.ERROR, "unhandled error", error=type(exc).__name__)
+            return answer.error(500, "internal error")
+
+    async def _route(self, request: Request) -> Response:
+        path = request.scope["path"].rstrip("/") or "/"
+        if path == "/api/buy":
+            if request.method != "POST":
+                return _refused("method", answer.error(405, "method not allowed; use POST", headers={"Allow": "POST"}))
+            return await self.accept_purchase(request)
+        return answer.shared_route(request.method, path, self.probes) or _refused(
+            "not_found", answer.error(404, "not found")
+        )
+
+    async def accept_purchase(self, request: Request) -> Response:
+        if _media_type(request) != "application/json":
+            return _refused("content_type", answer.error(415, "Content-Type must be application/json", "Content-Type"))
+        try:
+            purchase = validate_purchase(parse_json_body(await _read_body(request)))
+            idempotency_key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
+        except ValidationError as exc:
+            reason = f"invalid_{exc.field}" if exc.field in KNOWN_FIELDS else "invalid_unknown_field"
+            return _refused(reason, answer.invalid(exc))
+
+        # The key store is a SQLite file shared with the other workers: its wait stays off the loop.
+        if idempotency_key is not None and not await asyncio.to_thread(
+            self.fingerprints.claim, event_id_for(purchase.user_id, idempotency_key), idempotency.fingerprint(purchase)
+        ):
+            return _refused(
+                "idempotency_key_reused",
+                answer.error(
+                    422, "Idempotency-Key was already used for a different purchase; use a new key", "Idempotency-Key"
+                ),
+            )
+        record = purchase_record(purchase, idempotency_key)
+        started = time.perf_counter()
+        try:
+            delivery = await self.producer.send(self.settings.purchases_topic, record.key, record.value, record.headers)
+        except KafkaUnavailable as exc:
+            log(self.logger, logging.WARNING, "kafka unavailable", eventId=record.event_id, error=str(exc))
+            return _refused(
+                "kafka_unavailable",
+                answer.unavailable("purchase service temporarily unavailable; retry later", self.settings),
+            )
+        PRODUCE_LATENCY.observe(time.perf_counter() - started)
+        ACCEPTED.inc()
+        log(
+            self.logger,
+            logging.INFO,
+            "purchase accepted",
+            eventId=record.event_id,
+            userId=purchase.user_id,
+            partition=delivery.partition,
+            offset=delivery.offset,
+        )
+        return answer.json({"message": "Purchase accepted", "id": record.event_id}, 202)
 
 
-async def route(request):
-    path = request.scope["path"].rstrip("/") or "/"
-    if path == "/api/buy":
-        if request.method != "POST":
-            return _refused("method", answer.error(405, "method not allowed; use POST", headers={"Allow": "POST"}))
-        return await accept_purchase(request)
-    return answer.shared_route(request.method, path, PROBES) or _refused("not_found", answer.error(404, "not found"))
+# Read at import, so a bad variable fails the server's start rather than every request.
+SETTINGS = config.settings()
+function = PerProcess(lambda: Buy(SETTINGS))
+# Each worker builds and starts its Buy as it is forked, not on its first purchase:
+# librdkafka's threads must start in the worker, never in the pre-fork master.
+os.register_at_fork(after_in_child=function.get)
 
 
 @functions_framework.aio.http
-async def buy(request):
-    try:
-        return await route(request)
-    except Exception as exc:  # a JSON 500, never functions-framework's plain-text crash answer
-        log(logger, logging.ERROR, "unhandled error", error=type(exc).__name__)
-        return answer.error(500, "internal error")
+async def buy(request: Request) -> Response:
+    return await function.get().handle(request)

@@ -1,32 +1,36 @@
-"""history: a user's purchases, newest first, straight from MongoDB."""
+"""history: a user's purchases, newest first, straight from MongoDB.
+
+``History`` is the function as an object, built from Settings (its store, its probes), made once
+per worker process; ``history`` below is the functions-framework entry point that hands each
+request to it."""
+
 from __future__ import annotations
 
 import logging
 import urllib.parse
 
 import functions_framework
+from flask import Request, Response
 from prometheus_client import Counter, Histogram
-from pymongo.errors import PyMongoError
-
 from purchase_common import answers, config, probes, storage
+from purchase_common.config import Settings
+from purchase_common.lifecycle import PerProcess
 from purchase_common.logs import get_logger, log
 from purchase_common.schema import ValidationError, validate_user_id
+from pymongo.errors import PyMongoError
+from werkzeug.datastructures import MultiDict
 
-settings = config.settings()
-logger = get_logger("history")
 REQUESTS = Counter("history_requests_total", "History requests by outcome", ["outcome"])
 QUERY_LATENCY = Histogram(
-    "history_query_seconds", "MongoDB query time per history request",
+    "history_query_seconds",
+    "MongoDB query time per history request",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
 )
-# Ready only while MongoDB answers: a history pod that cannot read is taken out of rotation.
-PROBES = probes.app(ready=lambda: {"mongodb": storage.reachable()})
-answers.install_json_errors(functions_framework.errorhandler, logger)
 # The API's path, and the original system's two, kept for its clients.
 USER_PATH, LEGACY_PATH, LEGACY_QUERY_PATH = ("/api/user/", "/purchases"), "/api/getAllUserBuys/", "/api/purchases"
 
 
-def _single_param(args, name: str) -> str | None:
+def _single_param(args: MultiDict[str, str], name: str) -> str | None:
     values = args.getlist(name)
     if len(values) > 1:
         raise ValidationError(name, f"{name} given more than once")
@@ -42,65 +46,106 @@ def _limit(raw: str | None) -> int:
     return int(raw)
 
 
-def _user_id(request) -> str:
+def _user_id(request: Request) -> str:
     """The canonical (trimmed, validated) userId, wherever the route carries it."""
     path = request.path  # already percent-decoded by werkzeug
     if path.startswith(USER_PATH[0]) and path.endswith(USER_PATH[1]):
-        return validate_user_id(path[len(USER_PATH[0]):-len(USER_PATH[1])])
+        return validate_user_id(path[len(USER_PATH[0]) : -len(USER_PATH[1])])
     if path.startswith(LEGACY_PATH):
-        return validate_user_id(path[len(LEGACY_PATH):].rstrip("/"))
+        return validate_user_id(path[len(LEGACY_PATH) :].rstrip("/"))
     return validate_user_id(_single_param(request.args, "userId"))
 
 
-def _next_page_link(request, user_id: str, limit: int, cursor: str) -> str:
+def _next_page_link(request: Request, user_id: str, limit: int, cursor: str) -> str:
     """Built from the canonical userId and limit only, never from the raw path or query: what
     the client sent may carry whitespace that is illegal in a header or not a valid URI."""
-    query = {"limit": limit, "before": cursor}
+    query: dict[str, str | int] = {"limit": limit, "before": cursor}
     if request.path.startswith(USER_PATH[0]):
         path = f"{USER_PATH[0]}{user_id}{USER_PATH[1]}"
     elif request.path.startswith(LEGACY_PATH):
         path = f"{LEGACY_PATH}{user_id}"
     else:
         path, query = LEGACY_QUERY_PATH, {"userId": user_id, **query}
-    return f"<{path}?{urllib.parse.urlencode(query)}>; rel=\"next\""
+    return f'<{path}?{urllib.parse.urlencode(query)}>; rel="next"'
 
 
-def list_purchases(request):
-    try:
-        user_id, limit = _user_id(request), _limit(_single_param(request.args, "limit"))
-        before = _single_param(request.args, "before")
-        if before is not None:
-            storage.decode_cursor(before)
-        with QUERY_LATENCY.time():
-            documents = storage.find_user_purchases(storage.shared_collection(), user_id, limit, before)
-    except ValidationError as exc:
-        return _answered("invalid", answers.WSGI.invalid(exc))
-    except storage.InvalidCursor as exc:
-        return _answered("invalid", answers.WSGI.error(400, str(exc), "before"))
-    except PyMongoError as exc:
-        log(logger, logging.WARNING, "database unavailable", userId=user_id, error=type(exc).__name__)
-        return _answered("db_unavailable", answers.WSGI.unavailable("purchase history temporarily unavailable; "
-                                                               "retry later", settings))
-    response = _answered("ok", answers.WSGI.json([storage.to_api(doc) for doc in documents]))
-    if len(documents) == limit:
-        # The body stays a plain array (the original API); the next page travels in headers.
-        cursor = storage.encode_cursor(documents[-1])
-        response.headers["X-Next-Cursor"] = cursor
-        response.headers["Link"] = _next_page_link(request, user_id, limit, cursor)
-    return response
-
-
-def _answered(outcome: str, response):
+def _answered(outcome: str, response: Response) -> Response:
     REQUESTS.labels(outcome=outcome).inc()
     return response
 
 
+class History:
+    def __init__(self, settings: Settings, store: storage.Store | None = None):
+        self.settings = settings
+        self.logger = get_logger("history", settings)
+        self.store = store or storage.Store(settings)
+        self.probes = probes.app(self.alive, self.ready)
+
+    def start(self) -> None:
+        """Nothing to open ahead: the store connects on first use, so history starts (and
+        answers 503) with the database down."""
+
+    def stop(self) -> None:
+        self.store.close()
+
+    def alive(self) -> bool:
+        return True
+
+    def ready(self) -> dict[str, bool]:
+        # Ready only while MongoDB answers: a history pod that cannot read is taken out of rotation.
+        return {"mongodb": self.store.reachable()}
+
+    def handle(self, request: Request) -> Response:
+        path = request.path
+        if (
+            (path.startswith(USER_PATH[0]) and path.endswith(USER_PATH[1]))
+            or path == LEGACY_QUERY_PATH
+            or path.startswith(LEGACY_PATH)
+        ):
+            if request.method not in ("GET", "HEAD"):
+                return _answered(
+                    "method", answers.WSGI.error(405, "method not allowed; use GET", headers={"Allow": "GET, HEAD"})
+                )
+            return self.list_purchases(request)
+        return answers.WSGI.shared_route(request.method, path, self.probes) or _answered(
+            "not_found", answers.WSGI.error(404, "not found")
+        )
+
+    def list_purchases(self, request: Request) -> Response:
+        user_id = None
+        try:
+            user_id, limit = _user_id(request), _limit(_single_param(request.args, "limit"))
+            before = _single_param(request.args, "before")
+            if before is not None:
+                storage.decode_cursor(before)
+            with QUERY_LATENCY.time():
+                documents = self.store.find_user_purchases(user_id, limit, before)
+        except ValidationError as exc:
+            return _answered("invalid", answers.WSGI.invalid(exc))
+        except storage.InvalidCursor as exc:
+            return _answered("invalid", answers.WSGI.error(400, str(exc), "before"))
+        except PyMongoError as exc:
+            log(self.logger, logging.WARNING, "database unavailable", userId=user_id, error=type(exc).__name__)
+            return _answered(
+                "db_unavailable",
+                answers.WSGI.unavailable("purchase history temporarily unavailable; retry later", self.settings),
+            )
+        response = _answered("ok", answers.WSGI.json([storage.to_api(doc) for doc in documents]))
+        if len(documents) == limit:
+            # The body stays a plain array (the original API); the next page travels in headers.
+            cursor = storage.encode_cursor(documents[-1])
+            response.headers["X-Next-Cursor"] = cursor
+            response.headers["Link"] = _next_page_link(request, user_id, limit, cursor)
+        return response
+
+
+# Read at import, so a bad variable fails the server's start rather than every request.
+SETTINGS = config.settings()
+function = PerProcess(lambda: History(SETTINGS))
+# Flask takes error handlers only while the app is made, i.e. while this module loads.
+answers.install_json_errors(functions_framework.errorhandler, get_logger("history", SETTINGS))
+
+
 @functions_framework.http
-def history(request):
-    path = request.path
-    if (path.startswith(USER_PATH[0]) and path.endswith(USER_PATH[1])) or path == LEGACY_QUERY_PATH \
-            or path.startswith(LEGACY_PATH):
-        if request.method not in ("GET", "HEAD"):
-            return _answered("method", answers.WSGI.error(405, "method not allowed; use GET", headers={"Allow": "GET, HEAD"}))
-        return list_purchases(request)
-    return answers.WSGI.shared_route(request.method, path, PROBES) or _answered("not_found", answers.WSGI.error(404, "not found"))
+def history(request: Request) -> Response:
+    return function.get().handle(request)

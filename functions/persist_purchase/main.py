@@ -1,18 +1,21 @@
-"""persist_purchase: store purchase CloudEvents in MongoDB, each event id exactly once.
+"""persist_purchase as a CloudEvent function (one event, e.g. delivered over HTTP by a
+Knative/Kafka source): the functions-framework entry point of persist.PersistPurchase, which
+the Kafka consumer (``python consumer.py``) runs too."""
 
-``persist_purchase`` is the CloudEvent function (one event, e.g. delivered over HTTP by a
-Knative/Kafka source); the Kafka consumer's loop over batches of the same events
-(``consume``, run by ``python consumer.py``) is in persist.py, which both share.
-"""
 from __future__ import annotations
 
 import functions_framework
+from cloudevents.abstract import CloudEvent
+from persist import PersistPurchase
+from purchase_common import config
+from purchase_common.lifecycle import PerProcess
 
-from persist import consume, decode, persist_batch, run_consumer  # noqa: F401  (one module's API)
-from purchase_common.events import purchase_from_event
+# Read at import, so a bad variable fails the server's start rather than every request.
+SETTINGS = config.settings()
+function = PerProcess(lambda: PersistPurchase(SETTINGS))
 
 
 @functions_framework.cloud_event
-def persist_purchase(cloud_event):
+def persist_purchase(cloud_event: CloudEvent) -> None:
     """Store one purchase event. Invalid events raise PoisonRecord (a ValueError)."""
-    persist_batch([purchase_from_event(cloud_event)])
+    function.get().handle(cloud_event)

@@ -1,74 +1,80 @@
-"""persist_purchase's storing, without functions-framework: the Kafka consumer's loop over
-batches (``consume``, run by ``python consumer.py``) and the write both it and the CloudEvent
-function in main.py use (``persist_batch``).
+"""persist_purchase as an object: decode a Kafka record into a purchase event, write events to
+MongoDB, each event id exactly once. Built from Settings; nothing is opened before ``start``.
 
-The consumer process imports this module, not main.py: functions-framework (Flask, werkzeug)
-would cost it ~7 MiB of RSS and a slower cold start for a decorator it never serves.
+The consumer's loop that runs ``decode`` and ``write`` is the runtime's
+(purchase_common.batch_consumer); the CloudEvent function in main.py runs ``handle``. The
+consumer process imports this module, not main.py: functions-framework (Flask, werkzeug) would
+cost it RSS and cold-start time for a decorator it never serves.
 """
+
 from __future__ import annotations
 
 import logging
 
+from cloudevents.abstract import CloudEvent
 from prometheus_client import Counter, Histogram
-
-from purchase_common import batch_consumer, config, storage
-from purchase_common.events import PoisonRecord, PurchaseEvent, purchase_from_kafka_record
+from purchase_common import storage
+from purchase_common.batch_consumer import ConsumerRecord
+from purchase_common.config import Settings
+from purchase_common.events import PurchaseEvent, purchase_from_event, purchase_from_kafka_record
 from purchase_common.logs import get_logger, log
+from pymongo.errors import PyMongoError
 
-settings = config.settings()
-logger = get_logger("persist-purchase")
 WRITTEN = Counter("purchases_written_total", "Purchases inserted into MongoDB")
 DUPLICATES = Counter("purchases_duplicates_total", "Redelivered purchases already stored (skipped)")
-BATCH_SIZE = Histogram("persist_batch_size", "Purchases per MongoDB write",
-                       buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))
+BATCH_SIZE = Histogram(
+    "persist_batch_size", "Purchases per MongoDB write", buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000)
+)
 
 
-def persist_batch(events: list[PurchaseEvent]) -> storage.WriteResult:
-    """Write validated purchase events; raises on any database error (nothing is committed then)."""
-    if not events:
-        return storage.WriteResult(0, 0)
-    result = storage.insert_purchases(storage.shared_collection(), [storage.to_document(event) for event in events])
-    BATCH_SIZE.observe(len(events))
-    WRITTEN.inc(result.inserted)
-    DUPLICATES.inc(result.duplicates)
-    if logger.isEnabledFor(logging.INFO):
-        for event in events:
-            log(logger, logging.INFO, "purchase stored", eventId=event.event_id, userId=event.purchase.user_id)
-    return result
+class PersistPurchase:
+    def __init__(self, settings: Settings, store: storage.Store | None = None):
+        self.settings = settings
+        self.logger = get_logger("persist-purchase", settings)
+        self.store = store or storage.Store(settings)
+        self._db_ready = False
 
-
-def decode(records) -> tuple[list[PurchaseEvent], list[tuple[object, str]]]:
-    """Each Kafka record as a purchase event, or as (record, reason) when it can never be one."""
-    events, poison = [], []
-    for record in records:
+    def start(self) -> None:
+        """Connect and ensure the indexes; with the database down, the first write tries again."""
         try:
-            events.append(purchase_from_kafka_record(record.key, record.value, record.headers))
-        except PoisonRecord as exc:
-            poison.append((record, str(exc)))
-    return events, poison
+            self.store.collection()
+            self._db_ready = True
+        except PyMongoError as exc:
+            log(self.logger, logging.WARNING, "mongodb unreachable at start-up; will retry on write", error=str(exc))
 
+    def stop(self) -> None:
+        self.store.close()
 
-def consume(batches: batch_consumer.BatchConsumer) -> None:
-    """Until told to stop: decode, dead-letter the poison, write, and only then commit.
+    def alive(self) -> bool:
+        return True
 
-    Behind a backlog (a full batch) the write of one batch overlaps the poll and decode of the
-    next: +10-15 % records/s (bench/README.md). Each batch is still committed only once it is
-    stored, and before the next one is written. A partial batch is written and committed at
-    once, so a quiet topic's commit never waits for the next poll."""
-    while batches.running:
-        records = batches.poll()
-        events, poison = decode(records)
-        batches.dead_letter(poison)
-        batches.commit_written()  # the batch before, if it was written behind
-        if not records:
-            continue
-        if batches.full(records):
-            batches.write_behind(persist_batch, events, records)
-        else:
-            batches.write(persist_batch, events)
-            batches.commit(records)
-    batches.commit_written()
+    def ready(self) -> dict[str, bool]:
+        """Whether the last use of the database (start or write) succeeded."""
+        return {"mongodb": self._db_ready}
 
+    def decode(self, record: ConsumerRecord) -> PurchaseEvent:
+        """One Kafka record as a purchase event; PoisonRecord when it can never be one."""
+        return purchase_from_kafka_record(record.key, record.value, record.headers)
 
-def run_consumer() -> int:
-    return batch_consumer.run(consume, open_store=storage.shared_collection, settings=settings, logger=logger)
+    def write(self, events: list[PurchaseEvent]) -> storage.WriteResult:
+        """Store validated purchase events; raises on any database error (nothing is committed then).
+        The documents are built anew on every call, so a retried batch carries no _id of the last try."""
+        if not events:
+            return storage.WriteResult(0, 0)
+        try:
+            result = self.store.insert([storage.to_document(event) for event in events])
+        except PyMongoError:
+            self._db_ready = False
+            raise
+        self._db_ready = True
+        BATCH_SIZE.observe(len(events))
+        WRITTEN.inc(result.inserted)
+        DUPLICATES.inc(result.duplicates)
+        if self.logger.isEnabledFor(logging.INFO):
+            for event in events:
+                log(self.logger, logging.INFO, "purchase stored", eventId=event.event_id, userId=event.purchase.user_id)
+        return result
+
+    def handle(self, event: CloudEvent) -> None:
+        """Store one purchase CloudEvent (delivered over HTTP); PoisonRecord (a ValueError) if it is not one."""
+        self.write([purchase_from_event(event)])

@@ -14,7 +14,7 @@ import requests
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from support import send_purchases, wait_until
-from purchase_common.events import build_event, to_kafka_record
+from cloudevents_reference import build_event, to_kafka_record
 from purchase_common.schema import Purchase
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -18,8 +18,9 @@ import requests
 from cloudevents.kafka import to_binary
 from kafka import KafkaProducer
 
-from devstack.servers import ROOT, build_go_program
-from purchase_common.events import DATA_CONTENT_TYPE, EVENT_SOURCE, EVENT_TYPE, _marshal, build_event
+from tools.common import ROOT, build_go_program
+from cloudevents_reference import build_event
+from purchase_common.events import DATA_CONTENT_TYPE, EVENT_SOURCE, EVENT_TYPE, encode_data
 from purchase_common.schema import Purchase
 from support import wait_until
 
@@ -44,7 +45,7 @@ def read_with_go(binary, pipeline) -> list[dict]:
 def send_old_form_record(pipeline, user: str) -> str:
     """A record as buy wrote it before ce_partitionkey: the SDK's to_binary output unchanged."""
     event = build_event(Purchase("old form", user, 700))
-    message = to_binary(event, data_marshaller=_marshal)
+    message = to_binary(event, data_marshaller=encode_data)
     producer = KafkaProducer(bootstrap_servers=pipeline.stack.kafka_bootstrap, acks="all")
     try:
         producer.send(pipeline.topic, key=message.key.encode(), value=message.value,

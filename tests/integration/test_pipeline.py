@@ -11,7 +11,8 @@ import requests
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from support import wait_until
-from purchase_common.events import EVENT_SOURCE, EVENT_TYPE, build_event, to_kafka_record
+from cloudevents_reference import build_event, to_kafka_record
+from purchase_common.events import EVENT_SOURCE, EVENT_TYPE
 from purchase_common.schema import Purchase
 
 pytestmark = pytest.mark.integration

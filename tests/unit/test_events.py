@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from purchase_common.events import (EVENT_SOURCE, EVENT_TYPE, PoisonRecord, build_event, event_id_for,
-                                    from_kafka_record, purchase_from_event, to_kafka_record,
+from cloudevents_reference import build_event, from_kafka_record, to_kafka_record
+from purchase_common.events import (EVENT_SOURCE, EVENT_TYPE, PoisonRecord, event_id_for, purchase_from_event,
                                     validate_idempotency_key)
 from purchase_common.schema import Purchase, ValidationError
 

@@ -6,8 +6,8 @@ import datetime as dt
 import pytest
 from cloudevents.kafka import to_binary
 
-from purchase_common.events import (_marshal, build_event, from_kafka_record, purchase_from_event, purchase_record,
-                                    to_kafka_record)
+from cloudevents_reference import build_event, from_kafka_record, to_kafka_record
+from purchase_common.events import encode_data, purchase_from_event, purchase_record
 from purchase_common.schema import Purchase
 
 PURCHASE = Purchase("elad", "555", 1200)
@@ -36,7 +36,7 @@ def test_partitionkey_header_is_the_same_bytes_object_as_the_key():
 def test_records_with_and_without_the_partitionkey_header_decode_alike():
     event = build_event(PURCHASE, now=NOW)
     new_form = to_kafka_record(event)
-    old = to_binary(event, data_marshaller=_marshal)
+    old = to_binary(event, data_marshaller=encode_data)
     old_form = (old.key.encode(), old.value, list(old.headers.items()))
     assert "ce_partitionkey" not in dict(old_form[2])
     for record in (new_form, old_form):

@@ -1,12 +1,13 @@
-"""The consumer's one-pass decode (purchase_from_kafka_record) against the SDK path
-(purchase_from_event(from_kafka_record(...))): the same purchase from every record that is one,
-poison with the same reason from every record that is not."""
+"""The product's one decoder (purchase_from_kafka_record) against the SDK's reference path
+(tests/cloudevents_reference.py): the same purchase from every record that is one, poison with
+the same reason from every record that is not."""
 import datetime as dt
+import re
 
 import pytest
 
-from purchase_common.events import (PoisonRecord, build_event, from_kafka_record, purchase_from_event,
-                                    purchase_from_kafka_record, to_kafka_record)
+from cloudevents_reference import build_event, sdk_purchase, to_kafka_record
+from purchase_common.events import PoisonRecord, UndecodableEvent, purchase_from_kafka_record
 from purchase_common.schema import Purchase
 
 PURCHASE = Purchase("elad", "555", 1200)
@@ -87,11 +88,11 @@ def outcome(decode, record):
     try:
         return decode(*record)
     except PoisonRecord as exc:
-        return f"poison: {exc}"
+        # The SDK names missing keys as a set in string-hash order; the product sorts them.
+        return "poison: " + re.sub(r"\{([^}]*)\}", lambda m: "{" + ", ".join(sorted(m[1].split(", "))) + "}", str(exc))
 
 
-def sdk_path(key, value, headers):
-    return purchase_from_event(from_kafka_record(key, value, headers))
+sdk_path = sdk_purchase
 
 
 @pytest.mark.parametrize("name", RECORDS)
@@ -125,3 +126,12 @@ def test_a_record_without_an_id_is_poison_not_stored_under_a_made_up_one():
     for decode in (purchase_from_kafka_record, sdk_path):
         with pytest.raises(PoisonRecord, match="ce_id header missing"):
             decode(*RECORDS["no id"])
+
+
+@pytest.mark.parametrize("name", ["no source", "no source, no type", "specversion 2.0", "not JSON", "undecodable id"])
+def test_the_decoders_refusals_are_its_own_exception_not_the_sdks(name):
+    with pytest.raises(UndecodableEvent) as caught:
+        purchase_from_kafka_record(*RECORDS[name])
+    assert type(caught.value).__module__ == "purchase_common.events"
+    assert caught.value.__cause__ is None and caught.value.__context__ is None or \
+        type(caught.value.__context__).__module__ in ("builtins", "json.decoder")

@@ -1,12 +1,13 @@
 """How the HTTP functions answer: JSON errors (never a stack trace), 503 with Retry-After,
 and the probe paths handed to the one probe app. One ``Answers`` per web framework: history is
 a Flask (WSGI) function, buy an ASGI (Starlette) one; both answer the same bytes."""
+
 from __future__ import annotations
 
 import functools
 import importlib.resources
 import json
-from typing import Callable
+from collections.abc import Callable
 
 from . import probes
 from .config import Settings
@@ -21,7 +22,7 @@ _ANSWER_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 
 def json_bytes(body) -> bytes:
     """The bytes flask.jsonify writes (compact, sorted keys, a closing newline) for the plain
-    JSON values the functions answer with, at half its cost per request (bench/README.md)."""
+    JSON values the functions answer with, at a fraction of its cost per request (bench/README.md)."""
     return (_ANSWER_ENCODER.encode(body) + "\n").encode()
 
 
@@ -73,11 +74,13 @@ class Answers:
 
 def _flask_response(body: bytes, status: int, headers: dict, content_type: str):
     from flask import Response
+
     return Response(body, status, headers=headers, content_type=content_type)
 
 
 def _starlette_response(body: bytes, status: int, headers: dict, content_type: str):
     from starlette.responses import Response
+
     return Response(body, status, headers=headers, media_type=content_type)
 
 

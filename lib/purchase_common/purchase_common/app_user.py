@@ -12,6 +12,7 @@ Environment (all from Secrets, none logged):
   MONGODB_APP_PASSWORD
   MONGODB_DATABASE       the purchases database (default: the shared setting)
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,9 @@ def _create_or_update(db, username: str, password: str, roles: list[dict]) -> st
 
 
 def main(environ=os.environ) -> int:
-    missing = [name for name in ("MONGODB_ADMIN_URI", "MONGODB_APP_USERNAME", "MONGODB_APP_PASSWORD")
-               if not environ.get(name)]
+    missing = [
+        name for name in ("MONGODB_ADMIN_URI", "MONGODB_APP_USERNAME", "MONGODB_APP_PASSWORD") if not environ.get(name)
+    ]
     if missing:
         print(f"app_user: missing {', '.join(missing)}", file=sys.stderr)
         return 2

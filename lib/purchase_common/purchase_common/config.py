@@ -6,6 +6,7 @@ the local stack started by ``make run`` (devstack), which prefers these ports; K
 manifests set the same variables from a ConfigMap. README's configuration table is checked
 against this file by tests/unit/test_config.py.
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,9 +33,15 @@ def _env(name: str, default, why: str, secret: bool = False):
 
 @dataclass(frozen=True)
 class Settings:
-    kafka_bootstrap_servers: str = _env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "comma-separated; the local stack's broker")
-    mongodb_uri: str = _env("MONGODB_URI", "mongodb://127.0.0.1:27017/",
-                            "the local stack's FerretDB; on Kubernetes the app user's, never logged", secret=True)
+    kafka_bootstrap_servers: str = _env(
+        "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "comma-separated; the local stack's broker"
+    )
+    mongodb_uri: str = _env(
+        "MONGODB_URI",
+        "mongodb://127.0.0.1:27017/",
+        "the local stack's FerretDB; on Kubernetes the app user's, never logged",
+        secret=True,
+    )
     purchases_topic: str = _env("PURCHASES_TOPIC", PURCHASES_TOPIC, "tests and benches isolate themselves by topic")
     dead_letter_topic: str = _env("DEAD_LETTER_TOPIC", DEAD_LETTER_TOPIC, "where poison records go, bytes intact")
     consumer_group: str = _env("CONSUMER_GROUP", CONSUMER_GROUP, "the group KEDA's ScaledObject watches")
@@ -46,27 +53,41 @@ class Settings:
     health_port: int = _env("HEALTH_PORT", 8081, "the consumer's /healthz, /readyz and /metrics")
     log_level: str = _env("LOG_LEVEL", "INFO", "JSON log lines carrying eventId from buy through persist")
     # buy
-    kafka_send_timeout_s: float = _env("KAFKA_SEND_TIMEOUT_S", 3.0,
-                                       "whole-request budget for the broker's ack: a 503 comes well under 5 s")
+    kafka_send_timeout_s: float = _env(
+        "KAFKA_SEND_TIMEOUT_S", 3.0, "whole-request budget for the broker's ack: a 503 comes well under 5 s"
+    )
     retry_after_s: int = _env("RETRY_AFTER_S", 2, "what every 503 asks the client to wait")
-    kafka_linger_ms: float = _env("KAFKA_LINGER_MS", 0.0,
-                                  "a purchase with none other in flight goes out at once: any linger above 0 "
-                                  "doubled c=1 latency (bench/README.md)")
-    kafka_batch_linger_ms: float = _env("KAFKA_BATCH_LINGER_MS", 1.0,
-                                        "a purchase that finds others in flight waits this long to share a request: "
-                                        "x1.3-1.4 req/s at c=16/64 (bench/README.md)")
+    kafka_linger_ms: float = _env(
+        "KAFKA_LINGER_MS",
+        0.0,
+        "a purchase with none other in flight goes out at once: any linger above 0 "
+        "doubled c=1 latency (bench/README.md)",
+    )
+    kafka_batch_linger_ms: float = _env(
+        "KAFKA_BATCH_LINGER_MS",
+        1.0,
+        "a purchase that finds others in flight waits this long to share a request: "
+        "x1.3-1.4 req/s at c=16/64 (bench/README.md)",
+    )
     kafka_enable_idempotence: bool = _env(
-        "KAFKA_ENABLE_IDEMPOTENCE", False,
+        "KAFKA_ENABLE_IDEMPOTENCE",
+        False,
         "off: a record retried after a lost ack is absorbed by the unique eventId, and idempotence adds a "
-        "producer-id round trip to every cold start")
+        "producer-id round trip to every cold start",
+    )
     kafka_producer_reset_after_s: float = _env(
-        "KAFKA_PRODUCER_RESET_AFTER_S", 15.0,
-        "a producer failing every send this long is replaced: client states that never recover by themselves")
-    idempotency_window_s: float = _env("IDEMPOTENCY_WINDOW_S", 86400.0,
-                                       "how long a reused Idempotency-Key must carry the same purchase (else 422)")
-    idempotency_store_path: str = _env("IDEMPOTENCY_STORE_PATH", "",
-                                       "SQLite file the buy workers of one pod share for key fingerprints; "
-                                       "unset: one per topic in the temp folder")
+        "KAFKA_PRODUCER_RESET_AFTER_S",
+        15.0,
+        "a producer failing every send this long is replaced: client states that never recover by themselves",
+    )
+    idempotency_window_s: float = _env(
+        "IDEMPOTENCY_WINDOW_S", 86400.0, "how long a reused Idempotency-Key must carry the same purchase (else 422)"
+    )
+    idempotency_store_path: str = _env(
+        "IDEMPOTENCY_STORE_PATH",
+        "",
+        "SQLite file the buy workers of one pod share for key fingerprints; unset: one per topic in the temp folder",
+    )
     kafka_client_id: str = _env("KAFKA_CLIENT_ID", "purchase", "names the functions in broker logs")
     kafka_security_protocol: str = _env("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "SASL/TLS to a managed Kafka")
     kafka_sasl_mechanism: str = _env("KAFKA_SASL_MECHANISM", "PLAIN", "with a SASL protocol")
@@ -76,16 +97,21 @@ class Settings:
     # persist-purchase consumer
     consumer_batch_max: int = _env("CONSUMER_BATCH_MAX", 500, "records per poll and per insert_many")
     consumer_poll_timeout_ms: int = _env("CONSUMER_POLL_TIMEOUT_MS", 500, "how long one poll waits for records")
-    consumer_session_timeout_ms: int = _env("CONSUMER_SESSION_TIMEOUT_MS", 10000,
-                                            "a killed replica's partitions move on after this, not after 45 s")
+    consumer_session_timeout_ms: int = _env(
+        "CONSUMER_SESSION_TIMEOUT_MS", 10000, "a killed replica's partitions move on after this, not after 45 s"
+    )
     consumer_heartbeat_ms: int = _env("CONSUMER_HEARTBEAT_MS", 2000, "well inside the session timeout")
-    consumer_startup_deadline_s: float = _env("CONSUMER_STARTUP_DEADLINE_S", 120.0,
-                                              "a broker missing this long at start is a failed start")
-    write_retry_deadline_s: float = _env("WRITE_RETRY_DEADLINE_S", 600.0,
-                                         "a dead database is waited out this long, then exit non-zero, "
-                                         "nothing committed, nothing lost")
-    kafka_outage_deadline_s: float = _env("KAFKA_OUTAGE_DEADLINE_S", 600.0,
-                                          "a broker gone this long mid-run: exit non-zero, let the orchestrator decide")
+    consumer_startup_deadline_s: float = _env(
+        "CONSUMER_STARTUP_DEADLINE_S", 120.0, "a broker missing this long at start is a failed start"
+    )
+    write_retry_deadline_s: float = _env(
+        "WRITE_RETRY_DEADLINE_S",
+        600.0,
+        "a dead database is waited out this long, then exit non-zero, nothing committed, nothing lost",
+    )
+    kafka_outage_deadline_s: float = _env(
+        "KAFKA_OUTAGE_DEADLINE_S", 600.0, "a broker gone this long mid-run: exit non-zero, let the orchestrator decide"
+    )
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -101,8 +127,9 @@ def _parse(name: str, raw: str, default):
     try:
         return kind(raw)
     except ValueError as exc:
-        raise ValueError(f"environment variable {name} must be {'an integer' if kind is int else 'a number'}, "
-                         f"got {raw!r}") from exc
+        raise ValueError(
+            f"environment variable {name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}"
+        ) from exc
 
 
 def load(environ=os.environ) -> Settings:
@@ -144,11 +171,17 @@ def variables() -> dict[str, tuple[object, str]]:
 def kafka_client_options(s: Settings) -> dict:
     """Connection options every Kafka client shares; SASL/TLS only when configured."""
     protocol = s.kafka_security_protocol.upper()
-    options: dict = {"bootstrap_servers": s.bootstrap_servers, "client_id": s.kafka_client_id,
-                     "security_protocol": protocol}
+    options: dict = {
+        "bootstrap_servers": s.bootstrap_servers,
+        "client_id": s.kafka_client_id,
+        "security_protocol": protocol,
+    }
     if protocol.startswith("SASL"):
-        options.update(sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
-                       sasl_plain_password=s.kafka_sasl_password)
+        options.update(
+            sasl_mechanism=s.kafka_sasl_mechanism,
+            sasl_plain_username=s.kafka_sasl_username,
+            sasl_plain_password=s.kafka_sasl_password,
+        )
     if protocol.endswith("SSL") and s.kafka_ssl_cafile:
         options["ssl_cafile"] = s.kafka_ssl_cafile
     return options
@@ -157,11 +190,19 @@ def kafka_client_options(s: Settings) -> dict:
 def librdkafka_options(s: Settings) -> dict:
     """The same connection options in librdkafka's names (buy's producer)."""
     options = kafka_client_options(s)
-    named = {"bootstrap.servers": ",".join(options["bootstrap_servers"]), "client.id": options["client_id"],
-             "security.protocol": options["security_protocol"]}
+    named = {
+        "bootstrap.servers": ",".join(options["bootstrap_servers"]),
+        "client.id": options["client_id"],
+        "security.protocol": options["security_protocol"],
+    }
     if "sasl_mechanism" in options:
-        named.update({"sasl.mechanism": options["sasl_mechanism"], "sasl.username": options["sasl_plain_username"],
-                      "sasl.password": options["sasl_plain_password"]})
+        named.update(
+            {
+                "sasl.mechanism": options["sasl_mechanism"],
+                "sasl.username": options["sasl_plain_username"],
+                "sasl.password": options["sasl_plain_password"],
+            }
+        )
     if "ssl_cafile" in options:
         named["ssl.ca.location"] = options["ssl_cafile"]
     return named

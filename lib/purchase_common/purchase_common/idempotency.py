@@ -8,6 +8,7 @@ needs no database it does not already have, and answers without waiting on Mongo
 different purchase sent under the same key to another pod is answered 202 but never
 stored: the unique eventId keeps the first one (README, "Idempotency-Key").
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,9 +28,12 @@ BUSY_TIMEOUT_S = 5.0  # how long a claim waits for another worker's lock on the 
 
 def fingerprint(purchase: Purchase) -> str:
     """A canonical hash of the validated purchase: trimming or 12 vs 12.00 does not change it."""
-    canonical = json.dumps({"username": purchase.username, "userId": purchase.user_id,
-                            "priceCents": purchase.price_cents}, sort_keys=True, ensure_ascii=False,
-                           separators=(",", ":"))
+    canonical = json.dumps(
+        {"username": purchase.username, "userId": purchase.user_id, "priceCents": purchase.price_cents},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -69,8 +73,10 @@ class FingerprintStore:
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             _use_wal(connection)
             connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute("CREATE TABLE IF NOT EXISTS idempotency_keys (event_id TEXT PRIMARY KEY, "
-                               "fingerprint TEXT NOT NULL, first_seen REAL NOT NULL)")
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS idempotency_keys (event_id TEXT PRIMARY KEY, "
+                "fingerprint TEXT NOT NULL, first_seen REAL NOT NULL)"
+            )
             self._local.connection = connection
         return connection
 
@@ -83,9 +89,11 @@ class FingerprintStore:
             "INSERT INTO idempotency_keys VALUES (?, ?, ?) ON CONFLICT(event_id) DO UPDATE SET "
             "fingerprint = excluded.fingerprint, first_seen = excluded.first_seen "
             "WHERE idempotency_keys.first_seen < ?",
-            (event_id, purchase_fingerprint, now, now - self.window_s))
-        (stored,) = connection.execute("SELECT fingerprint FROM idempotency_keys WHERE event_id = ?",
-                                       (event_id,)).fetchone()
+            (event_id, purchase_fingerprint, now, now - self.window_s),
+        )
+        (stored,) = connection.execute(
+            "SELECT fingerprint FROM idempotency_keys WHERE event_id = ?", (event_id,)
+        ).fetchone()
         self._claims += 1
         if self._claims % PRUNE_EVERY == 0:
             connection.execute("DELETE FROM idempotency_keys WHERE first_seen < ?", (now - self.window_s,))

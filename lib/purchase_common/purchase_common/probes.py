@@ -3,12 +3,13 @@
 The HTTP functions hand these paths to it from their entry point; the consumer, which has
 no HTTP entry point, serves it on HOST:HEALTH_PORT with ``serve``.
 """
+
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from socketserver import ThreadingMixIn
-from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -1,20 +1,21 @@
 """buy's Kafka producer: librdkafka (confluent-kafka) bridged to asyncio.
 
-One producer per worker process, created as the worker is forked or on first use (never in the
-pre-fork master: its threads would not survive the fork). ``send`` hands the record to librdkafka and awaits the
-broker's acknowledgement (acks=all) as an asyncio future, so a request in flight costs no
-thread. One daemon thread serves librdkafka's delivery reports and wakes the waiting event
-loop.
+One producer per worker process, started as the worker is forked or on first use (never in the
+pre-fork master: its threads would not survive the fork). ``send`` hands the record to librdkafka
+and awaits the broker's acknowledgement (acks=all) as an asyncio future, so a request in flight
+costs no thread. One daemon thread serves librdkafka's delivery reports and wakes the waiting
+event loop.
 
 Two lanes, each its own librdkafka client: a send that finds no other of this process in
 flight takes the *lone* lane (linger 0: it goes out at once, the c=1 latency), one that finds
 others in flight takes the *shared* lane (KAFKA_BATCH_LINGER_MS: it waits that long to share a
 request with them). librdkafka wakes its broker thread for every record at linger 0 and that
-was buy's limit under load; any linger above 0 doubled a lone purchase's latency
-(bench/README.md). Concurrent purchases have no order to keep, and one sent after another's
-202 is sent after it, whichever lane each took. Why librdkafka and not kafka-python: its per-record work runs in C outside the GIL, and a
-lone send-and-wait takes 0.3-0.5 ms where kafka-python's takes 1.1-1.8 ms (bench/README.md).
+was buy's limit under load, while any linger above 0 slows a lone purchase down (bench/README.md).
+Concurrent purchases have no order to keep, and one sent after another's 202 is sent after it,
+whichever lane each took. Why librdkafka and not kafka-python: its per-record work runs in C
+outside the GIL, and a lone send-and-wait is several times faster (bench/README.md).
 """
+
 from __future__ import annotations
 
 import asyncio

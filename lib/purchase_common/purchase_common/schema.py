@@ -3,6 +3,7 @@
 Used by buy (HTTP input), by persist_purchase (event data read back from Kafka) and by
 history (userId in paths and query strings), so the three can never disagree.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ USERNAME_MAX_CHARS = 100
 USER_ID_MAX_CHARS = 64
 # userId is used as a Kafka key and a MongoDB equality value: a conservative alphabet
 # keeps "$"/"." (operator and path syntax) and whitespace out entirely.
-USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,%d}" % USER_ID_MAX_CHARS)
+USER_ID_PATTERN = re.compile(rf"[A-Za-z0-9_-]{{1,{USER_ID_MAX_CHARS}}}")
 # Unicode categories Cc (C0, DEL, C1) and Cs (lone surrogates), as one scan instead of a
 # unicodedata lookup per character.
 _CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -91,8 +92,9 @@ def decode_json_text(decoder: json.JSONDecoder, text: str):
 
 # Integers as Decimal too: int() refuses literals over 4300 digits with a bare ValueError.
 # Built once: json.loads with these options would build a decoder per request.
-_BODY_DECODER = json.JSONDecoder(parse_float=_decimal_or_marker, parse_int=_decimal_or_marker,
-                                 parse_constant=_NonFinite)
+_BODY_DECODER = json.JSONDecoder(
+    parse_float=_decimal_or_marker, parse_int=_decimal_or_marker, parse_constant=_NonFinite
+)
 
 
 def parse_json_body(raw: bytes):

@@ -5,17 +5,20 @@ time)}. Integer cents keep prices exact on every MongoDB-wire server (FerretDB h
 Decimal128). Indexes: unique eventId (redelivery never duplicates) and
 (userId, timestamp desc, eventId desc) for the history query.
 """
+
 from __future__ import annotations
 
 import base64
 import datetime as dt
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import pymongo
+import pymongo.collection
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from . import config
+from .config import Settings
 from .events import PurchaseEvent
 
 DUPLICATE_KEY = 11000
@@ -25,10 +28,13 @@ EVENT_ID_INDEX = "eventId_unique"
 HISTORY_INDEX = "userId_timestamp_desc"
 
 
-def connect(uri: str | None = None, timeout_ms: int | None = None) -> pymongo.MongoClient:
-    timeout_ms = timeout_ms or config.settings().mongodb_timeout_ms
+Document = dict[str, Any]
+Collection = pymongo.collection.Collection[Document]
+
+
+def connect(uri: str, timeout_ms: int = Settings.mongodb_timeout_ms) -> pymongo.MongoClient[Document]:
     return pymongo.MongoClient(
-        uri or config.settings().mongodb_uri,
+        uri,
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,
         socketTimeoutMS=max(timeout_ms, 10000),
@@ -37,38 +43,45 @@ def connect(uri: str | None = None, timeout_ms: int | None = None) -> pymongo.Mo
     )
 
 
-def purchases_collection(client: pymongo.MongoClient):
-    settings = config.settings()
-    return client[settings.mongodb_database][settings.mongodb_collection]
+class Store:
+    """One function's purchases collection, named by its settings (pymongo pools connections
+    underneath). Connected on first use, with the indexes ensured then; if the database is
+    down, that use raises a PyMongoError and the next one tries again."""
 
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._collection: Collection | None = None
+        self._lock = threading.Lock()
 
-_shared = None
-_shared_lock = threading.Lock()
+    def collection(self) -> Collection:
+        if self._collection is None:
+            with self._lock:
+                if self._collection is None:
+                    s = self.settings
+                    collection = connect(s.mongodb_uri, s.mongodb_timeout_ms)[s.mongodb_database][s.mongodb_collection]
+                    ensure_indexes(collection)
+                    self._collection = collection
+        return self._collection
 
+    def reachable(self) -> bool:
+        """Whether the collection answers a ping (connecting, and ensuring the indexes, first)."""
+        try:
+            self.collection().database.client.admin.command("ping")
+        except PyMongoError:
+            return False
+        return True
 
-def shared_collection():
-    """The process's one purchases collection (pymongo pools connections underneath).
+    def insert(self, documents: list[Document]) -> WriteResult:
+        return insert_purchases(self.collection(), documents)
 
-    Created on first use, with the indexes ensured then; if the database is down, this
-    raises a PyMongoError and the next call tries again.
-    """
-    global _shared
-    if _shared is None:
-        with _shared_lock:
-            if _shared is None:
-                collection = purchases_collection(connect())
-                ensure_indexes(collection)
-                _shared = collection
-    return _shared
+    def find_user_purchases(self, user_id: str, limit: int, before: str | None = None) -> list[Document]:
+        return find_user_purchases(self.collection(), user_id, limit, before)
 
-
-def reachable() -> bool:
-    """Whether the shared collection answers a ping (connecting, and ensuring the indexes, first)."""
-    try:
-        shared_collection().database.client.admin.command("ping")
-    except PyMongoError:
-        return False
-    return True
+    def close(self) -> None:
+        with self._lock:
+            collection, self._collection = self._collection, None
+        if collection is not None:
+            collection.database.client.close()
 
 
 def ensure_indexes(collection) -> None:
@@ -103,7 +116,7 @@ def insert_purchases(collection, documents: list[dict]) -> WriteResult:
 
     Any other write error propagates, so the caller does not commit the Kafka offsets.
     pymongo adds an ``_id`` to each dict: build the documents anew for a retry (as
-    persist_batch does), so a retried batch never carries the first attempt's ids.
+    PersistPurchase.write does), so a retried batch never carries the first attempt's ids.
     """
     if not documents:
         return WriteResult(0, 0)
@@ -119,7 +132,7 @@ def insert_purchases(collection, documents: list[dict]) -> WriteResult:
 
 
 def isoformat_utc(value: dt.datetime) -> str:
-    value = value.astimezone(dt.timezone.utc)
+    value = value.astimezone(dt.UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
@@ -139,7 +152,7 @@ class InvalidCursor(ValueError):
 
 def encode_cursor(document: dict) -> str:
     millis = int(document["timestamp"].timestamp() * 1000)
-    raw = f"{millis}|{document['eventId']}".encode("utf-8")
+    raw = f"{millis}|{document['eventId']}".encode()
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
@@ -147,7 +160,7 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         millis, event_id = base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8").split("|", 1)
-        when = dt.datetime.fromtimestamp(int(millis) / 1000, tz=dt.timezone.utc)
+        when = dt.datetime.fromtimestamp(int(millis) / 1000, tz=dt.UTC)
     except (ValueError, UnicodeError, OverflowError, OSError):
         raise InvalidCursor("cursor is not one this API returned") from None
     if not event_id or len(event_id) > 128:
