@@ -31,6 +31,8 @@ provider should not log everyone out).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import threading
@@ -176,6 +178,22 @@ def http_get(url: str, timeout_s: float) -> bytes:
             chunks.append(chunk)
 
 
+def _header(token: str) -> dict[str, Any]:
+    """The JOSE header of a compact JWS, to pick the key: only its first segment is decoded
+    (PyJWT's get_unverified_header decodes all three, and decode does it again). Nothing in it
+    is trusted: jwt.decode parses and checks the whole token afterwards."""
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise InvalidToken("malformed token")
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segments[0] + "=" * (-len(segments[0]) % 4)))
+    except (ValueError, binascii.Error, RecursionError) as exc:  # bad base64, UTF-8 or JSON; JSON nested too deep
+        raise InvalidToken("malformed token") from exc
+    if not isinstance(header, dict):
+        raise InvalidToken("malformed token")
+    return header
+
+
 class _BadDocument(ValueError):
     """A discovery document or JWKS that is not one."""
 
@@ -299,6 +317,10 @@ class TokenVerifier:
             return family
         return family & {declared} if isinstance(declared, str) else frozenset()
 
+    def _known(self, kid: str | None) -> bool:
+        # A token without kid is matched to an issuer's only key.
+        return kid in self._jwks or (kid is None and len(self._jwks) == 1)
+
     def _stale(self, now: float) -> bool:
         return self._fetched_at is None or now - self._fetched_at >= self.cache_ttl_s
 
@@ -307,8 +329,7 @@ class TokenVerifier:
 
     def _key(self, kid: str | None, alg: str, allow_fetch: bool) -> jwt.PyJWK:
         now = self._clock()
-        known = kid in self._jwks or (kid is None and len(self._jwks) == 1)
-        if self._stale(now) or not known:
+        if self._stale(now) or not self._known(kid):
             if self._may_fetch(now):
                 if not allow_fetch:
                     raise _NeedsFetch()
@@ -341,7 +362,7 @@ class TokenVerifier:
                 try:
                     self._refresh_locked()
                 except KeysUnavailable:
-                    if self._fetched_at is None or (kid not in self._jwks and not (kid is None and len(self._jwks) == 1)):
+                    if self._fetched_at is None or not self._known(kid):
                         raise
                     # A known key of a stale cache keeps verifying while the provider is down.
             elif self._fetched_at is None:
@@ -373,10 +394,7 @@ class TokenVerifier:
             raise TokenMissing()
         if len(token) > self.max_token_chars:
             raise InvalidToken("token too long")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise InvalidToken("malformed token") from exc
+        header = _header(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
             raise InvalidToken("token algorithm not allowed")
@@ -403,7 +421,7 @@ class TokenVerifier:
             raise InvalidToken("token signature does not verify") from exc
         except jwt.DecodeError as exc:
             raise InvalidToken("malformed token") from exc
-        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        except (jwt.PyJWTError, ValueError, TypeError, RecursionError) as exc:
             # Whatever else the library refuses (a bad iat, a crit header, a short key) is a bad token.
             raise InvalidToken("token rejected") from exc
         return self._principal(claims)
