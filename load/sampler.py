@@ -6,7 +6,6 @@ told to or at its deadline, whichever comes first.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import threading
@@ -17,6 +16,7 @@ from kafka.errors import KafkaError
 from purchase_common import config
 
 from tools import keda_scaler, lag_reader
+from tools.common import Kube
 
 KUBECTL_TIMEOUT_S = 3
 
@@ -50,27 +50,22 @@ class Sample:
         return sum(n for phase, n in self.pod_phases.items() if phase != "Terminating")
 
 
-class Kube:
-    """kubectl with a short timeout per call; `reachable` says whether a cluster answered."""
+class DeploymentWatch:
+    """One deployment's replicas and pods (and Knative Services' Ready pods) through kubectl, a
+    short timeout per call; `reachable` says whether a cluster answered."""
 
     def __init__(self, namespace: str, deployment: str, context: str | None = None,
                  knative_services: tuple[str, ...] = ()):
         self.namespace, self.deployment, self.context = namespace, deployment, context
+        self.kubectl = Kube(context=context, namespace=namespace, timeout_s=KUBECTL_TIMEOUT_S + 2,
+                            request_timeout_s=KUBECTL_TIMEOUT_S)
         self.knative_services = knative_services
         self.selector: str | None = None
         self.reason = ""
         self.reachable = self._probe()
 
     def _kubectl(self, *args: str) -> dict:
-        argv = ["kubectl", f"--request-timeout={KUBECTL_TIMEOUT_S}s", "-n", self.namespace]
-        if self.context:
-            argv += ["--context", self.context]
-        result = subprocess.run(argv + list(args) + ["-o", "json"], capture_output=True, text=True,
-                                timeout=KUBECTL_TIMEOUT_S + 2)
-        if result.returncode != 0:
-            lines = (result.stderr or result.stdout).strip().splitlines()
-            raise RuntimeError(lines[-1] if lines else f"kubectl exited {result.returncode}")
-        return json.loads(result.stdout)
+        return self.kubectl.read(*args)
 
     def _probe(self) -> bool:
         if shutil.which("kubectl") is None:
@@ -145,7 +140,7 @@ class BrokerReads:
 
 class Sampler:
     def __init__(self, bootstrap: str, topic: str, group: str, settings: keda_scaler.ScalerSettings,
-                 kube: Kube | None, interval_s: float = 1.0, on_sample=None):
+                 kube: DeploymentWatch | None, interval_s: float = 1.0, on_sample=None):
         self.bootstrap, self.topic, self.group, self.settings = bootstrap, topic, group, settings
         self.kube, self.interval_s, self.on_sample = kube, interval_s, on_sample
         self.samples: list[Sample] = []

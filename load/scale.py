@@ -12,7 +12,7 @@ from pathlib import Path
 from purchase_common import config
 
 from load import chart, loadgen
-from load.sampler import Kube, Sampler
+from load.sampler import DeploymentWatch, Sampler
 from tools import keda_scaler, lag_reader
 
 DEFAULT_URL = "http://localhost:8080"
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
         settings = keda_scaler.ScalerSettings()
     bootstrap = args.bootstrap or lag_reader.default_bootstrap()
     topic, group = args.topic or config.settings().purchases_topic, args.group or config.settings().consumer_group
-    kube = Kube(args.namespace, args.deployment, args.context, tuple(args.knative_service))
+    kube = DeploymentWatch(args.namespace, args.deployment, args.context, tuple(args.knative_service))
     zero_timeout = args.zero_timeout
     if zero_timeout is None:
         zero_timeout = settings.cooldown_period_s + settings.polling_interval_s + 60

@@ -87,7 +87,7 @@ def restarts(pod: dict | None) -> int:
 
 def ctr_task(action: str, container: str, *args: str) -> None:
     """`ctr tasks <action>` on a container of the node's containerd (kill, pause, resume)."""
-    node.ctr(node.Paths(control.RUN), "tasks", action, *args, container, timeout_s=30)
+    node.Node(control.RUN).ctr("tasks", action, *args, container, timeout_s=30)
 
 
 class NodeDeployment:
