@@ -28,6 +28,7 @@ endpoint that is down costs one bounded wait per interval, every other request f
 When a refresh fails, keys already cached keep verifying (keys rotate rarely; an outage of the
 provider should not log everyone out).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -74,6 +75,7 @@ _CHALLENGE_SAFE = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
 @dataclass(frozen=True)
 class Principal:
     """The verified caller: the token's subject, its scopes and (when the token says) the client."""
+
     subject: str
     scopes: frozenset[str] = field(default_factory=frozenset)
     client_id: str | None = None
@@ -131,12 +133,15 @@ def _challenge_value(text: str) -> str:
     return "".join(ch if ch in _CHALLENGE_SAFE else "?" for ch in text)
 
 
-def www_authenticate(error: str | None = None, description: str | None = None, *, realm: str | None = None,
-                     scope: str | None = None) -> str:
+def www_authenticate(
+    error: str | None = None, description: str | None = None, *, realm: str | None = None, scope: str | None = None
+) -> str:
     """The `WWW-Authenticate` value of RFC 6750 §3: `Bearer error="…", error_description="…"`."""
-    params = [(name, value) for name, value in
-              (("realm", realm), ("error", error), ("error_description", description), ("scope", scope))
-              if value is not None]
+    params = [
+        (name, value)
+        for name, value in (("realm", realm), ("error", error), ("error_description", description), ("scope", scope))
+        if value is not None
+    ]
     if not params:
         return "Bearer"
     return "Bearer " + ", ".join(f'{name}="{_challenge_value(value)}"' for name, value in params)
@@ -210,20 +215,31 @@ class TokenVerifier:
     `issuer` and whose `jwks_uri` is used). Thread-safe; `verify_async` keeps an event loop free.
     """
 
-    def __init__(self, *, issuer: str, audience: str | Sequence[str], jwks_url: str | None = None,
-                 discovery_url: str | None = None, leeway_s: float = 30.0,
-                 algorithms: Iterable[str] = DEFAULT_ALGORITHMS, http_timeout_s: float = 2.0,
-                 min_refresh_interval_s: float = 10.0, cache_ttl_s: float = 600.0,
-                 max_token_chars: int = DEFAULT_MAX_TOKEN_CHARS, fetch: Fetch = http_get,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str | Sequence[str],
+        jwks_url: str | None = None,
+        discovery_url: str | None = None,
+        leeway_s: float = 30.0,
+        algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
+        http_timeout_s: float = 2.0,
+        min_refresh_interval_s: float = 10.0,
+        cache_ttl_s: float = 600.0,
+        max_token_chars: int = DEFAULT_MAX_TOKEN_CHARS,
+        fetch: Fetch = http_get,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not issuer:
             raise ValueError("issuer is required")
         if (jwks_url is None) == (discovery_url is None):
             raise ValueError("give exactly one of jwks_url and discovery_url")
         allowed = frozenset(algorithms)
         if not allowed or not allowed <= ASYMMETRIC_ALGORITHMS:
-            raise ValueError(f"algorithms must be a non-empty subset of {sorted(ASYMMETRIC_ALGORITHMS)}, "
-                             f"not {sorted(allowed)}")
+            raise ValueError(
+                f"algorithms must be a non-empty subset of {sorted(ASYMMETRIC_ALGORITHMS)}, not {sorted(allowed)}"
+            )
         audiences = [audience] if isinstance(audience, str) else list(audience)
         if not audiences or not all(audiences):
             raise ValueError("audience is required")
@@ -404,7 +420,12 @@ class TokenVerifier:
         key = self._key(kid, alg, allow_fetch)
         try:
             claims = jwt.decode(
-                token, key, algorithms=[alg], audience=self.audience, issuer=self.issuer, leeway=self.leeway_s,
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_s,
                 options={"require": ["exp", "iss", "aud", "sub"], "enforce_minimum_key_length": True},
             )
         except jwt.ExpiredSignatureError as exc:
