@@ -10,8 +10,9 @@ import datetime as dt
 from pathlib import Path
 
 from load import loadgen
+from tools.common import ROOT
 
-RUN_DIR = Path(__file__).resolve().parent.parent / ".run"
+RUN_DIR = ROOT / ".run"
 PHASE_COLOURS = {"Pending": "#f2a541", "Running": "#3c9d5d", "Succeeded": "#8f8f8f", "Failed": "#c0392b",
                  "Unknown": "#b0b0b0", "Terminating": "#7d5ba6"}
 KNATIVE_COLOURS = ("#17becf", "#e377c2", "#bcbd22")

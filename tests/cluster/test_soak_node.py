@@ -1,5 +1,5 @@
 """The soak on the node, short (`make soak-node` is the long one): steady purchases to the buy
-Revision while every pod fault of load/soak_node.py happens once, overlapping (consumer pod
+Revision while every pod fault of load/soak/node.py happens once, overlapping (consumer pod
 deleted, consumer container SIGKILLed and frozen past the session timeout through containerd,
 a buy pod, kafka-0 and mongodb-0 deleted). Every purchase answered 202 is stored exactly once,
 nothing else is stored, the dead-letter topic gets nothing, and every fault is injected and
@@ -10,8 +10,9 @@ import time
 
 from clusterlib import record_timeline
 
-from load import chaos_plan, soak_node
-from load.soak import Options
+from load import soak_node
+from load.soak import plan as chaos_plan
+from load.soak.plan import Options
 
 # A fixed plan (printed by the soak): the freeze first, the other five faults inside or right
 # after it, kafka-0 deleted once the frozen consumer has had its session timeout to be evicted.
