@@ -34,8 +34,8 @@ import sys
 from dataclasses import asdict
 
 from kafka.errors import KafkaError
-
 from purchase_common import config
+
 from tools.keda_scaler import Decision, ScalerSettings, evaluate, load_settings
 from tools.lag_reader import LagReader, default_bootstrap
 
@@ -75,7 +75,8 @@ def render_text(decision: Decision, settings: ScalerSettings, bootstrap: str, to
         line = f"{row.partition:>9}  {committed:>10}  {row.start:>10}  {row.end:>10}  {lag:>8}  {row.keda_lag:>8}"
         lines.append(line + (f"  {row.note}" if row.note else ""))
     total = "-" if decision.total_lag is None else str(decision.total_lag)
-    suffix = f" + {decision.uncommitted_partitions} partition(s) never committed" if decision.uncommitted_partitions else ""
+    never = decision.uncommitted_partitions
+    suffix = f" + {never} partition(s) never committed" if never else ""
     lines.append(f"{'total':>9}  {'':>10}  {'':>10}  {'':>10}  {total:>8}  {decision.keda_total_lag:>8}{suffix}")
     lines.append("")
     s = settings
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS, "
                                             ".run/state.json, then 127.0.0.1:9092)")
     parser.add_argument("--topic", default=None, help=f"topic (default: PURCHASES_TOPIC or {config.PURCHASES_TOPIC})")
-    parser.add_argument("--group", default=None, help=f"consumer group (default: CONSUMER_GROUP or {config.CONSUMER_GROUP})")
+    parser.add_argument("--group", default=None,
+                        help=f"consumer group (default: CONSUMER_GROUP or {config.CONSUMER_GROUP})")
     parser.add_argument("--manifest", help="a YAML file holding the ScaledObject (default: the first under k8s/keda/)")
     parser.add_argument("--earliest-lag", choices=("end", "retained"), default="end",
                         help="uncommitted partition with offsetResetPolicy earliest: 'end' = KEDA <= 2.20 "

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools.common import ROOT
+
 MANIFEST_GLOBS = ("k8s/keda/*.yaml", "k8s/keda/*.yml")
 
 # KEDA's own defaults for a kafka trigger and a ScaledObject.
@@ -151,8 +152,8 @@ def evaluate(offsets: list[PartitionOffsets], settings: ScalerSettings,
         if settings.limit_to_partitions_with_lag:
             upper = with_lag
         if metric // threshold > upper:  # Go integer division, as KEDA does it
-            cap = (f"capped at {upper} x lagThreshold ({'partitions with lag' if settings.limit_to_partitions_with_lag else 'partitions'}"
-                   f" = {upper})")
+            counted = "partitions with lag" if settings.limit_to_partitions_with_lag else "partitions"
+            cap = f"capped at {upper} x lagThreshold ({counted} = {upper})"
             metric = upper * threshold
 
     active = activation_total > settings.activation_lag_threshold
@@ -160,7 +161,8 @@ def evaluate(offsets: list[PartitionOffsets], settings: ScalerSettings,
     low = max(settings.min_replica_count, 1)
     if active:
         desired = min(max(hpa, low), settings.max_replica_count)
-        explanation.append(f"active: lag {activation_total} > activationLagThreshold {settings.activation_lag_threshold}")
+        explanation.append(f"active: lag {activation_total} > activationLagThreshold "
+                           f"{settings.activation_lag_threshold}")
         explanation.append(
             f"HPA: ceil({metric} / {threshold}) = {hpa}, clamped to [{low}, {settings.max_replica_count}] -> {desired}")
         if hpa > partition_count and not settings.allow_idle_consumers:
