@@ -7,20 +7,30 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import json
+import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import probes
 from .config import Settings
 from .schema import ValidationError
 
+if TYPE_CHECKING:
+    import flask
+    import starlette.responses
+    from starlette.requests import Request
+    from werkzeug.exceptions import HTTPException
+
 JSON = "application/json"
+R = TypeVar("R")
+Headers = dict[str, str]
 
 
 # json.dumps with any option set builds a new encoder per call; this one is built once.
 _ANSWER_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 
 
-def json_bytes(body) -> bytes:
+def json_bytes(body: object) -> bytes:
     """The bytes flask.jsonify writes (compact, sorted keys, a closing newline) for the plain
     JSON values the functions answer with, at a fraction of its cost per request (bench/README.md)."""
     return (_ANSWER_ENCODER.encode(body) + "\n").encode()
@@ -31,35 +41,35 @@ def _openapi_bytes() -> bytes:
     return importlib.resources.files(__package__).joinpath("openapi.json").read_bytes()
 
 
-class Answers:
+class Answers(Generic[R]):
     """``respond(body, status, headers, content_type)`` builds the framework's response."""
 
-    def __init__(self, respond: Callable[[bytes, int, dict, str], object]):
+    def __init__(self, respond: Callable[[bytes, int, Headers, str], R]):
         self.respond = respond
 
-    def json(self, body, status: int = 200, headers: dict | None = None):
+    def json(self, body: object, status: int = 200, headers: Headers | None = None) -> R:
         return self.respond(json_bytes(body), status, headers or {}, JSON)
 
-    def error(self, status: int, message: str, field: str | None = None, headers: dict | None = None):
+    def error(self, status: int, message: str, field: str | None = None, headers: Headers | None = None) -> R:
         body = {"error": message}
         if field is not None:
             body["field"] = field
         return self.json(body, status, headers)
 
-    def invalid(self, exc: ValidationError):
+    def invalid(self, exc: ValidationError) -> R:
         return self.error(exc.status, exc.message, exc.field)
 
-    def unavailable(self, message: str, settings: Settings):
+    def unavailable(self, message: str, settings: Settings) -> R:
         """The dependency is down: 503, and when to try again."""
         return self.error(503, message, headers={"Retry-After": str(settings.retry_after_s)})
 
-    def openapi(self, method: str):
+    def openapi(self, method: str) -> R:
         """The HTTP API's OpenAPI 3.1 document (the one copy, shipped in this package)."""
         if method not in ("GET", "HEAD"):
             return self.error(405, "method not allowed; use GET", headers={"Allow": "GET, HEAD"})
         return self.respond(_openapi_bytes(), 200, {}, JSON)
 
-    def shared_route(self, method: str, path: str, probe_app):
+    def shared_route(self, method: str, path: str, probe_app: probes.WsgiApp) -> R | None:
         """The paths every HTTP function serves besides its own (probes, /metrics, the OpenAPI
         document), `path` as the function normalised it; None for any other path."""
         if path in probes.PATHS:
@@ -72,13 +82,13 @@ class Answers:
         return None
 
 
-def _flask_response(body: bytes, status: int, headers: dict, content_type: str):
+def _flask_response(body: bytes, status: int, headers: Headers, content_type: str) -> flask.Response:
     from flask import Response
 
     return Response(body, status, headers=headers, content_type=content_type)
 
 
-def _starlette_response(body: bytes, status: int, headers: dict, content_type: str):
+def _starlette_response(body: bytes, status: int, headers: Headers, content_type: str) -> starlette.responses.Response:
     from starlette.responses import Response
 
     return Response(body, status, headers=headers, media_type=content_type)
@@ -88,23 +98,24 @@ WSGI = Answers(_flask_response)
 ASGI = Answers(_starlette_response)
 
 
-def install_json_errors(errorhandler, logger=None) -> None:
+def install_json_errors(errorhandler: Any, logger: logging.Logger | None = None) -> None:
     """Answer what Flask decides before the function runs as JSON too: routing failures
     (a path its router rejects, e.g. with %0A in a segment, is a 404) and crashes (500,
     replacing functions-framework's plain-text crash answer). ``errorhandler`` is
     ``functions_framework.errorhandler``, bound to the app while main.py loads."""
     from werkzeug.exceptions import HTTPException
 
-    @errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
+    def _http_error(exc: HTTPException) -> flask.Response:
         return WSGI.error(exc.code or 500, (exc.name or "error").lower())
 
-    @errorhandler(500)
-    def _crash(exc):
+    def _crash(exc: BaseException) -> flask.Response:
         if logger is not None:
             original = getattr(exc, "original_exception", None) or exc
             logger.error("unhandled error: %s", type(original).__name__)
         return WSGI.error(500, "internal error")
+
+    errorhandler(HTTPException)(_http_error)
+    errorhandler(500)(_crash)
 
 
 def install_asgi_json_errors() -> None:
@@ -113,10 +124,13 @@ def install_asgi_json_errors() -> None:
     path it cannot match, /robots.txt, a method no route has) would be plain text. Starlette's
     ExceptionMiddleware answers every HTTPException through its ``http_exception`` method;
     this process's Starlette answers them as JSON instead, with the same status and headers."""
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.middleware.exceptions import ExceptionMiddleware
 
-    def http_exception(self, request, exc):
+    def http_exception(
+        self: ExceptionMiddleware, request: Request, exc: StarletteHTTPException
+    ) -> starlette.responses.Response:
         message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail).lower())
         return ASGI.error(exc.status_code, message, headers=dict(exc.headers or {}))
 
-    ExceptionMiddleware.http_exception = http_exception
+    ExceptionMiddleware.http_exception = http_exception  # type: ignore[method-assign,assignment]

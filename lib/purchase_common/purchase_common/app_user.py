@@ -18,8 +18,11 @@ from __future__ import annotations
 import os
 import sys
 import urllib.parse
+from collections.abc import Mapping
+from typing import Any
 
 from pymongo import MongoClient
+from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
 from . import config
@@ -30,11 +33,11 @@ USER_NOT_FOUND = 11  # MongoDB's UserNotFound
 NOT_IMPLEMENTED = 238
 
 
-def app_roles(database: str) -> list[dict]:
+def app_roles(database: str) -> list[dict[str, str]]:
     return [{"role": "readWrite", "db": database}]
 
 
-def ensure_app_user(admin: MongoClient, database: str, username: str, password: str) -> str:
+def ensure_app_user(admin: MongoClient[dict[str, Any]], database: str, username: str, password: str) -> str:
     """Create the user in `database` (its authSource) or reset its password and roles; says
     what it did, and says so plainly when the server cannot restrict the user by roles."""
     try:
@@ -47,7 +50,7 @@ def ensure_app_user(admin: MongoClient, database: str, username: str, password: 
     return f"{outcome} WITHOUT roles: this server does not implement them, so nothing restricts the user"
 
 
-def _create_or_update(db, username: str, password: str, roles: list[dict]) -> str:
+def _create_or_update(db: Database[dict[str, Any]], username: str, password: str, roles: list[dict[str, str]]) -> str:
     try:
         db.command("updateUser", username, pwd=password, roles=roles)
         return "updated"
@@ -58,7 +61,7 @@ def _create_or_update(db, username: str, password: str, roles: list[dict]) -> st
     return "created"
 
 
-def main(environ=os.environ) -> int:
+def main(environ: Mapping[str, str] = os.environ) -> int:
     missing = [
         name for name in ("MONGODB_ADMIN_URI", "MONGODB_APP_USERNAME", "MONGODB_APP_PASSWORD") if not environ.get(name)
     ]
@@ -67,7 +70,7 @@ def main(environ=os.environ) -> int:
         return 2
     database = environ.get("MONGODB_DATABASE") or config.DATABASE_NAME
     username, password = environ["MONGODB_APP_USERNAME"], environ["MONGODB_APP_PASSWORD"]
-    admin = MongoClient(environ["MONGODB_ADMIN_URI"], serverSelectionTimeoutMS=30000)
+    admin: MongoClient[dict[str, Any]] = MongoClient(environ["MONGODB_ADMIN_URI"], serverSelectionTimeoutMS=30000)
     try:
         outcome = ensure_app_user(admin, database, username, password)
     except PyMongoError as exc:

@@ -65,18 +65,18 @@ class Function(Protocol[E]):
         """Store the events (a redelivered one is a no-op); PyMongoError when the store is down."""
 
 
-class AssignmentLog(ConsumerRebalanceListener):
+class AssignmentLog(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python has no type hints
     """Each rebalance in the log: which partitions this member gave up and got. KEDA rebalances
     the group whenever it adds or removes a pod, and a start from zero waits for the first one."""
 
     def __init__(self, logger: logging.Logger):
         self.logger = logger
 
-    def on_partitions_revoked(self, revoked) -> None:
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if revoked:
             log(self.logger, logging.INFO, "partitions revoked", partitions=sorted(tp.partition for tp in revoked))
 
-    def on_partitions_assigned(self, assigned) -> None:
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log(self.logger, logging.INFO, "partitions assigned", partitions=sorted(tp.partition for tp in assigned))
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import os
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 # The fixed names that the Kubernetes manifests (ScaledObject, topic Job) must agree with;
 # tests/k8s compare the manifests against these constants.
@@ -27,7 +29,7 @@ DATABASE_NAME = "purchases"
 COLLECTION_NAME = "purchases"
 
 
-def _env(name: str, default, why: str, secret: bool = False):
+def _env(name: str, default: Any, why: str, secret: bool = False) -> Any:
     return field(default=default, repr=not secret, metadata={"env": name, "why": why, "secret": secret})
 
 
@@ -118,8 +120,8 @@ class Settings:
         return [part.strip() for part in self.kafka_bootstrap_servers.split(",") if part.strip()]
 
 
-def _parse(name: str, raw: str, default):
-    kind = type(default)
+def _parse(name: str, raw: str, default: object) -> Any:
+    kind: Any = type(default)
     if kind is bool:
         if raw.lower() not in ("true", "false"):
             raise ValueError(f"environment variable {name} must be true or false, got {raw!r}")
@@ -132,9 +134,9 @@ def _parse(name: str, raw: str, default):
         ) from exc
 
 
-def load(environ=os.environ) -> Settings:
+def load(environ: Mapping[str, str] = os.environ) -> Settings:
     """Settings from an environment mapping; an unset or blank variable keeps its default."""
-    values = {}
+    values: dict[str, Any] = {}
     for setting in fields(Settings):
         name = setting.metadata["env"]
         raw = environ.get(name, "").strip()
@@ -168,10 +170,10 @@ def variables() -> dict[str, tuple[object, str]]:
     return {f.metadata["env"]: (f.default, f.metadata["why"]) for f in fields(Settings)}
 
 
-def kafka_client_options(s: Settings) -> dict:
+def kafka_client_options(s: Settings) -> dict[str, Any]:
     """Connection options every Kafka client shares; SASL/TLS only when configured."""
     protocol = s.kafka_security_protocol.upper()
-    options: dict = {
+    options: dict[str, Any] = {
         "bootstrap_servers": s.bootstrap_servers,
         "client_id": s.kafka_client_id,
         "security_protocol": protocol,
@@ -187,7 +189,7 @@ def kafka_client_options(s: Settings) -> dict:
     return options
 
 
-def librdkafka_options(s: Settings) -> dict:
+def librdkafka_options(s: Settings) -> dict[str, Any]:
     """The same connection options in librdkafka's names (buy's producer)."""
     options = kafka_client_options(s)
     named = {

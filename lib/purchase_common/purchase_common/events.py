@@ -152,7 +152,7 @@ def parse_event_time(value: object) -> dt.datetime:
 def purchase_from_event(event: CloudEvent) -> PurchaseEvent:
     """A CloudEvent the framework decoded (the HTTP CloudEvent function) as a purchase event;
     PoisonRecord if it is not one."""
-    return _purchase_event(event.get("type"), event.get("id"), event.data, event.get("time"))
+    return _purchase_event(event.get("type"), event.get("id"), event.get_data(), event.get("time"))
 
 
 def _purchase_event(event_type: object, event_id: object, data: object, time: object) -> PurchaseEvent:

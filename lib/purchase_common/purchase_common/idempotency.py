@@ -91,6 +91,7 @@ class FingerprintStore:
             "WHERE idempotency_keys.first_seen < ?",
             (event_id, purchase_fingerprint, now, now - self.window_s),
         )
+        stored: str
         (stored,) = connection.execute(
             "SELECT fingerprint FROM idempotency_keys WHERE event_id = ?", (event_id,)
         ).fetchone()

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import confluent_kafka
 
@@ -39,22 +39,18 @@ class KafkaUnavailable(RuntimeError):
 
 
 class Delivery(NamedTuple):
-    partition: int
-    offset: int
+    """Where the broker put the record, as librdkafka reports it."""
+
+    partition: int | None
+    offset: int | None
 
 
-class _BudgetSpent:
-    """Stands in for librdkafka's error when the send budget ran out first."""
-
-    @staticmethod
-    def name() -> str:
-        return "no acknowledgement within the send budget"
-
-
-_NO_ACK_IN_BUDGET = _BudgetSpent()
-
-
-def _settle(future: asyncio.Future, error, partition: int, offset: int) -> None:
+def _settle(
+    future: asyncio.Future[Delivery],
+    error: confluent_kafka.KafkaError | None,
+    partition: int | None,
+    offset: int | None,
+) -> None:
     if future.done():  # the request gave up at its budget
         return
     if error is not None:
@@ -63,10 +59,15 @@ def _settle(future: asyncio.Future, error, partition: int, offset: int) -> None:
         future.set_result(Delivery(partition, offset))
 
 
+def _expire(future: asyncio.Future[Delivery]) -> None:
+    if not future.done():
+        future.set_exception(KafkaUnavailable("no acknowledgement within the send budget"))
+
+
 class _Client:
     """One librdkafka producer and the thread that serves its delivery reports."""
 
-    def __init__(self, options: dict):
+    def __init__(self, options: dict[str, Any]):
         self.kafka = confluent_kafka.Producer(options)
         self.open = True
         self.thread = threading.Thread(target=self._serve_reports, name="kafka-delivery-reports", daemon=True)
@@ -95,22 +96,25 @@ class Producer:
         self._failing_since: float | None = None
         self._in_flight = 0  # this process's sends awaiting their ack (one event loop)
 
-    async def send(self, topic: str, key: bytes, value: bytes, headers: list) -> Delivery:
+    async def send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Delivery:
         """Send with acks=all and await the acknowledgement within the send budget; returns the
         record's partition and offset or raises KafkaUnavailable."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[Delivery] = loop.create_future()
 
-        def delivered(error, message):  # on the report thread
+        def delivered(error: confluent_kafka.KafkaError | None, message: confluent_kafka.Message) -> None:
+            # on the report thread
             if not loop.is_closed():  # else nobody waits for this answer any more
                 loop.call_soon_threadsafe(_settle, future, error, message.partition(), message.offset())
 
         # One timer instead of asyncio.wait_for's task and waiter: the cheaper wait per request.
-        expiry = loop.call_later(self.budget_s, _settle, future, _NO_ACK_IN_BUDGET, -1, -1)
+        expiry = loop.call_later(self.budget_s, _expire, future)
         lane = SHARED if self._in_flight else LONE
         self._in_flight += 1
         try:
-            self._ensure_client(lane).kafka.produce(topic, value, key, headers=headers, on_delivery=delivered)
+            # A list is invariant: one of (str, bytes) is not the stub's list of (str, str | bytes | None).
+            wire_headers: Any = headers
+            self._ensure_client(lane).kafka.produce(topic, value, key, headers=wire_headers, on_delivery=delivered)
             delivery = await future
         except (BufferError, confluent_kafka.KafkaException, KafkaUnavailable) as exc:
             self._failed()
@@ -135,7 +139,7 @@ class Producer:
                 client = self._clients[lane]
         return client
 
-    def _options(self, lane: str) -> dict:
+    def _options(self, lane: str) -> dict[str, Any]:
         s = self.settings
         budget_ms = int(s.kafka_send_timeout_s * 1000)
         return {
@@ -160,7 +164,7 @@ class Producer:
             "error_cb": self._client_error,
         }
 
-    def _client_error(self, error) -> None:
+    def _client_error(self, error: confluent_kafka.KafkaError) -> None:
         if error.code() == confluent_kafka.KafkaError._TRANSPORT:
             return  # librdkafka's own log line (through the logger above) already says which broker
         log(self.logger, logging.WARNING, "kafka client error", error=error.name(), detail=error.str())

@@ -30,4 +30,3 @@ class Deadline:
 
     def left(self) -> float:
         return self.at - time.monotonic()
-

@@ -10,6 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 FIELDS = ("username", "userId", "price")
 _FIELD_SET = frozenset(FIELDS)
@@ -36,7 +37,7 @@ class ValidationError(ValueError):
         self.message = message
         self.status = status
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, str]:
         return {"error": self.message, "field": self.field}
 
 
@@ -50,7 +51,7 @@ class Purchase:
     def price(self) -> Decimal:
         return Decimal(self.price_cents) / 100
 
-    def event_data(self) -> dict:
+    def event_data(self) -> dict[str, Any]:
         # cents/100 as a float has an exact shortest repr for two decimals in range,
         # so the JSON number reads back to the same Decimal.
         return {"username": self.username, "userId": self.user_id, "price": self.price_cents / 100}
@@ -64,14 +65,14 @@ class _NonFinite:
         self.literal = literal
 
 
-def _decimal_or_marker(literal: str):
+def _decimal_or_marker(literal: str) -> Decimal | _NonFinite:
     try:
         return Decimal(literal)
     except InvalidOperation:  # e.g. 1E+999999999999999999999: not a ValueError, would escape json
         return _NonFinite(literal[:32])
 
 
-def _check_depth(value, depth: int = 0) -> None:
+def _check_depth(value: object, depth: int = 0) -> None:
     if depth > MAX_JSON_DEPTH:
         raise ValidationError("body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     if isinstance(value, dict):
@@ -82,7 +83,7 @@ def _check_depth(value, depth: int = 0) -> None:
             _check_depth(item, depth + 1)
 
 
-def decode_json_text(decoder: json.JSONDecoder, text: str):
+def decode_json_text(decoder: json.JSONDecoder, text: str) -> Any:
     """json.loads(text) for a decoder built once (json.loads with options builds one per call):
     the same BOM refusal first, then the decoder's answers and errors."""
     if text.startswith("\ufeff"):
@@ -97,7 +98,7 @@ _BODY_DECODER = json.JSONDecoder(
 )
 
 
-def parse_json_body(raw: bytes):
+def parse_json_body(raw: bytes) -> Any:
     """Decode a request body strictly: UTF-8, JSON, bounded depth, exact decimals."""
     if not raw or not raw.strip():
         raise ValidationError("body", "request body is empty; expected a JSON object")
@@ -117,7 +118,7 @@ def parse_json_body(raw: bytes):
     return value
 
 
-def _clean_text(field: str, value, max_chars: int) -> str:
+def _clean_text(field: str, value: object, max_chars: int) -> str:
     if value is None:
         raise ValidationError(field, f"{field} is required")
     if not isinstance(value, str):
@@ -132,14 +133,14 @@ def _clean_text(field: str, value, max_chars: int) -> str:
     return value
 
 
-def validate_user_id(value, field: str = "userId") -> str:
+def validate_user_id(value: object, field: str = "userId") -> str:
     value = _clean_text(field, value, USER_ID_MAX_CHARS)
     if not USER_ID_PATTERN.fullmatch(value):
         raise ValidationError(field, f"{field} may contain only letters, digits, '_' and '-'")
     return value
 
 
-def validate_price(value) -> int:
+def validate_price(value: object) -> int:
     """Return the price in integer cents."""
     if value is None:
         raise ValidationError("price", "price is required")
@@ -163,7 +164,7 @@ def validate_price(value) -> int:
     return int(amount * 100)
 
 
-def validate_purchase(payload) -> Purchase:
+def validate_purchase(payload: object) -> Purchase:
     """Validate a decoded purchase object. Unknown fields are rejected, not ignored."""
     if not isinstance(payload, dict):
         raise ValidationError("body", "request body must be a JSON object")

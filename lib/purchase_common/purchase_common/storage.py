@@ -84,7 +84,7 @@ class Store:
             collection.database.client.close()
 
 
-def ensure_indexes(collection) -> None:
+def ensure_indexes(collection: Collection) -> None:
     """Idempotent: creating an index that already exists with the same spec is a no-op."""
     collection.create_index([("eventId", pymongo.ASCENDING)], unique=True, name=EVENT_ID_INDEX)
     collection.create_index(
@@ -93,7 +93,7 @@ def ensure_indexes(collection) -> None:
     )
 
 
-def to_document(event: PurchaseEvent) -> dict:
+def to_document(event: PurchaseEvent) -> Document:
     # BSON dates hold milliseconds; truncate explicitly so cursors compare exactly.
     timestamp = event.time.replace(microsecond=event.time.microsecond // 1000 * 1000)
     return {
@@ -111,7 +111,7 @@ class WriteResult:
     duplicates: int
 
 
-def insert_purchases(collection, documents: list[dict]) -> WriteResult:
+def insert_purchases(collection: Collection, documents: list[Document]) -> WriteResult:
     """Insert a batch; documents whose eventId is already stored count as done.
 
     Any other write error propagates, so the caller does not commit the Kafka offsets.
@@ -136,7 +136,7 @@ def isoformat_utc(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
-def to_api(document: dict) -> dict:
+def to_api(document: Document) -> dict[str, Any]:
     return {
         "id": document["eventId"],
         "username": document["username"],
@@ -150,7 +150,7 @@ class InvalidCursor(ValueError):
     pass
 
 
-def encode_cursor(document: dict) -> str:
+def encode_cursor(document: Document) -> str:
     millis = int(document["timestamp"].timestamp() * 1000)
     raw = f"{millis}|{document['eventId']}".encode()
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
@@ -168,9 +168,9 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     return when, event_id
 
 
-def find_user_purchases(collection, user_id: str, limit: int, before: str | None = None) -> list[dict]:
+def find_user_purchases(collection: Collection, user_id: str, limit: int, before: str | None = None) -> list[Document]:
     """Newest first; ``before`` is a cursor from a previous page (exclusive)."""
-    query: dict = {"userId": user_id}
+    query: dict[str, Any] = {"userId": user_id}
     if before:
         when, event_id = decode_cursor(before)
         query = {
