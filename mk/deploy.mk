@@ -2,7 +2,7 @@
 #
 # Images are $(REGISTRY)/<function>:$(TAG). The default registry name, dev.local, is one
 # Knative does not try to resolve to a digest, so images copied in with
-# `minikube image load` (make minikube-load) deploy without a registry. For a real one:
+# `minikube image load` (make minikube-images) deploy without a registry. For a real one:
 #   make push REGISTRY=ghcr.io/you/purchase TAG=1.0.0 && make deploy REGISTRY=... TAG=...
 # The manifests are a kustomize base with overlays (k8s/); every deploy target is one
 # `kubectl apply -k` (kubectl's own kustomize) of k8s/overlays/$(OVERLAY) with the chosen
@@ -26,7 +26,7 @@ WAIT_TIMEOUT ?= 300s
 # Non-empty: KEDA logs in to Kafka with k8s/components/kafka-auth (SASL/TLS); see k8s/README.md.
 KAFKA_AUTH ?=
 # Empty: functions/Dockerfile's own base, python:3.11-slim. Where Docker Hub is out of reach,
-# `make base-image` builds a local stand-in and prints how to build on it, e.g.
+# `make build-base` builds a local stand-in and prints how to build on it, e.g.
 #   make build DOCKER=podman PYTHON_IMAGE=localhost/purchase/python-base:3.11-bookworm \
 #     DOCKER_BUILD_FLAGS="$$(.venv/bin/python -m images flags)"
 PYTHON_IMAGE ?=
@@ -60,57 +60,57 @@ kustomization = mkdir -p $(DEPLOY_DIR) && { \
 	  $(BASE_REGISTRY)/$(fn) $(REGISTRY)/$(fn) $(TAG);) \
 	} > $(DEPLOY_DIR)/kustomization.yaml
 
-.PHONY: build build-buy build-history build-persist-purchase lock base-image images \
-        push push-buy push-history push-persist-purchase minikube-load \
-        deploy deploy-infra deploy-buy deploy-history deploy-persist-purchase undeploy status
+.PHONY: build build-buy build-history build-persist-purchase lock build-base build-local \
+        push push-buy push-history push-persist-purchase minikube-images \
+        deploy deploy-infra deploy-buy deploy-history deploy-persist-purchase undeploy k8s-status
 
-build: build-buy build-history build-persist-purchase ## Build the three function images
+build: build-buy build-history build-persist-purchase ## @deploy Build the three function images
 
 # One parametrised functions/Dockerfile: FUNCTION is the folder under functions/, --target the
 # kind of image (http-function: functions-framework; consumer: python consumer.py).
-build-buy: ## Build the buy image, $(REGISTRY)/buy:$(TAG) (functions/Dockerfile, context: repository root)
+build-buy: ## @deploy Build the buy image, $(REGISTRY)/buy:$(TAG) (functions/Dockerfile, context: repository root)
 	$(DOCKER) build $(BUILD_FLAGS) -f functions/Dockerfile --build-arg FUNCTION=buy --target http-function -t $(call image,buy) .
 
-build-history: ## Build the history image, $(REGISTRY)/history:$(TAG)
+build-history: ## @deploy Build the history image, $(REGISTRY)/history:$(TAG)
 	$(DOCKER) build $(BUILD_FLAGS) -f functions/Dockerfile --build-arg FUNCTION=history --target http-function -t $(call image,history) .
 
-build-persist-purchase: ## Build the persist-purchase consumer image, $(REGISTRY)/persist-purchase:$(TAG)
+build-persist-purchase: ## @deploy Build the persist-purchase consumer image, $(REGISTRY)/persist-purchase:$(TAG)
 	$(DOCKER) build $(BUILD_FLAGS) -f functions/Dockerfile --build-arg FUNCTION=persist_purchase --target consumer -t $(call image,persist-purchase) .
 
-lock: venv ## Recompile functions/*/requirements.lock (every transitive pin, with sha256) from requirements.txt
+build-base: venv ## @deploy Build (or find cached) with podman the local python:3.11-slim stand-in for make build where Docker Hub is out of reach (mmdebstrap)
+	@$(PY) -m images base
+	@echo "build on it: make build DOCKER=podman PYTHON_IMAGE=localhost/purchase/python-base:3.11-bookworm DOCKER_BUILD_FLAGS=\"$$($(PY) -m images flags)\""
+
+build-local: venv ## @deploy Build (cached) with podman every image the node runs: the functions on the local base and the Kafka/MongoDB substitutes (images/)
+	$(PY) -m images all
+
+lock: venv ## @deploy Recompile functions/*/requirements.lock (every transitive pin, with sha256) from requirements.txt
 	@for fn in buy history persist_purchase; do \
 	  $(PY) -m uv pip compile --quiet --generate-hashes --no-header --python-version 3.11 \
 	    --python-platform x86_64-manylinux_2_28 functions/$$fn/requirements.txt -o functions/$$fn/requirements.lock \
 	    || exit 1; \
 	done
 
-base-image: venv ## Build (or find cached) the local python:3.11-slim stand-in with podman (mmdebstrap, no Docker Hub)
-	@$(PY) -m images base
-	@echo "build on it: make build DOCKER=podman PYTHON_IMAGE=localhost/purchase/python-base:3.11-bookworm DOCKER_BUILD_FLAGS=\"$$($(PY) -m images flags)\""
+push: push-buy push-history push-persist-purchase ## @deploy Build and push the three images to $(REGISTRY)
 
-images: venv ## Build (cached) with podman the function images on the local base and the node's substitutes (images/)
-	$(PY) -m images all
-
-push: push-buy push-history push-persist-purchase ## Build and push the three images to $(REGISTRY)
-
-push-buy: build-buy ## Build and push the buy image
+push-buy: build-buy ## @deploy Build and push the buy image
 	$(DOCKER) push $(call image,buy)
 
-push-history: build-history ## Build and push the history image
+push-history: build-history ## @deploy Build and push the history image
 	$(DOCKER) push $(call image,history)
 
-push-persist-purchase: build-persist-purchase ## Build and push the persist-purchase image
+push-persist-purchase: build-persist-purchase ## @deploy Build and push the persist-purchase image
 	$(DOCKER) push $(call image,persist-purchase)
 
-minikube-load: ## Copy the three built images into minikube's container runtime
+minikube-images: ## @deploy Copy the three built images into minikube's container runtime
 	$(MINIKUBE) image load $(call image,buy)
 	$(MINIKUBE) image load $(call image,history)
 	$(MINIKUBE) image load $(call image,persist-purchase)
 
-deploy: deploy-infra ## Deploy everything to k8s/overlays/$(OVERLAY) (minikube; OVERLAY=node: the cluster in a box): infra, then the functions
+deploy: deploy-infra ## @deploy Deploy everything to k8s/overlays/$(OVERLAY) (minikube; OVERLAY=node: the cluster in a box): infra, then the functions
 	$(MAKE) --no-print-directory deploy-buy deploy-history deploy-persist-purchase
 
-deploy-infra: ## Apply namespace, config, Kafka (KRaft), MongoDB and its app user, topic Job, NetworkPolicies, the ingress's gateway Service (node: Traefik); wait for them
+deploy-infra: ## @deploy Apply namespace, config, Kafka (KRaft), MongoDB and its app user, topic Job, NetworkPolicies, the ingress's gateway Service (node: Traefik); wait for them
 	$(kustomization)
 	$(KUBECTL) apply -k $(DEPLOY_DIR) -l '$(INFRA_SELECTOR)'
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) rollout status statefulset/kafka --timeout=$(WAIT_TIMEOUT))
@@ -124,20 +124,20 @@ deploy-infra: ## Apply namespace, config, Kafka (KRaft), MongoDB and its app use
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) wait job/mongodb-app-user --for=condition=complete \
 	  --timeout=$(WAIT_TIMEOUT) || ! $(KUBECTL) -n $(K8S_NS) get job/mongodb-app-user -o name)
 
-deploy-buy: ## Apply only buy: its Knative Service (image $(REGISTRY)/buy:$(TAG)) and Ingress
-deploy-history: ## Apply only history: its Knative Service (image $(REGISTRY)/history:$(TAG)) and Ingress
-deploy-persist-purchase: ## Apply only persist-purchase: its Deployment (replicas 0), KEDA ScaledObject (KAFKA_AUTH=1: login)
+deploy-buy: ## @deploy Apply only buy: its Knative Service (image $(REGISTRY)/buy:$(TAG)) and Ingress
+deploy-history: ## @deploy Apply only history: its Knative Service (image $(REGISTRY)/history:$(TAG)) and Ingress
+deploy-persist-purchase: ## @deploy Apply only persist-purchase: its Deployment (replicas 0), KEDA ScaledObject (KAFKA_AUTH=1: login)
 $(addprefix deploy-,$(FUNCTIONS)): deploy-%:
 	$(call kustomization,$(KAFKA_AUTH))
 	$(KUBECTL) apply -k $(DEPLOY_DIR) -l $(NAME_LABEL)=$*
 
-undeploy: ## Delete what `make deploy` applied; the namespace and the data volumes stay
+undeploy: ## @deploy Delete what `make deploy` applied; the namespace and the data volumes stay
 	@# The ScaledObject first, so KEDA lets go of the Deployment before it goes (kustomize lists Deployments first).
 	-$(KUBECTL) -n $(K8S_NS) delete --ignore-not-found scaledobject.keda.sh/persist-purchase
 	$(call kustomization,1)
 	@# Everything but the Namespace, whose name label is its name.
 	-$(KUBECTL) delete --ignore-not-found -k $(DEPLOY_DIR) -l '$(NAME_LABEL)!=$(K8S_NS)'
 
-status: ## Show the purchase namespace: Knative Services, KEDA scaling, pods, jobs, ingress
+k8s-status: ## @inspect Show the purchase namespace: Knative Services, KEDA scaling, pods, jobs, ingress
 	-$(KUBECTL) -n $(K8S_NS) get ksvc,scaledobject,hpa
 	$(KUBECTL) -n $(K8S_NS) get deployment,statefulset,job,pod,pvc,service,ingress

@@ -1,6 +1,6 @@
 """Least privilege on the node: the functions log in to MongoDB as the application user the
 mongodb-app-user Job made (never as root), the NetworkPolicies are in the API server, and no
-secret shows in `make status` or in any pod's log."""
+secret shows in `make k8s-status` or in any pod's log."""
 from __future__ import annotations
 
 import os
@@ -72,7 +72,7 @@ def test_no_secret_shows_in_make_status_or_in_any_pod_log(stack, kube):
     stack.buy(3)
     secrets = _secret_values(kube)
     env = dict(os.environ, KUBECONFIG=str(kube.kubeconfig))
-    status = subprocess.run(["make", "--no-print-directory", "status", f"KUBECTL={kube.kubectl_path}",
+    status = subprocess.run(["make", "--no-print-directory", "k8s-status", f"KUBECTL={kube.kubectl_path}",
                              f"PYTHON={sys.executable}"], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=120)
     assert status.returncode == 0, status.stderr
@@ -84,7 +84,7 @@ def test_no_secret_shows_in_make_status_or_in_any_pod_log(stack, kube):
                               check=False)
             logs[f"{pod['metadata']['name']}/{container['name']}"] = result.stdout
     assert len(logs) >= 3, logs.keys()  # kafka, mongodb and buy (just used) at least
-    for where, text in {"make status": status.stdout + status.stderr, **logs}.items():
+    for where, text in {"make k8s-status": status.stdout + status.stderr, **logs}.items():
         leaked = [name for name, value in secrets.items() if value in text]
         assert not leaked, f"{leaked} in {where}"
 

@@ -36,8 +36,11 @@ def lock_of(function: str) -> dict[str, tuple[str, list[str]]]:
 def direct_pins(function: str) -> dict[str, str]:
     pins = {}
     for line in requirement_lines(h.ROOT / FOLDERS[function] / "requirements.txt"):
-        name, version = line.split("==")
-        pins[canonicalize_name(name)] = version.strip()
+        # The lock names a requirement without its extras (PyJWT[crypto] is pyjwt there).
+        requirement = Requirement(line)
+        (specifier,) = requirement.specifier
+        assert specifier.operator == "==", f"{function}: not an exact pin: {line!r}"
+        pins[canonicalize_name(requirement.name)] = specifier.version
     return pins
 
 

@@ -4,6 +4,7 @@ objects (what kubectl's kustomize renders, filtered by the target's -l selector)
 image `make build` tags."""
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -161,7 +162,7 @@ def test_undeploy_only_deletes(make):
 
 
 def test_k8s_status_only_reads(make):
-    _, calls = make("status")
+    _, calls = make("k8s-status")
     argvs = kubectl_calls(calls)
     assert argvs and all("get" in a and "purchase" in a for a in argvs)
     assert any("scaledobject" in " ".join(a) and "hpa" in " ".join(a) for a in argvs)
@@ -198,11 +199,11 @@ def test_build_on_another_base_image_with_extra_flags(function, make):
                                            "-t", f"dev.local/purchase/{image_name}:dev", "."]]
 
 
-def test_build_push_and_minikube_load_cover_all_images(make):
+def test_build_push_and_minikube_images_cover_all_images(make):
     images = {f"{REGISTRY}/{image}:{TAG}" for _, image, _ in h.FUNCTIONS.values()}
     _, calls = make("push", f"REGISTRY={REGISTRY}", f"TAG={TAG}")
     assert {c["argv"][-1] for c in calls if c["argv"][0] == "push"} == images
-    _, calls = make("minikube-load", f"REGISTRY={REGISTRY}", f"TAG={TAG}")
+    _, calls = make("minikube-images", f"REGISTRY={REGISTRY}", f"TAG={TAG}")
     assert [c["argv"][:2] for c in calls] == [["image", "load"]] * 3
     assert {c["argv"][2] for c in calls} == images
 
@@ -218,13 +219,65 @@ def test_a_failing_kubectl_fails_the_target(tmp_path):
     assert result.returncode != 0
 
 
-def test_help_lists_every_target():
-    env = h.clean_make_env()
-    result = subprocess.run(["make", "-s", "-C", str(h.ROOT), "help"], env=env, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0
-    listed = {line.split()[0].replace("\x1b[36m", "") for line in result.stdout.splitlines() if line.strip()}
-    wanted = {"build", "push", "deploy", "deploy-infra", "undeploy", "status", "minikube-load"}
+MAKEFILES = (h.ROOT / "Makefile", *sorted((h.ROOT / "mk").glob("*.mk")))
+SECTIONS = ("Run locally", "Test", "Benchmark & load", "Images & deploy", "The node", "Inspect")
+
+
+def run_help(*makefiles):
+    args = [a for f in makefiles for a in ("-f", str(f))]
+    return subprocess.run(["make", "-s", "-C", str(h.ROOT), *args, "help"], env=h.clean_make_env(),
+                          capture_output=True, text=True, timeout=60)
+
+
+def help_sections():
+    """`make help` as {section title: [target, ...]}, in the order it prints them."""
+    result = run_help()
+    assert result.returncode == 0, result.stderr
+    sections = {}
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", result.stdout).splitlines():
+        if line and not line.startswith(" "):
+            assert line.endswith(":"), line
+            sections[line[:-1]] = current = []
+        elif line.strip():
+            current.append(line.split()[0])
+    return sections
+
+
+def documented_targets():
+    """The targets whose rule carries a help line (`target: ... ## @section text`)."""
+    return {m.group(1) for f in MAKEFILES for m in re.finditer(r"^([a-zA-Z0-9_-]+):[^\n]*## ", f.read_text(), re.M)}
+
+
+def phony_targets():
+    text = "\n".join(f.read_text().replace("\\\n", " ") for f in MAKEFILES)
+    return {t for line in re.findall(r"^\.PHONY:(.*)$", text, re.M) for t in line.split()}
+
+
+def test_help_lists_every_target_in_exactly_one_section():
+    sections = help_sections()
+    assert [title.split(" (")[0] for title in sections] == list(SECTIONS)
+    assert all(sections.values()), {title: targets for title, targets in sections.items() if not targets}
+    listed = [target for targets in sections.values() for target in targets]
+    assert len(listed) == len(set(listed)), "a target in two sections"
+    assert set(listed) == documented_targets() == phony_targets()
+    wanted = {"run", "test", "lint", "build", "push", "deploy", "deploy-infra", "undeploy", "k8s-status",
+              "minikube-images"}
     for function in h.FUNCTIONS:
         wanted |= {f"build-{function}", f"push-{function}", f"deploy-{function}"}
-    assert wanted <= listed, sorted(wanted - listed)
+    assert wanted <= set(listed), sorted(wanted - set(listed))
+
+
+def test_one_verb_per_meaning():
+    """`load` is purchase load; putting images into a runtime is `<where>-images`."""
+    listed = {target for targets in help_sections().values() for target in targets}
+    assert {t for t in listed if "load" in t} == {"load", "load-node"}
+    assert {t for t in listed if t.endswith("-images")} == {"minikube-images", "cluster-images"}
+    assert {t for t in listed if t.endswith("status")} == {"stack-status", "cluster-status", "k8s-status"}
+
+
+def test_help_refuses_a_target_without_a_section(tmp_path):
+    extra = tmp_path / "extra.mk"
+    extra.write_text("nowhere: ## @nosuch a target in no section\n")
+    result = run_help(*MAKEFILES, extra)
+    assert result.returncode != 0
+    assert "nowhere names no section" in result.stderr
