@@ -9,7 +9,6 @@ import datetime as dt
 
 from cloudevents.http import CloudEvent
 from cloudevents.kafka import KafkaMessage, from_binary, to_binary
-
 from purchase_common.events import (
     DATA_CONTENT_TYPE,
     EVENT_SOURCE,
@@ -32,7 +31,7 @@ def build_event(purchase: Purchase, idempotency_key: str | None = None, now: dt.
         "type": EVENT_TYPE,
         "source": EVENT_SOURCE,
         "specversion": "1.0",
-        "time": event_time(now or dt.datetime.now(dt.timezone.utc)),
+        "time": event_time(now or dt.datetime.now(dt.UTC)),
         "datacontenttype": DATA_CONTENT_TYPE,
         "partitionkey": purchase.user_id,
     }

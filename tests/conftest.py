@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from support import isolated_env
 
 from devstack import stack as devstack
-from support import isolated_env
 
 
 @dataclass

@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import requests
+from purchase_common import config
 
 from devstack import stack as devstack
 from devstack.servers import ensure_topics
-from purchase_common import config
 from tools.common import poll_until
 
 ANSWER_WITHIN_S = 5

@@ -1,8 +1,9 @@
 """Helpers of the node tests (importable by the test modules, unlike conftest.py).
 
 Everything here talks to the real cluster: kubectl against the API server, HTTP through the
-node's ingress (Traefik's NodePort on the node's bridge address), pymongo and kafka-python to the in-cluster Services by their cluster DNS
-names (`make test-cluster` runs pytest with CoreDNS as its resolver: `python -m cluster run`).
+node's ingress (Traefik's NodePort on the node's bridge address), pymongo and kafka-python to the
+in-cluster Services by their cluster DNS names (`make test-cluster` runs pytest with CoreDNS as its
+resolver: `python -m cluster run`).
 """
 from __future__ import annotations
 

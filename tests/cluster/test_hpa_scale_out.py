@@ -33,7 +33,7 @@ def test_hpa_scales_real_pods_out_on_kafka_lag(stack, kube, capsys):
     try:
         t_first = time.monotonic()
         with ThreadPoolExecutor(len(users)) as pool:
-            sent = dict(zip(users, pool.map(lambda u: stack.buy(count // len(users), user=u), users)))
+            sent = dict(zip(users, pool.map(lambda u: stack.buy(count // len(users), user=u), users), strict=True))
         ids = [i for chunk in sent.values() for i in chunk]
         wait_until(lambda: (kube.replicas() or 0) >= 1, POLLING_INTERVAL_S + MARGIN_S + time.monotonic() - t_first,
                    POLL_S, "KEDA activation (replicas >= 1)")

@@ -8,10 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from clusterlib import CONSUMER, NAMESPACE, ROOT
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
-
-from clusterlib import CONSUMER, NAMESPACE, ROOT
 
 AUTHENTICATION_FAILED = 18
 POLICIES = {"default-deny-ingress", "kafka-clients-only", "mongodb-clients-only", "buy-from-knative",
@@ -94,7 +93,8 @@ TRAEFIK = "system:serviceaccount:traefik:traefik"
 
 def _can(kube, verb: str, resource: str, namespace: str | None) -> bool:
     resource, _, subresource = resource.partition("/")
-    args = ["auth", "can-i", verb, resource, f"--as={TRAEFIK}"] + ([f"--subresource={subresource}"] if subresource else [])
+    args = ["auth", "can-i", verb, resource, f"--as={TRAEFIK}"]
+    args += [f"--subresource={subresource}"] if subresource else []
     args += [f"--namespace={namespace}"] if namespace else []
     result = kube.run(*args, check=False)
     return result.stdout.strip() == "yes"

@@ -7,7 +7,6 @@ import os
 import subprocess
 
 import yaml
-
 from clusterlib import CONSUMER, COOLDOWN_S, NAMESPACE, POLLING_INTERVAL_S, ROOT, record_timeline
 
 SCALE_SH = ROOT / "load" / "scale.sh"
@@ -27,7 +26,8 @@ def test_scale_sh_prints_the_real_timeline(stack, kube, tmp_path, capsys):
     revision = stack.buy_revision
     argv = ["bash", str(SCALE_SH), "--url", revision.url, "--host", revision.host, "--tool", "python", "--allow-remote",
             "-n", "1500", "-c", "8", "-d", "60", "--users", str(USERS),
-            "--namespace", NAMESPACE, "--deployment", CONSUMER, "--knative-service", "buy", "--bootstrap", stack.bootstrap,
+            "--namespace", NAMESPACE, "--deployment", CONSUMER, "--knative-service", "buy",
+            "--bootstrap", stack.bootstrap,
             "--manifest", str(manifest), "--drain-timeout", "120",
             "--zero-timeout", str(COOLDOWN_S + 4 * POLLING_INTERVAL_S + 60), "--json", str(out)]
     result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)

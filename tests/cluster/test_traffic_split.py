@@ -94,7 +94,7 @@ class SteadyReader:
         with self._gate:
             yield
 
-    def __enter__(self) -> "SteadyReader":
+    def __enter__(self) -> SteadyReader:
         self._thread.start()
         return self
 

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from devstack import stack as devstack
-from devstack.servers import Process, free_port
 from purchase_common import storage
 from support import isolated_env
+
+from devstack import stack as devstack
+from devstack.servers import Process, free_port
 
 
 @pytest.fixture(scope="package")

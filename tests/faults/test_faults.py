@@ -11,11 +11,10 @@ import time
 
 import pytest
 import requests
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
-from support import send_purchases, wait_until
 from cloudevents_reference import build_event, to_kafka_record
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from purchase_common.schema import Purchase
+from support import send_purchases, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -61,8 +60,9 @@ def test_consumer_sigkilled_mid_batch_repeatedly_loses_and_duplicates_nothing(sc
     for _ in range(4):
         # Small batches keep the consumer mid-stream long enough to be killed in the middle of it.
         consumer = scenario.start_consumer(CONSUMER_BATCH_MAX="10")
-        wait_until(lambda: scenario.collection().estimated_document_count() >= (kills + 1) * 300, 60, 0.02,
-                   "consumer made progress")
+        # The target bound now, per kill (a default argument, not the loop's variable).
+        wait_until(lambda wanted=(kills + 1) * 300: scenario.collection().estimated_document_count() >= wanted,
+                   60, 0.02, "consumer made progress")
         os.killpg(consumer.proc.pid, signal.SIGKILL)
         consumer.proc.wait(timeout=10)
         kills += 1
@@ -80,7 +80,8 @@ def test_database_outage_is_waited_out_without_crash_or_loss(scenario, fault_sta
     consumer = scenario.start_consumer()
     health = f"http://127.0.0.1:{consumer.port}/readyz"
     results = {}
-    loader = threading.Thread(target=lambda: results.update(load=send_purchases(buy, duration_s=20, concurrency=4, max_rate=150)))
+    loader = threading.Thread(
+        target=lambda: results.update(load=send_purchases(buy, duration_s=20, concurrency=4, max_rate=150)))
     loader.start()
     time.sleep(4)
     fault_stack.stop_ferretdb()

@@ -16,13 +16,13 @@ from decimal import Decimal
 import pytest
 import requests
 from cloudevents.kafka import to_binary
-from kafka import KafkaProducer
-
-from tools.common import ROOT, build_go_program
 from cloudevents_reference import build_event
+from kafka import KafkaProducer
 from purchase_common.events import DATA_CONTENT_TYPE, EVENT_SOURCE, EVENT_TYPE, encode_data
 from purchase_common.schema import Purchase
 from support import wait_until
+
+from tools.common import ROOT, build_go_program
 
 pytestmark = pytest.mark.integration
 READER_SOURCE = ROOT / "tests" / "interop" / "ce_go_reader"
@@ -75,7 +75,7 @@ def test_go_sdk_reads_every_attribute_of_buys_records(pipeline, go_reader):
         if event.get("id") in bodies or event.get("id") == old_id:
             by_id[event["id"]] = line
     missing = set(bodies) - set(by_id)
-    assert not missing, f"the Go reader did not see {missing}; errors: {[l for l in lines if l.get('error')][:3]}"
+    assert not missing, f"the Go reader did not see {missing}; errors: {[x for x in lines if x.get('error')][:3]}"
 
     for event_id, body in bodies.items():
         line = by_id[event_id]
@@ -88,7 +88,7 @@ def test_go_sdk_reads_every_attribute_of_buys_records(pipeline, go_reader):
         assert event["datacontenttype"] == DATA_CONTENT_TYPE
         assert event["partitionkey"] == body["userId"]
         sent_at = dt.datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
-        assert abs((dt.datetime.now(dt.timezone.utc) - sent_at).total_seconds()) < 300
+        assert abs((dt.datetime.now(dt.UTC) - sent_at).total_seconds()) < 300
         data = event["data"]
         assert data["username"] == body["username"] and data["userId"] == body["userId"]
         assert Decimal(str(data["price"])) == Decimal(str(body["price"]))

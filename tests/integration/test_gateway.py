@@ -13,12 +13,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from http_cases import ROUTED_PATHS
+from support import raw_exchange
 
 from devstack import gateway
 from devstack.servers import free_port
 from devstack.stack import start_gateway
-from http_cases import ROUTED_PATHS
-from support import raw_exchange
 
 pytestmark = pytest.mark.integration
 SLOW_S = 3

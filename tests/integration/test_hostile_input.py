@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 import requests
-
 from http_cases import BAD_FRAMING, PADDED_USER_CASES, UNKNOWN_METHODS, UNKNOWN_METHODS_THE_GATEWAY_REFUSES, UNROUTABLE
 from support import ANSWER_WITHIN_S, raw_exchange, wait_until
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 import requests
-
 from http_cases import BAD_BUYS, BAD_HISTORY
 from support import end_offsets, wait_until
+
 from devstack import stack as devstack
 from devstack.servers import free_port
 

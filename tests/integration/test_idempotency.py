@@ -7,7 +7,6 @@ import uuid
 
 import pytest
 import requests
-
 from support import end_offsets, wait_until
 
 pytestmark = pytest.mark.integration

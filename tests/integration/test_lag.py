@@ -131,7 +131,7 @@ def test_partly_consumed_then_fully_consumed(servers, reader, lag_topic, scaler)
         consumer.seek_to_beginning()
         seen = 0
         for _ in range(100):
-            if all(consumer.position(tp) >= end for tp, end in zip(tps, (30, 20, 10))):
+            if all(consumer.position(tp) >= end for tp, end in zip(tps, (30, 20, 10), strict=True)):
                 break
             seen += sum(len(batch) for batch in consumer.poll(timeout_ms=500).values())
         assert seen == 30 + 20 + (10 - DELETED_FROM_P2)

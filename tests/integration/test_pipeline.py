@@ -8,12 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
-from support import wait_until
 from cloudevents_reference import build_event, to_kafka_record
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from purchase_common.events import EVENT_SOURCE, EVENT_TYPE
 from purchase_common.schema import Purchase
+from support import wait_until
 
 pytestmark = pytest.mark.integration
 JSON = {"Content-Type": "application/json"}

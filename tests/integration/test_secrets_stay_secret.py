@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 import requests
+from support import isolated_env, wait_until
 
 from devstack import stack as devstack
 from devstack.servers import free_port
-from support import isolated_env, wait_until
 
 pytestmark = pytest.mark.integration
 

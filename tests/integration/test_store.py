@@ -7,10 +7,10 @@ import os
 import uuid
 
 import pytest
+from purchase_common import storage
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from devstack.servers import start_ferretdb
-from purchase_common import storage
 
 pytestmark = pytest.mark.integration
 STAND_IN = not os.environ.get("MONGODB_URI")
@@ -27,7 +27,7 @@ def purchases(servers):
 
 def purchase(event_id: str, user_id: str, millis: int = 0) -> dict:
     return {"eventId": event_id, "username": "store test", "userId": user_id, "priceCents": 1200,
-            "timestamp": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=millis)}
+            "timestamp": dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=millis)}
 
 
 def test_a_second_purchase_with_a_stored_event_id_is_refused(purchases):

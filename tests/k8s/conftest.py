@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 import k8s_helpers as h  # pytest puts this conftest's folder on sys.path (prepend import mode)
+import pytest
 
 
 def pytest_configure(config):

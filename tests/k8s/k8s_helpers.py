@@ -100,7 +100,7 @@ def ingress_layer(variant: str) -> IngressLayer:
     return INGRESS_OF.get(overlay_of(variant), NGINX_KOURIER)
 
 
-def expected_namespace(doc: "Doc") -> str | None:
+def expected_namespace(doc: Doc) -> str | None:
     if doc.kind in CLUSTER_SCOPED:
         return None
     if doc.key in INGRESS_CONTROLLER and doc.kind not in ("Role", "RoleBinding"):

@@ -9,13 +9,13 @@ import re
 import subprocess
 from urllib.parse import urlsplit
 
+import k8s_helpers as h
 import pytest
 import yaml
-
-import k8s_helpers as h
-from devstack import gateway
 from http_cases import ROUTED_PATHS
 from purchase_common import config
+
+from devstack import gateway
 
 # Every trigger metadata key KEDA's kafka scaler reads (kedacore/keda v2.20,
 # pkg/scalers/kafka_scaler.go: parseKafkaMetadata, parseKafkaAuthParams, parseTLS,
@@ -304,7 +304,8 @@ def test_only_the_functions_kafka_needs_reach_kafka(docs):
     # the brokers themselves and KEDA's operator, which reads the group's lag.
     talkers = {d.name for d in docs for c in h.containers(d)
                if any(e.get("name") in ("BOOTSTRAP", "KAFKA_BOOTSTRAP_SERVERS") for e in c.get("env", []) or [])
-               or any((src.get("configMapRef") or {}).get("name") == "purchase-config" for src in c.get("envFrom", []) or [])}
+               or any((src.get("configMapRef") or {}).get("name") == "purchase-config"
+                      for src in c.get("envFrom", []) or [])}
     talkers -= {"history"}  # history gets the shared ConfigMap but never opens a Kafka client
     assert _allowed_from(policy, docs) == talkers | {"kafka", "namespace:keda"}
     ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
@@ -360,7 +361,7 @@ def test_images_match_make_build(docs):
 def test_function_images_come_from_local_names_knative_does_not_resolve():
     # Knative resolves image tags to digests through the registry, except for registries in
     # config-deployment's registries-skipping-tag-resolving (default kind.local,ko.local,dev.local).
-    for folder, image in h.make_image_names().items():
+    for image in h.make_image_names().values():
         assert image.startswith("dev.local/"), image
         assert not image.endswith(":latest"), "a :latest tag makes Kubernetes always pull"
 
@@ -517,7 +518,7 @@ def test_optional_kafka_auth_reads_keys_of_its_secret():
 # --- containers: probes, ports, security --------------------------------------------------
 
 def our_containers(docs):
-    for function, (folder, image_name, owned) in h.FUNCTIONS.items():
+    for function, (folder, _, owned) in h.FUNCTIONS.items():
         for kind, group, name in owned:
             doc = h.find(docs, kind, name, group)
             for container in h.containers(doc):

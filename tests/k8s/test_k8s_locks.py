@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 import tomllib
 
+import k8s_helpers as h
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-import k8s_helpers as h
 
 FOLDERS = {function: folder for function, (folder, _, _) in h.FUNCTIONS.items()}
 ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")

@@ -7,9 +7,8 @@ from __future__ import annotations
 import re
 import subprocess
 
-import pytest
-
 import k8s_helpers as h
+import pytest
 
 REGISTRY, TAG = "registry.example.com/acme/purchase", "1.2.3"
 INFRA = {
@@ -87,8 +86,8 @@ def test_deploy_function_default_image_is_what_build_tags(function, make):
 
 
 def test_rendered_objects_still_validate(make, crds):
-    from test_k8s_schemas import validate_custom
     import kubernetes_validate
+    from test_k8s_schemas import validate_custom
     for target in ("deploy-buy", "deploy-history", "deploy-persist-purchase"):
         _, calls = make(target, f"REGISTRY={REGISTRY}", f"TAG={TAG}", "KAFKA_AUTH=1")
         for doc in h.applied_docs(calls):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import subprocess
 
+import k8s_helpers as h
 import yaml
 
-import k8s_helpers as h
 from images import build as images_build
 from tools import kustomize
 
@@ -23,7 +23,7 @@ def differences(before: list[h.Doc], after: list[h.Doc]) -> dict[tuple, tuple]:
             for name in a.keys() | b.keys():
                 walk(key, f"{path}.{name}", a.get(name), b.get(name))
         elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            for i, (x, y) in enumerate(zip(a, b)):
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
                 walk(key, f"{path}[{i}]", x, y)
         elif a != b:
             found[(key, path)] = (a, b)

@@ -7,11 +7,10 @@ import copy
 import re
 
 import jsonschema
+import k8s_helpers as h
 import kubernetes_validate
 import pytest
 import yaml
-
-import k8s_helpers as h
 
 DOCS = h.distinct_docs(h.load_docs(h.KAFKA_CLIENT_SECRET.read_text(), h.KAFKA_CLIENT_SECRET))
 CORE = [d for d in DOCS if d.group in h.CORE_GROUPS]

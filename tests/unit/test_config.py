@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from purchase_common import config
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -3,14 +3,19 @@ import datetime as dt
 import json
 
 import pytest
-
 from cloudevents_reference import build_event, from_kafka_record, to_kafka_record
-from purchase_common.events import (EVENT_SOURCE, EVENT_TYPE, PoisonRecord, event_id_for, purchase_from_event,
-                                    validate_idempotency_key)
+from purchase_common.events import (
+    EVENT_SOURCE,
+    EVENT_TYPE,
+    PoisonRecord,
+    event_id_for,
+    purchase_from_event,
+    validate_idempotency_key,
+)
 from purchase_common.schema import Purchase, ValidationError
 
 PURCHASE = Purchase("elad", "555", 1200)
-NOW = dt.datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=dt.UTC)
 
 
 def test_binary_mode_record_has_ce_headers_and_user_key():

@@ -5,13 +5,12 @@ import datetime as dt
 
 import pytest
 from cloudevents.kafka import to_binary
-
 from cloudevents_reference import build_event, from_kafka_record, to_kafka_record
 from purchase_common.events import encode_data, purchase_from_event, purchase_record
 from purchase_common.schema import Purchase
 
 PURCHASE = Purchase("elad", "555", 1200)
-NOW = dt.datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=dt.UTC)
 
 
 def test_every_attribute_is_a_header_and_the_key_is_the_user():

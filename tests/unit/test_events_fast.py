@@ -5,13 +5,12 @@ import datetime as dt
 import re
 
 import pytest
-
 from cloudevents_reference import build_event, sdk_purchase, to_kafka_record
 from purchase_common.events import PoisonRecord, UndecodableEvent, purchase_from_kafka_record
 from purchase_common.schema import Purchase
 
 PURCHASE = Purchase("elad", "555", 1200)
-NOW = dt.datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=dt.UTC)
 KEY, VALUE, HEADERS = to_kafka_record(build_event(PURCHASE, now=NOW))
 
 
@@ -115,9 +114,9 @@ def test_poison_or_not_as_before(name):
 
 
 def test_a_missing_time_is_the_time_of_reading_as_in_the_sdk():
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     decoded = purchase_from_kafka_record(KEY, VALUE, headers(drop=("ce_time",)))
-    assert before <= decoded.time <= dt.datetime.now(dt.timezone.utc)
+    assert before <= decoded.time <= dt.datetime.now(dt.UTC)
     assert decoded.purchase == PURCHASE
 
 

@@ -13,16 +13,15 @@ from types import SimpleNamespace
 
 import functions_framework
 import pytest
-from pymongo.errors import ServerSelectionTimeoutError
-from starlette.applications import Starlette
-from starlette.testclient import TestClient
-
+from cloudevents_reference import build_event, to_kafka_record
 from http_cases import BAD_BUYS, BAD_HISTORY, PADDED_USER_CASES, UNKNOWN_METHODS, UNROUTABLE
 from purchase_common import batch_consumer, config, idempotency, storage
-from cloudevents_reference import build_event, to_kafka_record
 from purchase_common.events import PurchaseEvent
 from purchase_common.producer import Delivery, KafkaUnavailable
 from purchase_common.schema import Purchase
+from pymongo.errors import ServerSelectionTimeoutError
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parents[2]
 # The instances under test are built from settings of their own, not from this process's environment.
@@ -274,7 +273,7 @@ def test_bad_history_query_is_refused(history_entry, path, field):
 
 
 def test_history_pages_through_headers(history_entry):
-    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     documents = [storage.to_document(PurchaseEvent(f"e{i}", when, Purchase("a", "u1", 100 + i))) for i in range(2)]
     client = serve_history(history_entry, FakeStore(documents))
     response = client.get("/api/user/u1/purchases?limit=2")
@@ -286,7 +285,7 @@ def test_history_pages_through_headers(history_entry):
 
 @pytest.mark.parametrize("raw,link", PADDED_USER_CASES, ids=[case[0] for case in PADDED_USER_CASES])
 def test_padded_user_id_is_trimmed_for_the_query_and_the_links(history_entry, raw, link):
-    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     store = FakeStore([storage.to_document(PurchaseEvent("e1", when, Purchase("a", "555", 100)))])
     response = serve_history(history_entry, store).get(raw.replace("{uid}", "555"))
     assert response.status_code == 200, response.get_data(as_text=True)
@@ -446,12 +445,12 @@ def test_a_stop_commits_the_batch_written_behind_and_ends_the_loop():
     assert [name for name, _ in calls] == ["write behind", "commit", "close"]
 
 
-@pytest.mark.parametrize("body", [{"message": "Purchase accepted", "id": "5f0c3f5e"}, {"error": "é \"x\"", "field": "a"},
+@pytest.mark.parametrize("body", [{"message": "Purchase accepted", "id": "5f0c3f5e"},
+                                  {"error": "é \"x\"", "field": "a"},
                                   [{"price": 12.34, "userId": "u", "timestamp": "2026-01-01T00:00:00.000Z"}], []])
 def test_json_answers_are_the_bytes_jsonify_writes(body):
     """answers' JSON skips flask.jsonify's per-request cost, not its output, in both frameworks."""
     import flask
-
     from purchase_common import answers
 
     with flask.Flask("bytes").app_context():

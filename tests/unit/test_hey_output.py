@@ -14,7 +14,7 @@ Summary:
   Fastest:\t0.0024 secs
   Average:\t0.0423 secs
   Requests/sec:\t93.6333
-  
+\x20\x20
   Total data:\t2400 bytes
   Size/request:\t25 bytes
 
@@ -56,7 +56,7 @@ Summary:
   Fastest:\t0.0000 secs
   Average:\t NaN secs
   Requests/sec:\t5015.3621
-  
+\x20\x20
 
 Response time histogram:
 

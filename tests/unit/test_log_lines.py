@@ -16,7 +16,7 @@ def test_the_time_is_what_datetime_gives_to_the_millisecond():
     instants = [rng.uniform(0, 2e9) for _ in range(20_000)]
     instants += [1.9999996, 5.0, 1_700_000_000.9995, 1_700_000_000.0005, 122486844.64199954]
     for created in instants:
-        expected = dt.datetime.fromtimestamp(created, dt.timezone.utc).isoformat(timespec="milliseconds")
+        expected = dt.datetime.fromtimestamp(created, dt.UTC).isoformat(timespec="milliseconds")
         assert formatter._time(created) == expected, created
 
 

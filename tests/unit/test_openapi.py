@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from openapi_spec_validator import validate
-
 from purchase_common import events, schema, storage
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "lib/purchase_common/purchase_common/openapi.json"

@@ -2,10 +2,17 @@
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, strategies as st
-
-from purchase_common.schema import (MAX_BODY_BYTES, PRICE_MAX, Purchase, ValidationError, parse_json_body,
-                                    validate_purchase, validate_user_id)
+from hypothesis import given
+from hypothesis import strategies as st
+from purchase_common.schema import (
+    MAX_BODY_BYTES,
+    PRICE_MAX,
+    Purchase,
+    ValidationError,
+    parse_json_body,
+    validate_purchase,
+    validate_user_id,
+)
 
 
 def body(text: str):
@@ -113,6 +120,7 @@ def test_body_limit_constant_is_sane():
 
 def test_control_character_scan_matches_unicode_categories():
     import unicodedata
+
     from purchase_common.schema import _CONTROL_OR_SURROGATE
     disagree = [cp for cp in range(0x110000)
                 if (unicodedata.category(chr(cp)) in ("Cc", "Cs")) != bool(_CONTROL_OR_SURROGATE.search(chr(cp)))]

@@ -4,15 +4,15 @@ import json
 import subprocess
 
 import pytest
-
-from devstack import gateway
 from purchase_common import storage
 from purchase_common.events import PurchaseEvent
 from purchase_common.schema import Purchase
 
+from devstack import gateway
+
 
 def test_document_and_api_shapes():
-    when = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
     document = storage.to_document(PurchaseEvent("id-1", when, Purchase("elad", "555", 1999)))
     assert document == {"eventId": "id-1", "username": "elad", "userId": "555", "priceCents": 1999,
                         "timestamp": when.replace(microsecond=678000)}
@@ -21,7 +21,7 @@ def test_document_and_api_shapes():
 
 
 def test_cursor_round_trip():
-    when = dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)
     cursor = storage.encode_cursor({"timestamp": when, "eventId": "abc"})
     assert storage.decode_cursor(cursor) == (when, "abc")
 
