@@ -53,7 +53,7 @@ def soak(options: Options, data_dir: Path, kube: Kube) -> tuple[dict, str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not control.is_up():
-        say("the cluster is not up: make cluster-up, then make node-deploy")
+        say("the cluster is not up: make cluster-up, then make cluster-deploy")
         return 2
     options = Options(rate=args.rate, seconds=args.seconds, seed=seed_of(args), clients=args.clients)
     data_dir = ROOT / ".run" / f"soak-node-{time.strftime('%Y%m%d-%H%M%S')}"
