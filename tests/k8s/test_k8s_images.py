@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,8 @@ import requests
 import yaml
 
 import k8s_helpers as h
+from support import wait_until
+from tools.common import free_port
 
 FOLDERS = {function: folder for function, (folder, _, _) in h.FUNCTIONS.items()}
 TARGETS = {"buy": "buy", "history": "history"}  # HTTP functions: functions-framework targets
@@ -232,12 +233,6 @@ def test_ci_workflow_tests_builds_and_pushes():
 
 # --- each function installs alone and its entry point answers ---------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def build_image_like_venv(function: str, root: Path) -> Path:
     """What the Dockerfile does, in root/: venv + pip install, then the COPY'd sources in app/."""
     folder = FOLDERS[function]
@@ -292,15 +287,15 @@ def start(argv, env, cwd) -> subprocess.Popen:
 
 
 def wait_for_answer(proc, url, timeout_s=45.0) -> requests.Response:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    """The first HTTP answer, whatever its status; fails at once if the process exits."""
+    def attempt() -> list[requests.Response] | None:
         if proc.poll() is not None:
             raise AssertionError(f"exited with {proc.returncode}:\n{proc.stdout.read()}")
         try:
-            return requests.get(url, timeout=2)
+            return [requests.get(url, timeout=2)]  # in a list: a 4xx/5xx Response is falsy
         except requests.ConnectionError:
-            time.sleep(0.2)
-    raise AssertionError(f"no answer from {url} within {timeout_s}s")
+            return None
+    return wait_until(attempt, timeout_s, 0.2, f"an answer from {url}")[0]
 
 
 def stop(proc, timeout_s=20.0) -> int:

@@ -11,6 +11,9 @@ import uuid
 import pytest
 import requests
 
+from support import wait_until
+from tools.common import free_port
+
 pytestmark = [
     pytest.mark.podman,
     pytest.mark.skipif(shutil.which("podman") is None or shutil.which("mmdebstrap") is None,
@@ -38,13 +41,6 @@ def podman(build, *args, timeout_s=120, check=True) -> subprocess.CompletedProce
     return build.podman(*args, timeout_s=timeout_s, check=check)
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def unreachable_servers() -> list[str]:
     """Kafka and MongoDB that are surely not there: the probes must answer anyway."""
     return ["--env", f"KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{free_port()}",
@@ -59,17 +55,17 @@ def run_detached(build, image: str, port: int, *extra: str) -> str:
     return name
 
 
-def wait_for(url: str, build, name: str, timeout_s: float = 60) -> requests.Response:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def first_answer(url: str, build, name: str, timeout_s: float = 60) -> requests.Response:
+    """The container's first HTTP answer, whatever its status; fails at once if the container stops."""
+    def attempt() -> list[requests.Response] | None:
         try:
-            return requests.get(url, timeout=2)
+            return [requests.get(url, timeout=2)]  # in a list: a 4xx/5xx Response is falsy
         except requests.ConnectionError:
             state = podman(build, "inspect", "--format", "{{.State.Status}}", name, check=False).stdout.strip()
             if state not in ("running", "created", "configured"):
-                raise AssertionError(f"{name} is {state}:\n{podman(build, 'logs', name, check=False).stderr}")
-            time.sleep(0.3)
-    raise AssertionError(f"no answer from {url} within {timeout_s}s")
+                raise AssertionError(f"{name} is {state}:\n{podman(build, 'logs', name, check=False).stderr}") from None
+            return None
+    return wait_until(attempt, timeout_s, 0.3, f"an answer from {url}")[0]
 
 
 @pytest.mark.parametrize("function", HTTP_FUNCTIONS)
@@ -77,7 +73,7 @@ def test_http_image_answers_healthz_read_only_as_10001(function, function_images
     port = free_port()
     name = run_detached(build, function_images[function], port)
     try:
-        response = wait_for(f"http://127.0.0.1:{port}/healthz", build, name)
+        response = first_answer(f"http://127.0.0.1:{port}/healthz", build, name)
         assert response.status_code == 200, response.text
         time.sleep(1)  # gunicorn starts its control socket after the first worker
         logs = podman(build, "logs", name)
