@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from tools import kustomize
+from tools.common import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 # k8s/ itself is the base kustomization; its folders hold the objects, beside these two.
 NOT_BASE = ("overlays", "components")

@@ -8,7 +8,6 @@ import importlib
 import logging
 import sys
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 
 import functions_framework
@@ -23,7 +22,8 @@ from pymongo.errors import ServerSelectionTimeoutError
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-ROOT = Path(__file__).resolve().parents[2]
+from tools.common import ROOT
+
 # The instances under test are built from settings of their own, not from this process's environment.
 SETTINGS = config.load({"RETRY_AFTER_S": "7", "PURCHASES_TOPIC": "handlers-test"})
 RETRY_AFTER = "7"
