@@ -14,12 +14,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import k8s_helpers as h
 import pytest
 import requests
 import yaml
-
-import k8s_helpers as h
 from support import wait_until
+
 from tools.common import free_port
 
 FOLDERS = {function: folder for function, (folder, _, _) in h.FUNCTIONS.items()}
@@ -306,7 +306,7 @@ def stop(proc, timeout_s=20.0) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
-            raise AssertionError(f"did not stop within {timeout_s}s of SIGTERM")
+            raise AssertionError(f"did not stop within {timeout_s}s of SIGTERM") from None
     return proc.returncode
 
 

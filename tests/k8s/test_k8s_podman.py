@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 import requests
-
 from support import wait_until
+
 from tools.common import free_port
 
 pytestmark = [
@@ -108,9 +108,8 @@ def substitutes(build) -> dict[str, str]:
 
 
 def test_mongodb_substitute_takes_the_secret_login_and_ignores_mongod_args(substitutes, build):
-    import pymongo
-
     import k8s_helpers as h
+    import pymongo
     secret = h.find(h.rendered("node"), "Secret", "mongodb-credentials").obj["stringData"]
     port = free_port()
     name = f"purchase-test-{uuid.uuid4().hex[:8]}"
@@ -138,9 +137,8 @@ def test_mongodb_substitute_takes_the_secret_login_and_ignores_mongod_args(subst
 
 
 def test_kafka_substitute_runs_the_statefulset_env_and_the_topic_job(substitutes, build):
-    from kafka import KafkaConsumer, KafkaProducer
-
     import k8s_helpers as h
+    from kafka import KafkaConsumer, KafkaProducer
     docs = h.rendered("node")  # what runs on the node with the substitutes
     broker = h.containers(h.find(docs, "StatefulSet", "kafka"))[0]
     job = h.containers(h.find(docs, "Job", "kafka-create-topics"))[0]
@@ -149,7 +147,8 @@ def test_kafka_substitute_runs_the_statefulset_env_and_the_topic_job(substitutes
     env["KAFKA_ADVERTISED_LISTENERS"] = f"PLAINTEXT://127.0.0.1:{port}"
     name = f"purchase-test-{uuid.uuid4().hex[:8]}"
     podman(build, "run", "--detach", "--name", name, "--user", "1000:1000", "--publish", f"127.0.0.1:{port}:9092",
-           *[arg for key, value in env.items() for arg in ("--env", f"{key}={value}")], substitutes["apache/kafka:4.1.1"])
+           *[arg for key, value in env.items() for arg in ("--env", f"{key}={value}")],
+           substitutes["apache/kafka:4.1.1"])
     try:
         job_env = {e["name"]: e["value"] for e in job["env"]} | {"BOOTSTRAP": f"127.0.0.1:{port}"}
         created = podman(build, "run", "--rm", "--network", "host", "--user", "1000:1000",
