@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Downloads and builds (Kafka, FerretDB, Kubernetes, KEDA, images) live outside the clone, so
-# every fresh clone on this machine reuses them (devstack/servers.py reads the same variable).
+# every fresh clone on this machine reuses them (tools/common.py reads the same variable).
 PURCHASE_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/purchase-system
 export PURCHASE_CACHE_DIR
 

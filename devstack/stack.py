@@ -41,7 +41,7 @@ class Stack:
 @dataclass
 class RestartableServers:
     """Kafka and FerretDB on ports fixed when this is made, so a stopped server starts again
-    at the same address with its data: what fault injection needs (tests/faults, load/soak.py)."""
+    at the same address with its data: what fault injection needs (tests/faults, load/soak/)."""
     data_dir: Path
     kafka_port: int = field(default_factory=free_port)
     controller_port: int = field(default_factory=free_port)

@@ -1,6 +1,6 @@
 """buy's Idempotency-Key store (purchase_common/idempotency.py) when both gunicorn workers'
 request threads open a new file at the same moment, as at the start of a load: every claim is
-answered. The soak (load/soak.py) once got a 500 here, "database is locked" on the switch to WAL."""
+answered. The soak (load/soak/) once got a 500 here, "database is locked" on the switch to WAL."""
 from __future__ import annotations
 
 import multiprocessing

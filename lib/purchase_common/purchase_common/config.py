@@ -62,14 +62,14 @@ class Settings:
     kafka_linger_ms: float = _env(
         "KAFKA_LINGER_MS",
         0.0,
-        "a purchase with none other in flight goes out at once: any linger above 0 "
-        "doubled c=1 latency (bench/README.md)",
+        "a purchase with none other in flight goes out at once: a lone purchase would wait out "
+        "any linger in full",
     )
     kafka_batch_linger_ms: float = _env(
         "KAFKA_BATCH_LINGER_MS",
         1.0,
-        "a purchase that finds others in flight waits this long to share a request: "
-        "x1.3-1.4 req/s at c=16/64 (bench/README.md)",
+        "a purchase that finds others in flight waits this long to share a request with them "
+        "(more purchases per broker request under concurrency)",
     )
     kafka_enable_idempotence: bool = _env(
         "KAFKA_ENABLE_IDEMPOTENCE",

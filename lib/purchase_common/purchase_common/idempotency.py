@@ -47,7 +47,7 @@ def _use_wal(connection: sqlite3.Connection) -> None:
     """WAL mode, so the workers' claims do not block each other's reads. Switching a new file
     to WAL takes a lock SQLite does not wait for (the busy timeout does not cover it): request
     threads of both workers opening the file at once got "database is locked" and a 500 (found
-    by the soak, load/soak.py), so a busy answer is retried within the same budget."""
+    by the soak, load/soak/), so a busy answer is retried within the same budget."""
     deadline = Deadline(BUSY_TIMEOUT_S)
     while True:
         try:
