@@ -10,6 +10,7 @@ import datetime as dt
 from cloudevents.http import CloudEvent
 from cloudevents.kafka import KafkaMessage, from_binary, to_binary
 from purchase_common.events import (
+    AUTH_TYPE_USER,
     DATA_CONTENT_TYPE,
     EVENT_SOURCE,
     EVENT_TYPE,
@@ -25,7 +26,8 @@ from purchase_common.events import (
 from purchase_common.schema import Purchase
 
 
-def build_event(purchase: Purchase, idempotency_key: str | None = None, now: dt.datetime | None = None) -> CloudEvent:
+def build_event(purchase: Purchase, idempotency_key: str | None = None, now: dt.datetime | None = None,
+                buyer: str | None = None) -> CloudEvent:
     attributes = {
         "id": event_id_for(purchase.user_id, idempotency_key),
         "type": EVENT_TYPE,
@@ -33,6 +35,8 @@ def build_event(purchase: Purchase, idempotency_key: str | None = None, now: dt.
         "specversion": "1.0",
         "time": event_time(now or dt.datetime.now(dt.UTC)),
         "datacontenttype": DATA_CONTENT_TYPE,
+        # The Auth Context extension: who bought, when buy verified a token.
+        **({"authtype": AUTH_TYPE_USER, "authid": buyer} if buyer is not None else {}),
         "partitionkey": purchase.user_id,
     }
     return CloudEvent(attributes, purchase.event_data())

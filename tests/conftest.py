@@ -64,3 +64,31 @@ def pipeline(servers, tmp_path_factory):
     devstack.start_functions(functions, log_dir, preferred_ports=False, env=env)
     yield Pipeline(servers, env, log_dir=log_dir, ports=functions.ports, **names)
     functions.stop()
+
+
+@pytest.fixture(scope="session")
+def oidc_provider(tmp_path_factory):
+    """The OpenID Connect provider (mock-oauth2-server, devstack/oidc.py) every auth test uses."""
+    from devstack import oidc
+    provider = oidc.start(tmp_path_factory.mktemp("oidc"))
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_pipeline(servers, oidc_provider, tmp_path_factory):
+    """A second pipeline, AUTH_MODE=jwt against the provider, its JWKS fetched through a proxy
+    the tests can take down (`auth_pipeline.jwks`); otherwise like `pipeline`."""
+    from auth_tokens import CountingProxy
+    jwks = CountingProxy(oidc_provider.base_url)
+    env, names = isolated_env(servers, "auth-" + uuid.uuid4().hex[:8], AUTH_MODE="jwt",
+                              AUTH_ISSUER=oidc_provider.issuer, AUTH_JWKS_URL=jwks.url + "/purchase/jwks",
+                              AUTH_HTTP_TIMEOUT_S="1", AUTH_REFRESH_INTERVAL_S="0.5")
+    log_dir = tmp_path_factory.mktemp("auth-logs")
+    functions = devstack.Stack(servers.kafka_bootstrap, servers.mongodb_uri)
+    devstack.start_functions(functions, log_dir, preferred_ports=False, env=env)
+    pipeline = Pipeline(servers, env, log_dir=log_dir, ports=functions.ports, **names)
+    pipeline.provider, pipeline.jwks = oidc_provider, jwks
+    yield pipeline
+    functions.stop()
+    jwks.close()

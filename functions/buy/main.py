@@ -15,7 +15,7 @@ import time
 
 import functions_framework.aio
 from prometheus_client import Counter, Histogram
-from purchase_common import answers, config, idempotency, probes
+from purchase_common import answers, auth, config, idempotency, probes
 from purchase_common.config import Settings
 from purchase_common.events import event_id_for, purchase_record, validate_idempotency_key
 from purchase_common.lifecycle import PerProcess
@@ -78,11 +78,13 @@ class Buy:
             settings.idempotency_window_s,
         )
         self.probes = probes.app(self.alive, self.ready)
+        self.verifier: auth.TokenVerifier | None = None
 
     def start(self) -> None:
         """Connect now (in the background), not on the first purchase, so the broker connection
-        overlaps the server's own start (cold start)."""
+        overlaps the server's own start (cold start); the same for the issuer's keys."""
         answers.install_asgi_json_errors()
+        self.verifier = auth.start_verifier(self.settings, self.logger)
         self.producer.start()
 
     def stop(self) -> None:
@@ -113,6 +115,19 @@ class Buy:
         )
 
     async def accept_purchase(self, request: Request) -> Response:
+        principal = None
+        if self.verifier is not None:
+            # Who is calling comes first: an unauthenticated client learns nothing about bodies.
+            try:
+                principal = await self.verifier.verify_async(auth.bearer_token(request.headers.get("authorization")))
+            except auth.InvalidToken as exc:
+                return _refused("unauthenticated", answer.unauthorized(exc))
+            except auth.KeysUnavailable as exc:
+                log(self.logger, logging.WARNING, "issuer keys unavailable", error=str(exc))
+                return _refused(
+                    "auth_unavailable",
+                    answer.unavailable("sign-in temporarily unavailable; retry later", self.settings),
+                )
         if _media_type(request) != "application/json":
             return _refused("content_type", answer.error(415, "Content-Type must be application/json", "Content-Type"))
         try:
@@ -121,6 +136,10 @@ class Buy:
         except ValidationError as exc:
             reason = f"invalid_{exc.field}" if exc.field in KNOWN_FIELDS else "invalid_unknown_field"
             return _refused(reason, answer.invalid(exc))
+        if principal is not None and not auth.may_buy_for(principal, purchase.user_id):
+            return _refused(
+                "forbidden", answer.forbidden("a token may buy only for its own userId", auth.WRITE_ANY_SCOPE)
+            )
 
         # The key store is a SQLite file shared with the other workers: its wait stays off the loop.
         if idempotency_key is not None and not await asyncio.to_thread(
@@ -132,7 +151,7 @@ class Buy:
                     422, "Idempotency-Key was already used for a different purchase; use a new key", "Idempotency-Key"
                 ),
             )
-        record = purchase_record(purchase, idempotency_key)
+        record = purchase_record(purchase, idempotency_key, buyer=principal.subject if principal else None)
         started = time.perf_counter()
         try:
             delivery = await self.producer.send(self.settings.purchases_topic, record.key, record.value, record.headers)

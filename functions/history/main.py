@@ -10,9 +10,10 @@ import logging
 import urllib.parse
 
 import functions_framework
+import gunicorn.config  # type: ignore[import-untyped]
 from flask import Request, Response
 from prometheus_client import Counter, Histogram
-from purchase_common import answers, config, probes, storage
+from purchase_common import answers, auth, config, probes, storage
 from purchase_common.config import Settings
 from purchase_common.lifecycle import PerProcess
 from purchase_common.logs import get_logger, log
@@ -80,10 +81,12 @@ class History:
         self.logger = get_logger("history", settings)
         self.store = store or storage.Store(settings)
         self.probes = probes.app(self.alive, self.ready)
+        self.verifier: auth.TokenVerifier | None = None
 
     def start(self) -> None:
-        """Nothing to open ahead: the store connects on first use, so history starts (and
-        answers 503) with the database down."""
+        """Only the issuer's keys are fetched ahead (in the background): the store connects on
+        first use, so history starts (and answers 503) with the database down."""
+        self.verifier = auth.start_verifier(self.settings, self.logger)
 
     def stop(self) -> None:
         self.store.close()
@@ -111,10 +114,34 @@ class History:
             "not_found", answers.WSGI.error(404, "not found")
         )
 
+    def caller(self, request: Request) -> auth.Principal | Response | None:
+        """The verified caller, or the answer refusing the request; None with AUTH_MODE=off."""
+        if self.verifier is None:
+            return None
+        try:
+            return self.verifier.verify(auth.bearer_token(request.headers.get("Authorization")))
+        except auth.InvalidToken as exc:
+            return _answered("unauthenticated", answers.WSGI.unauthorized(exc))
+        except auth.KeysUnavailable as exc:
+            log(self.logger, logging.WARNING, "issuer keys unavailable", error=str(exc))
+            return _answered(
+                "auth_unavailable",
+                answers.WSGI.unavailable("sign-in temporarily unavailable; retry later", self.settings),
+            )
+
     def list_purchases(self, request: Request) -> Response:
+        # Who is calling comes first: an unauthenticated client learns nothing about parameters.
+        principal = self.caller(request)
+        if isinstance(principal, Response):
+            return principal
         user_id = None
         try:
             user_id, limit = _user_id(request), _limit(_single_param(request.args, "limit"))
+            if principal is not None and not auth.may_read(principal, user_id):
+                return _answered(
+                    "forbidden",
+                    answers.WSGI.forbidden("a token may read only its own userId's purchases", auth.READ_ANY_SCOPE),
+                )
             before = _single_param(request.args, "before")
             if before is not None:
                 storage.decode_cursor(before)
@@ -138,6 +165,11 @@ class History:
             response.headers["Link"] = _next_page_link(request, user_id, limit, cursor)
         return response
 
+
+# gunicorn refuses a header field over 8190 bytes itself, with an HTML 431; an oversized
+# Authorization header must reach the verifier and get the API's JSON 401 (AUTH_MAX_TOKEN_CHARS).
+# Set before functions-framework builds its gunicorn config, i.e. while this module loads.
+gunicorn.config.LimitRequestFieldSize.default = 32768
 
 # Read at import, so a bad variable fails the server's start rather than every request.
 SETTINGS = config.settings()

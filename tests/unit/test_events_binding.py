@@ -6,7 +6,7 @@ import datetime as dt
 import pytest
 from cloudevents.kafka import to_binary
 from cloudevents_reference import build_event, from_kafka_record, to_kafka_record
-from purchase_common.events import encode_data, purchase_from_event, purchase_record
+from purchase_common.events import encode_data, purchase_from_event, purchase_from_kafka_record, purchase_record
 from purchase_common.schema import Purchase
 
 PURCHASE = Purchase("elad", "555", 1200)
@@ -64,3 +64,19 @@ def test_buys_direct_record_is_the_sdks_record_byte_for_byte(purchase, idempoten
     assert dict(record.headers)["ce_id"] == record.event_id.encode()
     decoded = purchase_from_event(from_kafka_record(record.key, record.value, record.headers))
     assert (decoded.event_id, decoded.time, decoded.purchase) == (record.event_id, NOW, purchase)
+
+
+@pytest.mark.parametrize("buyer", ["555", "checkout-service", "Dana Ö 漢字"])
+def test_the_buyer_is_the_auth_context_extension_as_the_sdk_writes_and_reads_it(buyer):
+    record = purchase_record(PURCHASE, "order-7", now=NOW, buyer=buyer)
+    assert (record.key, record.value, record.headers) == to_kafka_record(build_event(PURCHASE, "order-7", NOW, buyer))
+    assert dict(record.headers)["ce_authid"] == buyer.encode() and dict(record.headers)["ce_authtype"] == b"user"
+    sdk = from_kafka_record(record.key, record.value, record.headers)
+    assert sdk["authid"] == buyer and purchase_from_event(sdk).buyer == buyer
+    assert purchase_from_kafka_record(record.key, record.value, record.headers).buyer == buyer
+
+
+def test_without_a_buyer_the_record_is_as_before():
+    record = purchase_record(PURCHASE, "order-7", now=NOW)
+    assert not any(name.startswith("ce_auth") for name, _ in record.headers)
+    assert purchase_from_kafka_record(record.key, record.value, record.headers).buyer is None

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import probes
+from .auth import INSUFFICIENT_SCOPE, InvalidToken, www_authenticate
 from .config import Settings
 from .schema import ValidationError
 
@@ -62,6 +63,16 @@ class Answers(Generic[R]):
     def unavailable(self, message: str, settings: Settings) -> R:
         """The dependency is down: 503, and when to try again."""
         return self.error(503, message, headers={"Retry-After": str(settings.retry_after_s)})
+
+    def unauthorized(self, exc: InvalidToken) -> R:
+        """A missing or refused bearer token: 401 with RFC 6750's challenge. Issue 25 answers
+        every refused credential 401, a malformed Authorization header (invalid_request) too."""
+        return self.error(401, exc.description, headers={"WWW-Authenticate": exc.challenge})
+
+    def forbidden(self, message: str, scope: str) -> R:
+        """A valid token asking for another user's data: 403, naming the scope that would allow it."""
+        challenge = www_authenticate(INSUFFICIENT_SCOPE, message, scope=scope)
+        return self.error(403, message, headers={"WWW-Authenticate": challenge})
 
     def openapi(self, method: str) -> R:
         """The HTTP API's OpenAPI 3.1 document (the one copy, shipped in this package)."""

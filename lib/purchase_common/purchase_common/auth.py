@@ -46,6 +46,8 @@ from typing import Any
 
 import jwt
 
+from .config import Settings
+
 log = logging.getLogger(__name__)
 
 READ_ANY_SCOPE = "purchases:read:any"
@@ -346,12 +348,14 @@ class TokenVerifier:
     def _key(self, kid: str | None, alg: str, allow_fetch: bool) -> jwt.PyJWK:
         now = self._clock()
         if self._stale(now) or not self._known(kid):
-            if self._may_fetch(now):
+            # Due for a fetch, or one under way (the one at start, say): its outcome decides.
+            if self._may_fetch(now) or self._lock.locked():
                 if not allow_fetch:
                     raise _NeedsFetch()
                 self._refresh_if_due(kid)
-            elif self._fetched_at is None:
-                # Never fetched, and the last try was moments ago: fail fast, no new wait.
+            elif self._fetched_at is None or (self._last_failure is not None and not self._known(kid)):
+                # Never fetched, or a kid only a fetch could tell and the last try failed moments
+                # ago: fail fast (503), no new wait, and no 401 for what may be the issuer's new key.
                 raise KeysUnavailable(f"the issuer's keys could not be fetched ({self._last_failure})")
         jwk = self._jwks.get(kid)
         if jwk is None and kid is None and len(self._jwks) == 1:
@@ -381,7 +385,7 @@ class TokenVerifier:
                     if self._fetched_at is None or not self._known(kid):
                         raise
                     # A known key of a stale cache keeps verifying while the provider is down.
-            elif self._fetched_at is None:
+            elif self._fetched_at is None or (self._last_failure is not None and not self._known(kid)):
                 raise KeysUnavailable(f"the issuer's keys could not be fetched ({self._last_failure})")
         finally:
             self._lock.release()
@@ -462,3 +466,52 @@ class TokenVerifier:
                 scopes.update(item for item in value if isinstance(item, str))
         client_id = claims.get("client_id", claims.get("azp"))
         return Principal(subject, frozenset(scopes), client_id if isinstance(client_id, str) else None)
+
+
+MODES = ("jwt", "off")
+
+
+def verifier_from(settings: Settings) -> TokenVerifier | None:
+    """The verifier the AUTH_* settings describe; None for AUTH_MODE=off (no tokens asked for).
+    A mode or issuer that cannot work is a ValueError: the function fails its start."""
+    s = settings
+    if s.auth_mode not in MODES:
+        raise ValueError(f"AUTH_MODE must be one of {', '.join(MODES)}, not {s.auth_mode!r}")
+    if s.auth_mode == "off":
+        return None
+    if not s.auth_issuer:
+        raise ValueError("AUTH_MODE=jwt needs AUTH_ISSUER")
+    return TokenVerifier(
+        issuer=s.auth_issuer,
+        audience=s.auth_audience,
+        jwks_url=s.auth_jwks_url or None,
+        discovery_url=None if s.auth_jwks_url else s.auth_issuer.rstrip("/") + "/.well-known/openid-configuration",
+        algorithms=[name.strip() for name in s.auth_algorithms.split(",") if name.strip()],
+        leeway_s=s.auth_leeway_s,
+        http_timeout_s=s.auth_http_timeout_s,
+        min_refresh_interval_s=s.auth_refresh_interval_s,
+        max_token_chars=s.auth_max_token_chars,
+    )
+
+
+def start_verifier(settings: Settings, logger: logging.Logger) -> TokenVerifier | None:
+    """A function's verifier at start: built from settings, its keys fetched in the background
+    (the first request should not wait for them, and a provider down must not stop the start).
+    AUTH_MODE=off says loudly that the API is open."""
+    verifier = verifier_from(settings)
+    if verifier is None:
+        logger.warning(
+            "AUTH_MODE=off: no bearer token is asked for; anyone who reaches this function acts as any user. "
+            "Set AUTH_MODE=jwt and AUTH_ISSUER unless this is the original API on a trusted network"
+        )
+        return None
+
+    def prefetch() -> None:
+        try:
+            verifier.refresh()
+        except KeysUnavailable:
+            pass  # logged by refresh; requests answer 503 until a fetch succeeds
+
+    threading.Thread(target=prefetch, name="jwks-prefetch", daemon=True).start()
+    logger.info("bearer tokens required: issuer %s, audience %s", verifier.issuer, ",".join(verifier.audience))
+    return verifier

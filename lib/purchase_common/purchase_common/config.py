@@ -62,8 +62,7 @@ class Settings:
     kafka_linger_ms: float = _env(
         "KAFKA_LINGER_MS",
         0.0,
-        "a purchase with none other in flight goes out at once: a lone purchase would wait out "
-        "any linger in full",
+        "a purchase with none other in flight goes out at once: a lone purchase would wait out any linger in full",
     )
     kafka_batch_linger_ms: float = _env(
         "KAFKA_BATCH_LINGER_MS",
@@ -96,6 +95,29 @@ class Settings:
     kafka_sasl_username: str = _env("KAFKA_SASL_USERNAME", "", "with a SASL protocol")
     kafka_sasl_password: str = _env("KAFKA_SASL_PASSWORD", "", "with a SASL protocol; never logged", secret=True)
     kafka_ssl_cafile: str = _env("KAFKA_SSL_CAFILE", "", "with SSL or SASL_SSL and a private CA")
+    # buy and history: who is calling (purchase_common/auth.py)
+    auth_mode: str = _env(
+        "AUTH_MODE",
+        "off",
+        "jwt: a bearer token from AUTH_ISSUER on every API request (every k8s overlay); "
+        "off: the original open API, warned about at start",
+    )
+    auth_issuer: str = _env(
+        "AUTH_ISSUER", "", "with jwt: the tokens' iss, exactly; its discovery document names the keys"
+    )
+    auth_audience: str = _env("AUTH_AUDIENCE", "purchase-api", "with jwt: the aud a token must carry for this API")
+    auth_jwks_url: str = _env(
+        "AUTH_JWKS_URL", "", "with jwt: the issuer's keys; unset: the jwks_uri of AUTH_ISSUER's discovery document"
+    )
+    auth_algorithms: str = _env("AUTH_ALGORITHMS", "RS256,ES256", "comma-separated; asymmetric ones only, never none")
+    auth_leeway_s: float = _env("AUTH_LEEWAY_S", 30.0, "clock skew allowed on exp and nbf")
+    auth_http_timeout_s: float = _env(
+        "AUTH_HTTP_TIMEOUT_S", 2.0, "a JWKS fetch waits this long, then the request is a 503, never a hang"
+    )
+    auth_refresh_interval_s: float = _env(
+        "AUTH_REFRESH_INTERVAL_S", 10.0, "the JWKS is fetched at most once per interval, whatever kids tokens name"
+    )
+    auth_max_token_chars: int = _env("AUTH_MAX_TOKEN_CHARS", 8192, "a longer bearer token is refused unparsed")
     # persist-purchase consumer
     consumer_batch_max: int = _env("CONSUMER_BATCH_MAX", 500, "records per poll and per insert_many")
     consumer_poll_timeout_ms: int = _env("CONSUMER_POLL_TIMEOUT_MS", 500, "how long one poll waits for records")

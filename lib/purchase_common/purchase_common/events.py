@@ -31,11 +31,18 @@ MISSING_ID = "not a binary-mode CloudEvent: ce_id header missing"
 # The headers buy writes, by their attribute: the names the binding derives for them.
 _HEADER_ATTRIBUTES = {
     "content-type": "datacontenttype",
-    **{f"ce_{name}": name for name in ("specversion", "id", "type", "source", "time", "partitionkey")},
+    **{
+        f"ce_{name}": name
+        for name in ("specversion", "id", "type", "source", "time", "partitionkey", "authtype", "authid")
+    },
 }
 # Fixed namespace so that (userId, Idempotency-Key) always maps to the same event id.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1f4c0e-6a36-4f4e-9a57-3c1d2b8e2a11")
 IDEMPOTENCY_KEY_MAX_CHARS = 200
+# Who bought: the CloudEvents Auth Context extension (authtype, authid), the verified token's
+# subject as authid. Absent when buy runs with AUTH_MODE=off, as before.
+AUTH_TYPE_USER = "user"
+AUTH_ID_MAX_CHARS = 255
 
 Headers = list[tuple[str, bytes]]
 
@@ -110,12 +117,13 @@ _TYPE_SOURCE_VERSION_HEADERS = (
 
 
 def purchase_record(
-    purchase: Purchase, idempotency_key: str | None = None, now: dt.datetime | None = None
+    purchase: Purchase, idempotency_key: str | None = None, now: dt.datetime | None = None, buyer: str | None = None
 ) -> PurchaseRecord:
     """The purchase's Kafka record: every attribute a ce_* header (datacontenttype as
     content-type), the data as the value, the userId as the key and, because the Kafka binding
     v1.0.2 maps every attribute to a header (§3.2.3, extensions too), as ce_partitionkey as well,
-    so consumers that read attributes from headers alone (the Go SDK) see the whole event."""
+    so consumers that read attributes from headers alone (the Go SDK) see the whole event.
+    ``buyer``, the verified caller's subject, becomes the Auth Context extension's authid."""
     event_id = event_id_for(purchase.user_id, idempotency_key)
     key = purchase.user_id.encode("utf-8")
     headers = [
@@ -123,8 +131,10 @@ def purchase_record(
         ("ce_id", event_id.encode()),
         *_TYPE_SOURCE_VERSION_HEADERS,
         ("ce_time", event_time(now or dt.datetime.now(dt.UTC)).encode()),
-        ("ce_partitionkey", key),
     ]
+    if buyer is not None:
+        headers += [("ce_authtype", AUTH_TYPE_USER.encode()), ("ce_authid", buyer.encode("utf-8"))]
+    headers.append(("ce_partitionkey", key))
     return PurchaseRecord(event_id, key, encode_data(purchase.event_data()), headers)
 
 
@@ -135,6 +145,7 @@ class PurchaseEvent(NamedTuple):
     event_id: str
     time: dt.datetime
     purchase: Purchase
+    buyer: str | None = None
 
 
 def parse_event_time(value: object) -> dt.datetime:
@@ -152,10 +163,12 @@ def parse_event_time(value: object) -> dt.datetime:
 def purchase_from_event(event: CloudEvent) -> PurchaseEvent:
     """A CloudEvent the framework decoded (the HTTP CloudEvent function) as a purchase event;
     PoisonRecord if it is not one."""
-    return _purchase_event(event.get("type"), event.get("id"), event.get_data(), event.get("time"))
+    return _purchase_event(event.get("type"), event.get("id"), event.get_data(), event.get("time"), event.get("authid"))
 
 
-def _purchase_event(event_type: object, event_id: object, data: object, time: object) -> PurchaseEvent:
+def _purchase_event(
+    event_type: object, event_id: object, data: object, time: object, buyer: object = None
+) -> PurchaseEvent:
     if event_type != EVENT_TYPE:
         raise PoisonRecord(f"unexpected event type {event_type!r}")
     if not isinstance(event_id, str) or not event_id or len(event_id) > 128:
@@ -169,7 +182,9 @@ def _purchase_event(event_type: object, event_id: object, data: object, time: ob
         purchase = validate_purchase(data)
     except ValidationError as exc:
         raise PoisonRecord(f"invalid purchase data: {exc.field}: {exc.message}") from None
-    return PurchaseEvent(event_id=event_id, time=parse_event_time(time), purchase=purchase)
+    if buyer is not None and (not isinstance(buyer, str) or not buyer or len(buyer) > AUTH_ID_MAX_CHARS):
+        raise PoisonRecord("authid empty or too long")
+    return PurchaseEvent(event_id=event_id, time=parse_event_time(time), purchase=purchase, buyer=buyer)
 
 
 def _attributes(headers: Mapping[str, bytes]) -> dict[str, str]:
@@ -225,4 +240,4 @@ def purchase_from_kafka_record(
         )
     if "id" not in attributes:
         raise PoisonRecord(MISSING_ID)
-    return _purchase_event(attributes["type"], attributes["id"], data, attributes["time"])
+    return _purchase_event(attributes["type"], attributes["id"], data, attributes["time"], attributes.get("authid"))

@@ -1,9 +1,10 @@
 """How purchases live in MongoDB: one document per event, prices in integer cents.
 
 Document: {eventId, username, userId, priceCents (int64), timestamp (BSON date, the event
-time)}. Integer cents keep prices exact on every MongoDB-wire server (FerretDB has no
-Decimal128). Indexes: unique eventId (redelivery never duplicates) and
-(userId, timestamp desc, eventId desc) for the history query.
+time)}, and boughtBy (the buyer's token subject) when buy verified one. Integer cents keep
+prices exact on every MongoDB-wire server (FerretDB has no Decimal128). Indexes: unique
+eventId (redelivery never duplicates) and (userId, timestamp desc, eventId desc) for the
+history query.
 """
 
 from __future__ import annotations
@@ -96,13 +97,17 @@ def ensure_indexes(collection: Collection) -> None:
 def to_document(event: PurchaseEvent) -> Document:
     # BSON dates hold milliseconds; truncate explicitly so cursors compare exactly.
     timestamp = event.time.replace(microsecond=event.time.microsecond // 1000 * 1000)
-    return {
+    document: Document = {
         "eventId": event.event_id,
         "username": event.purchase.username,
         "userId": event.purchase.user_id,
         "priceCents": event.purchase.price_cents,
         "timestamp": timestamp,
     }
+    if event.buyer is not None:
+        # Who bought (the token's subject): differs from userId only for a write:any client.
+        document["boughtBy"] = event.buyer
+    return document
 
 
 @dataclass
