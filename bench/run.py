@@ -1,6 +1,6 @@
 """`make bench`: the functions measured beside raw baselines, in the same run, on the same servers.
 
-    python -m bench.run [--quick] [--json bench-results.json] [--no-profile]
+    python -m bench.run [--quick] [--json bench-results.json] [--no-profile] [--brokers 3]
 
 Starts its own Apache Kafka and FerretDB through devstack (or uses KAFKA_BOOTSTRAP_SERVERS /
 MONGODB_URI), gives every section its own topic, group and database, runs each function as
@@ -67,7 +67,7 @@ class Bench(ColdStartSection, ProduceSection, PersistSection, EndToEndSection, H
     # -- plumbing --------------------------------------------------------------------
     def start(self) -> None:
         say("starting Kafka and FerretDB (or using KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI)")
-        self.stack = devstack.start_servers(self.tmp / "servers", preferred_ports=False)
+        self.stack = devstack.start_servers(self.tmp / "servers", preferred_ports=False, brokers=self.args.brokers)
         self.mongo = storage.connect(self.stack.mongodb_uri, timeout_ms=10000)
         self.results["servers"] = {"kafka": self.stack.kafka_bootstrap, "mongodb": self.stack.mongodb_uri,
                                    "started_here": bool(self.stack.processes)}
@@ -145,7 +145,8 @@ class Bench(ColdStartSection, ProduceSection, PersistSection, EndToEndSection, H
     def run_all(self) -> dict:
         started = time.monotonic()
         self.results["meta"] = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                                "quick": self.args.quick, "cpus": os.cpu_count(), "python": platform.python_version(),
+                                "quick": self.args.quick, "brokers": self.args.brokers,
+                                "cpus": os.cpu_count(), "python": platform.python_version(),
                                 "function_log_level": "WARNING", "profiler": self.profiler.tool or "none"}
         # Cold starts first, while the box is idle (no load generator, no filled collection).
         sections = [("coldstart", self.section_coldstart), ("produce", self.section_produce),
@@ -172,6 +173,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run in about two minutes")
     parser.add_argument("--json", default=str(ROOT / "bench-results.json"), help="where to write the JSON results")
     parser.add_argument("--no-profile", action="store_true", help="do not run py-spy even when it is installed")
+    parser.add_argument("--brokers", type=int, default=1,
+                        help="Kafka nodes the bench starts: 3 is the replicated cluster (RF 3, min ISR 2), "
+                             "to see what replication costs beside one")
     parser.add_argument("--only", nargs="*", choices=("coldstart", "produce", "persist", "e2e", "history"),
                         help="run only these sections")
     args = parser.parse_args(argv)

@@ -6,12 +6,17 @@ every fresh clone reuses them. Every server binds 127.0.0.1 and is stopped by PI
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from tools.common import (
@@ -22,6 +27,7 @@ from tools.common import (
     free_port,
     go_install,
     pid_alive,
+    poll_until,
     sh,
     spawn,
     speaker,
@@ -107,49 +113,212 @@ def ensure_hey() -> Path:
     return go_install(HEY_MODULE, HEY_VERSION, "hey")
 
 
-def start_kafka(data_dir: Path, port: int | None = None, controller_port: int | None = None,
-                timeout_s: float = 90) -> Process:
-    libs = ensure_kafka()
-    port = port or free_port()
-    controller_port = controller_port or free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    props = data_dir / "server.properties"
-    log_dir = data_dir / "log"
-    props.write_text("\n".join([
+# Replication of a cluster of this many nodes or more: three copies, two of which must
+# acknowledge (acks=all), so one broker may be lost or restarted without losing or refusing a
+# purchase. A one-node stack keeps one copy.
+REPLICATION_FACTOR = 3
+MIN_INSYNC_REPLICAS = 2
+# How fast the active controller fences a broker that stopped heartbeating (Kafka's defaults:
+# 9 s and 2 s). Until it is fenced, the partitions it led have no leader and it stays in every
+# ISR, so no acks=all write completes anywhere: this session is buy's failover window after a
+# broker dies. On loopback a heartbeat is never late by a second, so 3 s of silence means dead;
+# heartbeats every 0.5 s keep a live broker well inside it.
+BROKER_SESSION_TIMEOUT_MS = 3000
+BROKER_HEARTBEAT_INTERVAL_MS = 500
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id as `kafka-storage random-uuid` makes one (16 random bytes, URL-safe
+    base64 without padding, never starting with '-'), without starting a JVM for it."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One KRaft node: its id and its two listeners on 127.0.0.1."""
+    node_id: int
+    port: int
+    controller_port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def kafka_properties(node: KafkaNode, quorum: tuple[KafkaNode, ...], log_dir: Path,
+                     overrides: dict[str, str] | None = None) -> str:
+    """server.properties of one node. Every node is broker and controller at once: at three
+    nodes, separate controllers would triple the JVMs (the machine's memory and cores) for an
+    isolation that matters when brokers are many and busy; each node still votes in a
+    three-voter quorum, so any one may go."""
+    replicas = min(REPLICATION_FACTOR, len(quorum))
+    min_isr = min(MIN_INSYNC_REPLICAS, replicas)
+    return "\n".join([
         "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        f"node.id={node.node_id}",
+        "controller.quorum.voters=" + ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in quorum),
+        f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
         "controller.listener.names=CONTROLLER",
         "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "inter.broker.listener.name=PLAINTEXT",
         f"log.dirs={log_dir}",
         "num.partitions=1",
         "auto.create.topics.enable=false",
-        "offsets.topic.replication.factor=1",
+        f"default.replication.factor={replicas}",
+        f"min.insync.replicas={min_isr}",
+        # A replica that missed writes never becomes leader: an acknowledged purchase is never
+        # dropped to keep a partition available (the default, stated).
+        "unclean.leader.election.enable=false",
+        f"offsets.topic.replication.factor={replicas}",
         "offsets.topic.num.partitions=6",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
+        f"transaction.state.log.replication.factor={replicas}",
+        f"transaction.state.log.min.isr={min_isr}",
+        f"share.coordinator.state.topic.replication.factor={replicas}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
+        f"broker.session.timeout.ms={BROKER_SESSION_TIMEOUT_MS}",
+        f"broker.heartbeat.interval.ms={BROKER_HEARTBEAT_INTERVAL_MS}",
         # A dev broker: members join at once instead of waiting for stragglers.
         "group.initial.rebalance.delay.ms=0",
+        # Later lines win: what a measurement changes (e.g. Kafka's default session, for the before figure).
+        *(f"{name}={value}" for name, value in (overrides or {}).items()),
         "",
-    ]))
-    (data_dir / "log4j.properties").write_text(KAFKA_LOG4J.format(log=data_dir / "kafka-server.log"))
-    java = [
-        "java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+    ])
+
+
+def _kafka_java(libs: Path, data_dir: Path, heap: str) -> list[str]:
+    return [
+        "java", "-Xms256m", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
         f"-Dlog4j.configuration=file:{data_dir / 'log4j.properties'}",
         "-cp", f"{libs}/*",
     ]
+
+
+def spawn_kafka(data_dir: Path, node: KafkaNode, quorum: tuple[KafkaNode, ...], cluster_id: str,
+                heap: str = "768m", overrides: dict[str, str] | None = None) -> Process:
+    """One KRaft node started in the background (its storage formatted on first start with
+    cluster_id, which every node of a quorum shares); not waited for: a node of a quorum
+    serves only once a majority runs."""
+    libs = ensure_kafka()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    props = data_dir / "server.properties"
+    log_dir = data_dir / "log"
+    props.write_text(kafka_properties(node, quorum, log_dir, overrides))
+    (data_dir / "log4j.properties").write_text(KAFKA_LOG4J.format(log=data_dir / "kafka-server.log"))
+    java = _kafka_java(libs, data_dir, heap)
     if not (log_dir / "meta.properties").exists():
-        cluster_id = sh(*java, "kafka.tools.StorageTool", "random-uuid",
-                        timeout_s=BUILD_TIMEOUT_S).strip().splitlines()[-1]
         sh(*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), timeout_s=BUILD_TIMEOUT_S)
     proc = spawn("kafka", java + ["kafka.Kafka", str(props)], data_dir / "kafka.out")
-    wait_for_port(port, timeout_s, proc, "Kafka")
-    return Process("kafka", proc, port, data_dir / "kafka-server.log", {"controller_port": controller_port})
+    name = "kafka" if len(quorum) == 1 else f"kafka-{node.node_id}"
+    return Process(name, proc, node.port, data_dir / "kafka-server.log",
+                   {"controller_port": node.controller_port, "node_id": node.node_id})
+
+
+def start_kafka(data_dir: Path, port: int | None = None, controller_port: int | None = None,
+                timeout_s: float = 90) -> Process:
+    """A one-node Kafka, waited for until it listens."""
+    node = KafkaNode(1, port or free_port(), controller_port or free_port())
+    process = spawn_kafka(data_dir, node, (node,), new_cluster_id())
+    wait_for_port(node.port, timeout_s, process.proc, "Kafka")
+    return process
+
+
+class KafkaCluster:
+    """`size` KRaft nodes (broker and controller each) on 127.0.0.1, ports fixed when this is
+    made so a node stopped or SIGKILLed starts again at the same address with its data. Each
+    is started, stopped and killed by PID; every wait is bounded."""
+
+    def __init__(self, data_dir: Path, size: int, first_ports: tuple[int, int] | None = None,
+                 overrides: dict[str, str] | None = None):
+        self.data_dir, self.overrides = data_dir, overrides
+        ports = [first_ports] if first_ports else []
+        ports += [(free_port(), free_port()) for _ in range(size - len(ports))]
+        self.nodes = tuple(KafkaNode(i + 1, port, controller) for i, (port, controller) in enumerate(ports))
+        self.processes: dict[int, Process] = {}
+        # Smaller heaps when three share the machine.
+        self.heap = "768m" if size == 1 else "512m"
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.address for node in self.nodes)
+
+    def node(self, node_id: int) -> KafkaNode:
+        return self.nodes[node_id - 1]
+
+    def _cluster_id(self) -> str:
+        """The id every node is formatted with, kept beside them for a node formatted later."""
+        path = self.data_dir / "cluster.id"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(new_cluster_id())
+        return path.read_text().strip()
+
+    def start(self, timeout_s: float = 120) -> None:
+        """Every node not running, then wait until each listens and the cluster serves with all
+        its brokers registered."""
+        cluster_id = self._cluster_id()
+        started = [self._spawn(node, cluster_id) for node in self.nodes if node.node_id not in self.processes]
+        for process in started:
+            wait_for_port(process.port, timeout_s, process.proc, process.name, process.log)
+        wait_for_kafka_ready(self.bootstrap, timeout_s, brokers=len(self.nodes))
+
+    def _spawn(self, node: KafkaNode, cluster_id: str) -> Process:
+        process = spawn_kafka(self.data_dir / f"node-{node.node_id}" if len(self.nodes) > 1 else self.data_dir,
+                              node, self.nodes, cluster_id, self.heap, self.overrides)
+        self.processes[node.node_id] = process
+        return process
+
+    def start_node(self, node_id: int, timeout_s: float = 120) -> None:
+        """Start one node again and wait until the cluster lists it among its brokers."""
+        process = self._spawn(self.node(node_id), self._cluster_id())
+        wait_for_port(process.port, timeout_s, process.proc, process.name, process.log)
+        wait_for_kafka_ready(self.bootstrap, timeout_s, brokers=len(self.processes))
+
+    def kill_node(self, node_id: int) -> None:
+        """SIGKILL one node (no controlled shutdown: a crash, or a machine gone)."""
+        process = self.processes.pop(node_id)
+        try:
+            os.killpg(process.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.proc.wait(timeout=30)
+
+    def stop_node(self, node_id: int, timeout_s: float = 60) -> None:
+        """SIGTERM one node (a controlled shutdown moves its leaderships first), SIGKILL after timeout_s."""
+        self.processes.pop(node_id).stop(timeout_s)
+
+    def running(self) -> list[int]:
+        return sorted(self.processes)
+
+    def leaders(self, topic: str) -> dict[int, int]:
+        """partition -> the node leading it (-1: none)."""
+        return {p["partition_index"]: p["leader_id"] for p in describe_partitions(self.bootstrap, [topic])[topic]}
+
+    def wait_in_sync(self, timeout_s: float = 120) -> None:
+        """Until every partition of every topic (the internal ones too) has a leader and all its
+        replicas in sync: the point where the next node may be taken down."""
+        from kafka.errors import KafkaError
+
+        def in_sync() -> bool:
+            try:
+                described = describe_partitions(self.bootstrap, None)
+            except (KafkaError, OSError):
+                return False
+            return all(p["leader_id"] >= 0 and len(p["isr_nodes"]) == len(p["replica_nodes"])
+                       for partitions in described.values() for p in partitions)
+        poll_until(in_sync, timeout_s, 0.5, "every partition fully in sync")
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """All nodes at once: one by one, the last ones would wait for a quorum already gone."""
+        processes, self.processes = list(self.processes.values()), {}
+        threads = [threading.Thread(target=p.stop, args=(timeout_s,)) for p in processes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
 
 # The store's PostgreSQL runs as this user when the stack runs as root (postgres refuses root);
@@ -250,8 +419,9 @@ def start_ferretdb(data_dir: Path, port: int | None = None, timeout_s: float = 9
     return Process("ferretdb", proc, port, data_dir / "ferretdb.log")
 
 
-def wait_for_kafka_ready(bootstrap: str, timeout_s: float = 60) -> None:
-    """Listening is not serving: wait until the broker answers metadata requests."""
+def wait_for_kafka_ready(bootstrap: str, timeout_s: float = 60, brokers: int = 1) -> None:
+    """Listening is not serving: wait until the cluster answers metadata requests with at
+    least `brokers` brokers registered."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -261,18 +431,35 @@ def wait_for_kafka_ready(bootstrap: str, timeout_s: float = 60) -> None:
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=5000)
             try:
-                admin.describe_cluster()
-                return
+                registered = len(admin.describe_cluster()["brokers"])
+                if registered >= brokers:
+                    return
+                last_error = RuntimeError(f"{registered} of {brokers} brokers registered")
             finally:
                 admin.close()
         except (KafkaError, OSError) as exc:
             last_error = exc
-            time.sleep(0.5)
+        time.sleep(0.5)
     raise TimeoutError(f"Kafka at {bootstrap} not ready within {timeout_s:.0f}s: {last_error}")
 
 
+def describe_partitions(bootstrap: str, topics: list[str] | None) -> dict[str, list[dict]]:
+    """topic -> its partitions as the metadata tells (leader_id, replica_nodes, isr_nodes);
+    every topic when topics is None."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=5000)
+    try:
+        return {t["name"]: t["partitions"] for t in admin.describe_topics(topics)}
+    finally:
+        admin.close()
+
+
 def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 60) -> None:
-    """Create missing topics with the given partition counts (idempotent)."""
+    """Create missing topics with the given partition counts (idempotent), replicated and
+    guarded as the brokers' defaults say (kafka_properties: RF 3 and min ISR 2 on a cluster;
+    never fewer copies because a broker happens to be down), and wait until every partition
+    has a leader and a full ISR."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -280,7 +467,7 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 60)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name, partitions, 1) for name, partitions in topics.items() if name not in existing]
+        missing = [NewTopic(name, partitions, -1) for name, partitions in topics.items() if name not in existing]
         if missing:
             try:
                 admin.create_topics(missing, timeout_ms=int(timeout_s * 1000))
@@ -290,7 +477,8 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 60)
         while time.monotonic() < deadline:
             described = {t["name"]: t for t in admin.describe_topics(list(topics))}
             if all(name in described and described[name]["error_code"] == 0 and described[name]["partitions"]
-                   and all(p["leader_id"] >= 0 for p in described[name]["partitions"])
+                   and all(p["leader_id"] >= 0 and len(p["isr_nodes"]) == len(p["replica_nodes"])
+                           for p in described[name]["partitions"])
                    for name in topics):
                 return
             time.sleep(0.2)

@@ -12,7 +12,7 @@ from purchase_common import config
 from tools.common import ROOT, Process, free_port, pick_port, spawn, stop_pid, wait_for_port
 
 from . import gateway
-from .servers import ensure_topics, start_ferretdb, start_kafka, wait_for_kafka_ready
+from .servers import KafkaCluster, ensure_topics, start_ferretdb, wait_for_kafka_ready
 
 BIN = Path(sys.executable).parent
 FUNCTIONS = ROOT / "functions"
@@ -20,6 +20,13 @@ FUNCTIONS = ROOT / "functions"
 PREFERRED_PORTS = {"kafka": 9092, "kafka-controller": 9093, "ferretdb": 27017, "gateway": 8080,
                    "buy": 8091, "history": 8092, "persist-purchase": 8093}
 DEAD_LETTER_PARTITIONS = 1
+# How many KRaft nodes `make run` starts (KAFKA_BROKERS=3: a replicated cluster, RF 3, min ISR 2;
+# one starts faster, and is what the functions' default bootstrap points at).
+BROKERS_ENV = "KAFKA_BROKERS"
+
+
+def brokers_wanted(default: int = 1) -> int:
+    return int(os.environ.get(BROKERS_ENV) or default)
 
 
 @dataclass
@@ -40,30 +47,34 @@ class Stack:
 
 @dataclass
 class RestartableServers:
-    """Kafka and FerretDB on ports fixed when this is made, so a stopped server starts again
-    at the same address with its data: what fault injection needs (tests/faults, load/soak/)."""
+    """Kafka (one node, or a cluster of `brokers`) and FerretDB on ports fixed when this is made,
+    so a stopped server starts again at the same address with its data: what fault injection
+    needs (tests/faults, load/soak/). A cluster's nodes are killed and restarted one by one
+    through `kafka`."""
     data_dir: Path
-    kafka_port: int = field(default_factory=free_port)
-    controller_port: int = field(default_factory=free_port)
+    brokers: int = 1
     mongo_port: int = field(default_factory=free_port)
-    kafka: Process | None = None
     ferretdb: Process | None = None
+    kafka: KafkaCluster = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kafka = KafkaCluster(self.data_dir / "kafka", self.brokers)
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return self.kafka.bootstrap
 
     @property
     def mongodb_uri(self) -> str:
         return f"mongodb://127.0.0.1:{self.mongo_port}/"
 
     def start_kafka(self) -> None:
-        self.kafka = start_kafka(self.data_dir / "kafka", self.kafka_port, self.controller_port)
-        wait_for_kafka_ready(self.bootstrap)
+        """Every node not running."""
+        self.kafka.start()
 
     def stop_kafka(self) -> None:
+        """Every node."""
         self.kafka.stop()
-        self.kafka = None
 
     def start_ferretdb(self) -> None:
         self.ferretdb = start_ferretdb(self.data_dir / "ferretdb", self.mongo_port)
@@ -73,9 +84,9 @@ class RestartableServers:
         self.ferretdb = None
 
     def stop(self) -> None:
-        for process in (self.ferretdb, self.kafka):
-            if process is not None:
-                process.stop()
+        if self.ferretdb is not None:
+            self.ferretdb.stop()
+        self.kafka.stop()
 
 
 def _port(name: str, preferred: bool) -> int:
@@ -83,16 +94,21 @@ def _port(name: str, preferred: bool) -> int:
 
 
 def start_servers(data_dir: Path, preferred_ports: bool, topic: str | None = None,
-                  dead_letter_topic: str | None = None) -> Stack:
-    """Start Kafka and FerretDB unless KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI name existing ones."""
+                  dead_letter_topic: str | None = None, brokers: int | None = None) -> Stack:
+    """Start Kafka (`brokers` nodes; default KAFKA_BROKERS, else one) and FerretDB unless
+    KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI name existing ones."""
     stack = Stack(kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", ""),
                   mongodb_uri=os.environ.get("MONGODB_URI", ""))
     try:
         if not stack.kafka_bootstrap:
-            kafka = start_kafka(data_dir / "kafka", _port("kafka", preferred_ports),
-                                _port("kafka-controller", preferred_ports))
-            stack.processes.append(kafka)
-            stack.kafka_bootstrap = f"127.0.0.1:{kafka.port}"
+            # The first node on the preferred ports, so the functions' default bootstrap reaches it.
+            cluster = KafkaCluster(data_dir / "kafka", brokers or brokers_wanted(),
+                                   (_port("kafka", preferred_ports), _port("kafka-controller", preferred_ports)))
+            try:
+                cluster.start()
+            finally:
+                stack.processes.extend(cluster.processes.values())
+            stack.kafka_bootstrap = cluster.bootstrap
         if not stack.mongodb_uri:
             ferretdb = start_ferretdb(data_dir / "ferretdb", _port("ferretdb", preferred_ports))
             stack.processes.append(ferretdb)

@@ -10,12 +10,16 @@ from typing import Protocol
 
 from load.soak import say
 from load.soak.observation import Recorder, first_absent
-from load.soak.plan import Fault
+from load.soak.plan import TARGETS, Fault
 from tools.common import poll_until
 
 # A pause whose member the group has not evicted by the planned lift is held on this long at
 # most (past the session timeout): the fault is there to prove eviction and takeover.
 EVICTION_GRACE_S = 30.0
+
+
+def target_of(kind: str) -> str:
+    return TARGETS.get(kind, kind)
 
 
 @dataclass
@@ -54,10 +58,11 @@ class Chaos:
                 pass
 
     def threads(self, runs: list[FaultRun], faults: FaultSet) -> list[threading.Thread]:
-        """One thread per planned fault, not started; faults of one kind take turns."""
+        """One thread per planned fault, not started; faults on one target (plan.TARGETS) take turns."""
         actions = faults.actions()
-        locks = {kind: threading.Lock() for kind in {run.fault.kind for run in runs}}
-        return [threading.Thread(target=self._inject, args=(run, actions[run.fault.kind], locks[run.fault.kind]),
+        locks = {target_of(run.fault.kind): threading.Lock() for run in runs}
+        return [threading.Thread(target=self._inject,
+                                 args=(run, actions[run.fault.kind], locks[target_of(run.fault.kind)]),
                                  daemon=True, name=run.fault.kind) for run in runs]
 
     def _inject(self, run: FaultRun, action: Action, lock: threading.Lock) -> None:

@@ -1,10 +1,11 @@
 """The local soak's target and faults.
 
-The target starts its own Kafka and FerretDB on free 127.0.0.1 ports (restartable on the same
-ports), buy (gunicorn, two workers, so one can be SIGKILLed and respawned) and two
-persist-purchase consumer replicas in one group, as KEDA would run them at two: one is SIGKILLed
-and restarted, the other SIGSTOPped past the session timeout, so those two faults can overlap
-without one cancelling the other, and the paused replica's partitions must move to the live one.
+The target starts its own Kafka (three KRaft nodes, RF 3, min ISR 2) and FerretDB on free
+127.0.0.1 ports (restartable on the same ports, node by node), buy (gunicorn, two workers, so
+one can be SIGKILLed and respawned) and two persist-purchase consumer replicas in one group, as
+KEDA would run them at two: one is SIGKILLed and restarted, the other SIGSTOPped past the
+session timeout, so those two faults can overlap without one cancelling the other, and the
+paused replica's partitions must move to the live one.
 """
 from __future__ import annotations
 
@@ -25,28 +26,33 @@ from load.soak.faults import Chaos, FaultRun
 from load.soak.observation import first_absent, first_present, group_members, has_client, known
 from load.soak.plan import (
     BROKER_RESTART,
+    BROKER_ROLLING_RESTART,
+    BROKER_SIGKILL,
+    BROKERS_TWO_DOWN,
     BUY_WORKER_SIGKILL,
     CONSUMER_SIGKILL,
     CONSUMER_SIGSTOP,
     FERRETDB_STOP,
     Options,
-    draw_plan,
+    draw_local_plan,
 )
 from load.soak.run import Soak, session_timeout_s
-from load.soak.verdict import rounded
+from load.soak.verdict import rounded, set_checks
 from tools.common import free_port, poll_until
 
 # The replica SIGKILLed and restarted, and the one SIGSTOPped (their Kafka client ids end so).
 KILLED_CONSUMER = "persist-1"
 PAUSED_CONSUMER = "persist-2"
 STORE_TIMEOUT_MS = 2000     # a read of the store during an outage fails fast
+BROKERS = 3                 # Kafka as it is run (issue 26): RF 3, min ISR 2
 FAULTS_TAIL_S = 300.0       # a fault still on after the load is bounded by its own waits, within this
 
 
 def build(options: Options, data_dir: Path) -> Soak:
     """The local soak: its own stack, hit by process faults; PlanError when no plan keeps the rules."""
     stack = LocalStack(data_dir)
-    plan = draw_plan(options.seed, options.seconds, session_timeout_s(stack.settings), options.holds)
+    plan = draw_local_plan(options.seed, options.seconds, session_timeout_s(stack.settings), options.holds,
+                           options.kinds, options.broker_turns)
     purchases = make_purchases(options.rate, options.seconds, f"{options.seed}-{os.getpid()}-{time.time_ns()}")
     return Soak(options, data_dir, stack, ProcessFaults(stack, plan), purchases)
 
@@ -81,7 +87,7 @@ class LocalStack:
 
     def __init__(self, data_dir: Path):
         self.data_dir, self.log_dir = data_dir, data_dir / "logs"
-        self.servers = devstack.RestartableServers(data_dir / "servers")
+        self.servers = devstack.RestartableServers(data_dir / "servers", brokers=BROKERS)
         self.env = devstack.function_env(
             devstack.Stack(self.servers.bootstrap, self.servers.mongodb_uri), LOG_LEVEL="WARNING",
             IDEMPOTENCY_STORE_PATH=str(data_dir / "idempotency.sqlite3"))
@@ -183,6 +189,9 @@ class ProcessFaults:
         return {CONSUMER_SIGKILL: self._consumer_sigkill,
                 BUY_WORKER_SIGKILL: self._buy_worker_sigkill,
                 BROKER_RESTART: self._broker_restart,
+                BROKER_SIGKILL: self._broker_sigkill,
+                BROKERS_TWO_DOWN: self._brokers_two_down,
+                BROKER_ROLLING_RESTART: self._broker_rolling_restart,
                 FERRETDB_STOP: self._ferretdb_stop,
                 CONSUMER_SIGSTOP: self._consumer_sigstop}
 
@@ -224,6 +233,54 @@ class ProcessFaults:
         run.lifted_at = chaos.clock()
         run.detail.update(stop_s=round(stopped - run.injected_at, 1), restart_s=round(run.lifted_at - restarting, 1))
 
+    def _busiest_leader(self) -> int:
+        """The node leading most partitions of the purchases topic (buy writes to them all)."""
+        leaders = self.stack.servers.kafka.leaders(self.stack.settings.purchases_topic)
+        running = self.stack.servers.kafka.running()
+        return max(running, key=lambda node: sum(leader == node for leader in leaders.values()))
+
+    def _broker_sigkill(self, run: FaultRun, chaos: Chaos) -> None:
+        cluster = self.stack.servers.kafka
+        victim = self._busiest_leader()
+        run.injected_at = chaos.clock()
+        cluster.kill_node(victim)
+        chaos.wait(run.fault.hold_s)
+        restarting = chaos.clock()
+        cluster.start_node(victim)
+        run.lifted_at = chaos.clock()
+        run.detail.update(node=victim, restart_s=round(run.lifted_at - restarting, 1))
+
+    def _brokers_two_down(self, run: FaultRun, chaos: Chaos) -> None:
+        cluster = self.stack.servers.kafka
+        first = self._busiest_leader()
+        second = next(node for node in cluster.running() if node != first)
+        run.injected_at = chaos.clock()
+        cluster.kill_node(first)
+        cluster.kill_node(second)
+        run.detail["two_down_at_s"] = round(chaos.clock(), 2)
+        chaos.wait(run.fault.hold_s)
+        restarting = chaos.clock()
+        run.detail["restarting_at_s"] = round(restarting, 2)
+        cluster.start_node(second)  # the quorum back: buying resumes
+        run.lifted_at = chaos.clock()
+        cluster.start_node(first)
+        run.detail.update(nodes=[first, second], one_back_s=round(run.lifted_at - restarting, 1),
+                          both_back_s=round(chaos.clock() - restarting, 1))
+
+    def _broker_rolling_restart(self, run: FaultRun, chaos: Chaos) -> None:
+        """Each node stopped (a controlled shutdown) and started, the next once every replica is in sync."""
+        cluster = self.stack.servers.kafka
+        run.injected_at = chaos.clock()
+        each = []
+        for node in cluster.running():
+            started = chaos.clock()
+            cluster.stop_node(node)
+            cluster.start_node(node)
+            cluster.wait_in_sync()
+            each.append(round(chaos.clock() - started, 1))
+        run.lifted_at = chaos.clock()
+        run.detail.update(per_node_s=each)
+
     def _ferretdb_stop(self, run: FaultRun, chaos: Chaos) -> None:
         run.injected_at = chaos.clock()
         self.stack.servers.stop_ferretdb()
@@ -261,4 +318,13 @@ class ProcessFaults:
         return {}
 
     def amend(self, report: dict, evidence) -> None:
-        """Nothing beyond the common checks."""
+        """With two of three brokers down no attempt may be answered 202 (min ISR 2): none sent
+        after the second went and answered before one was restarted."""
+        acknowledged = 0
+        for run in evidence.runs:
+            if run.fault.kind == BROKERS_TWO_DOWN and "restarting_at_s" in run.detail:
+                down, back = run.detail["two_down_at_s"], run.detail["restarting_at_s"]
+                acknowledged += sum(1 for sent, answered, status, _ in evidence.attempts
+                                    if status == 202 and sent >= down and answered <= back)
+        set_checks(report, {"no 202 with two brokers down": (
+            acknowledged == 0, f"{acknowledged} purchases answered 202 with one broker of three")})

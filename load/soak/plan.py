@@ -28,6 +28,21 @@ BROKER_RESTART = "broker-restart"
 FERRETDB_STOP = "ferretdb-stop"
 CONSUMER_SIGSTOP = "consumer-sigstop"
 KINDS = (CONSUMER_SIGKILL, BUY_WORKER_SIGKILL, BROKER_RESTART, FERRETDB_STOP, CONSUMER_SIGSTOP)
+# The local soak's Kafka is three nodes (RF 3, min ISR 2), and these are its faults beside
+# BROKER_RESTART (every node stopped at once): the node leading most partitions SIGKILLed and
+# restarted after its hold; two of the three SIGKILLed (buy must answer 503, never 202) until
+# one returns; each node stopped and started in turn, the next once every replica is back in
+# sync (an upgrade). All four act on one cluster, so a round of the local soak has one of them,
+# in this order (a 600 s soak's three rounds: the first three), beside the other kinds.
+BROKER_SIGKILL = "broker-sigkill"
+BROKERS_TWO_DOWN = "brokers-two-down"
+BROKER_ROLLING_RESTART = "broker-rolling-restart"
+CLUSTER_KINDS = (BROKER_SIGKILL, BROKERS_TWO_DOWN, BROKER_ROLLING_RESTART)
+LOCAL_BROKER_TURNS = (*CLUSTER_KINDS, BROKER_RESTART)
+LOCAL_KINDS = tuple(kind for kind in KINDS if kind != BROKER_RESTART)
+# Faults of these kinds act on one target and take turns (one delayed past its round waits for
+# the next one's); any other kind is its own target.
+TARGETS = {kind: "kafka" for kind in LOCAL_BROKER_TURNS}
 
 # On the node (load/soak/node.py) a fault is one action on a pod or a container, and Kubernetes
 # brings it back; only the consumer's freeze is held and lifted.
@@ -43,8 +58,15 @@ NODE_KINDS = (CONSUMER_POD_DELETE, CONSUMER_CTR_SIGKILL, BUY_POD_DELETE, KAFKA_P
 # window of this width, a round's draws chain them; in the default window (twice the longest
 # fault + 10 s) they scatter and too few draws overlap them all.
 NODE_WINDOW_S = 75.0
+# The same for the local soak: the rolling restart's long allowance would widen the default
+# window so far that few draws chain the others.
+LOCAL_WINDOW_S = 110.0
 # The kinds that take the broker away, and the kinds that pause a consumer past its session.
-BROKER_OUTAGES = (BROKER_RESTART, KAFKA_POD_DELETE)
+# Two nodes of three down is the cluster down (no quorum, no coordinator). One node going may
+# take the group coordinator with it, whose successor starts the session timers afresh; that is
+# not planned around (no plan would keep the rule with them all): the pause then holds on until
+# the eviction (faults.EVICTION_GRACE_S).
+BROKER_OUTAGES = (BROKER_RESTART, KAFKA_POD_DELETE, BROKERS_TWO_DOWN)
 CONSUMER_PAUSES = (CONSUMER_SIGSTOP, CONSUMER_PAUSE)
 
 # Stopping the broker, starting its JVM and waiting until it serves metadata, with room for a
@@ -58,8 +80,11 @@ NODE_POD_HOLDS_S = {CONSUMER_POD_DELETE: 3.0, CONSUMER_CTR_SIGKILL: 2.0, BUY_POD
                     KAFKA_POD_DELETE: 8.0, MONGODB_POD_DELETE: 5.0}
 # How long after its hold a target may still be out: a broker's JVM restart, a pod's replacement
 # (a StatefulSet's waits for the old pod to go), a container restarted after kubelet's back-off.
+# A rolling restart is three controlled shutdowns, three JVM starts and three catch-ups in turn.
 ALLOWANCES_S = {BROKER_RESTART: BROKER_RESTART_ALLOWANCE_S, KAFKA_POD_DELETE: 40.0, MONGODB_POD_DELETE: 25.0,
-                CONSUMER_POD_DELETE: 30.0, CONSUMER_CTR_SIGKILL: 30.0, BUY_POD_DELETE: 20.0}
+                CONSUMER_POD_DELETE: 30.0, CONSUMER_CTR_SIGKILL: 30.0, BUY_POD_DELETE: 20.0,
+                BROKER_SIGKILL: BROKER_RESTART_ALLOWANCE_S, BROKERS_TWO_DOWN: BROKER_RESTART_ALLOWANCE_S,
+                BROKER_ROLLING_RESTART: 100.0}
 # Past the session timeout, the coordinator's expiry check and the member's last heartbeat
 # (sent up to a heartbeat interval before the pause) still need a moment.
 EVICTION_MARGIN_S = 3.0
@@ -84,6 +109,8 @@ class Holds:
     """How long each fault lasts before it is lifted (seconds)."""
     consumer_down_s: float = 3.0     # SIGKILLed consumer restarted after this
     broker_down_s: float = 8.0       # broker stopped this long, then started on the same ports
+    node_down_s: float = 5.0         # one SIGKILLed node restarted after this
+    two_nodes_down_s: float = 8.0    # two of three nodes down this long, then one restarted (the other after)
     ferretdb_down_s: float = 30.0    # FerretDB stopped this long
 
     def of(self, kind: str, session_timeout_s: float) -> float:
@@ -91,6 +118,9 @@ class Holds:
             CONSUMER_SIGKILL: self.consumer_down_s,
             BUY_WORKER_SIGKILL: 0.0,  # gunicorn respawns the worker by itself
             BROKER_RESTART: self.broker_down_s,
+            BROKER_SIGKILL: self.node_down_s,
+            BROKERS_TWO_DOWN: self.two_nodes_down_s,
+            BROKER_ROLLING_RESTART: 0.0,  # lasts as long as the restarts take (its allowance)
             FERRETDB_STOP: self.ferretdb_down_s,
             CONSUMER_SIGSTOP: SIGSTOP_SESSION_TIMEOUTS * session_timeout_s,
             CONSUMER_PAUSE: SIGSTOP_SESSION_TIMEOUTS * session_timeout_s,
@@ -106,6 +136,8 @@ class Options:
     seed: int = 0
     holds: Holds = Holds()
     clients: int | None = None   # client threads; None: clients.client_threads(rate)
+    kinds: tuple[str, ...] = LOCAL_KINDS             # in every round of the local soak
+    broker_turns: tuple[str, ...] = LOCAL_BROKER_TURNS  # one per round, in turn
 
 
 @dataclass(frozen=True)
@@ -176,21 +208,23 @@ def rounds(seconds: float, longest_s: float, window_s: float | None = None) -> t
 
 
 def draw_plan(seed: int, seconds: float, session_timeout_s: float, holds: Holds = Holds(),
-              kinds: tuple[str, ...] = KINDS, window_s: float | None = None) -> list[Fault]:
-    """The plan for a soak of `seconds` of load, one fault of each of `kinds` per round,
-    redrawn from the seed's own random stream until every rule holds (deterministic: same
-    arguments, same plan)."""
+              kinds: tuple[str, ...] = KINDS, window_s: float | None = None,
+              turns: tuple[str, ...] = ()) -> list[Fault]:
+    """The plan for a soak of `seconds` of load, one fault of each of `kinds` per round (and
+    one of `turns`, round i taking turns[i % len]), redrawn from the seed's own random stream
+    until every rule holds (deterministic: same arguments, same plan)."""
     if SIGSTOP_SESSION_TIMEOUTS * session_timeout_s < session_timeout_s + EVICTION_MARGIN_S:
         raise PlanError(f"a {session_timeout_s} s session timeout is too short to pause past")
     rng = random.Random(seed)
-    lengths = {kind: Fault(kind, 0.0, holds.of(kind, session_timeout_s)).maybe_out[1] for kind in kinds}
+    lengths = {kind: Fault(kind, 0.0, holds.of(kind, session_timeout_s)).maybe_out[1] for kind in kinds + turns}
     spans, width = rounds(seconds, max(lengths.values()), window_s)
     plan: list[Fault] = []
-    for period_from, period_to in spans:
+    for index, (period_from, period_to) in enumerate(spans):
+        round_kinds = kinds + (turns[index % len(turns)],) if turns else kinds
         for _ in range(MAX_DRAWS):
             lo = rng.uniform(period_from, period_to - width)
             faults = [Fault(kind, round(rng.uniform(lo, lo + width - lengths[kind]), 1),
-                            holds.of(kind, session_timeout_s)) for kind in kinds]
+                            holds.of(kind, session_timeout_s)) for kind in round_kinds]
             if overlap_as_one(faults) and sigstop_sees_eviction(faults, session_timeout_s):
                 plan.extend(faults)
                 break
@@ -205,6 +239,15 @@ def describe(plan: list[Fault]) -> str:
     lines = [f"  {'fault':<20} {'start s':>8} {'hold s':>7} {'out until s':>12}"]
     lines += [f"  {f.kind:<20} {f.start_s:>8.1f} {f.hold_s:>7.1f} {f.maybe_out[1]:>12.1f}" for f in plan]
     return "\n".join(lines)
+
+
+def draw_local_plan(seed: int, seconds: float, session_timeout_s: float, holds: Holds = Holds(),
+                    kinds: tuple[str, ...] = LOCAL_KINDS,
+                    broker_turns: tuple[str, ...] = LOCAL_BROKER_TURNS) -> list[Fault]:
+    """The plan of the local soak (load/soak/local.py): `kinds` in every round and one of
+    `broker_turns` per round, in turn, in LOCAL_WINDOW_S when the rolling restart is among them."""
+    window_s = LOCAL_WINDOW_S if BROKER_ROLLING_RESTART in broker_turns else None
+    return draw_plan(seed, seconds, session_timeout_s, holds, kinds=kinds, window_s=window_s, turns=broker_turns)
 
 
 def draw_node_plan(seed: int, seconds: float, session_timeout_s: float) -> list[Fault]:

@@ -2,7 +2,6 @@
 duplicated. Each test ends with an exact count in MongoDB and prints its figures."""
 from __future__ import annotations
 
-import collections
 import json
 import os
 import signal
@@ -24,23 +23,7 @@ def report(name: str, **figures) -> None:
 
 
 def assert_exactly_once(scenario, accepted: list[str], timeout_s: float = 150, unconfirmed: int = 0):
-    """Every accepted id stored once; at most `unconfirmed` other ids (sends answered 503 whose
-    record reached the broker anyway) and nothing else."""
-    expected = set(accepted)
-    def settled():
-        ids = scenario.stored_ids()
-        return ids if expected <= set(ids) else None
-    try:
-        ids = wait_until(settled, timeout_s, 0.5, f"all {len(expected)} accepted purchases stored")
-    except AssertionError as exc:
-        missing = len(expected - set(scenario.stored_ids()))
-        raise AssertionError(f"{exc}; {missing} missing\n{scenario.log_tails()}") from None
-    counts = collections.Counter(ids)
-    duplicates = sum(n - 1 for n in counts.values() if n > 1)
-    extra = set(counts) - expected
-    assert duplicates == 0, f"{duplicates} duplicated event ids"
-    assert len(extra) <= unconfirmed, f"{len(extra)} stored purchases were never sent"
-    return counts, duplicates
+    return scenario.assert_exactly_once(accepted, timeout_s, unconfirmed)
 
 
 def committed_total(bootstrap, group, topic) -> int:

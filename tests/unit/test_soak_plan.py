@@ -134,3 +134,18 @@ def test_too_short_a_load_for_the_faults_is_refused():
 
 def test_the_default_soak_is_at_least_50000_purchases_over_10_minutes():
     assert DEFAULT_SECONDS >= 600 and DEFAULT_RATE * DEFAULT_SECONDS >= 50_000
+
+
+def test_the_local_soak_takes_one_broker_fault_per_round_in_turn():
+    """Three brokers (issue 26): every round has the local kinds and one broker fault, the four
+    in turn (one SIGKILLed node, two down, a rolling restart, all stopped), never two at once."""
+    for seed in range(0, 300, 10):
+        plan = chaos_plan.draw_local_plan(seed, 750, SESSION_TIMEOUT_S)
+        assert chaos_plan.sigstop_sees_eviction(plan, SESSION_TIMEOUT_S), seed
+        broker_faults = [f for f in plan if f.kind in chaos_plan.LOCAL_BROKER_TURNS]
+        assert [f.kind for f in broker_faults] == list(chaos_plan.LOCAL_BROKER_TURNS), seed
+        for earlier, later in zip(broker_faults, broker_faults[1:], strict=False):
+            assert earlier.maybe_out[1] <= later.start_s, (seed, earlier, later)
+        for kind in chaos_plan.LOCAL_KINDS:
+            assert sum(f.kind == kind for f in plan) == len(broker_faults), (seed, kind)
+        assert all(f.maybe_out[1] <= 750 - chaos_plan.TAIL_S for f in plan), seed

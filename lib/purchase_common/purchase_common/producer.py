@@ -157,6 +157,13 @@ class Producer:
             "request.timeout.ms": budget_ms,
             "socket.connection.setup.timeout.ms": budget_ms,
             "reconnect.backoff.max.ms": 1000,
+            # A partition whose leader died is re-looked-up at 100 ms, then backing off up to this
+            # (librdkafka's default: 1 s), and a refused produce (NOT_ENOUGH_REPLICAS) is retried as
+            # often: the new leader is found within a quarter second of the controller electing
+            # it, well inside the send budget, instead of up to a second later.
+            "topic.metadata.refresh.fast.interval.ms": 100,
+            "retry.backoff.ms": 100,
+            "retry.backoff.max.ms": 250,
             # Nagle would hold a lone small produce request back: latency at c=1.
             "socket.nagle.disable": True,
             # librdkafka's own log lines go through buy's JSON logger (served by poll()).
