@@ -57,6 +57,29 @@ def pod_timeline(pod: dict) -> dict:
             "ready_s": since(conditions.get("Ready") if pod["status"].get("phase") == "Running" else None)}
 
 
+# The Kafka pods as the base deploys them (k8s/kafka/kafka-statefulset.yaml): node.id = ordinal.
+_KAFKA_SET = load_manifest(ROOT / "k8s" / "kafka" / "kafka-statefulset.yaml")
+KAFKA_PODS = tuple(f"{_KAFKA_SET['metadata']['name']}-{i}" for i in range(_KAFKA_SET["spec"]["replicas"]))
+
+
+def partition_leaders(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition -> node.id of its leader, from the cluster's metadata (-1: none elected)."""
+    from kafka import KafkaAdminClient
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        (described,) = admin.describe_topics([topic])
+        return {p["partition_index"]: p["leader_id"] for p in described["partitions"]}
+    finally:
+        admin.close()
+
+
+def partition_of(user: str, partitions: int) -> int:
+    """The partition buy writes a user's purchases to: Java's murmur2 of the key (buy's
+    librdkafka runs `murmur2_random`, lib/purchase_common/purchase_common/producer.py)."""
+    from kafka.partitioner.default import murmur2
+    return (murmur2(user.encode()) & 0x7FFFFFFF) % partitions
+
+
 @dataclass
 class NodeStack:
     """The deployed system on the node: buy and history through the ingress, MongoDB and Kafka by

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import requests
 import yaml
-from clusterlib import CONSUMER, NAMESPACE, NODE_OVERLAY, POLL_S, pod_timeline, record_timeline, wait_until
+from clusterlib import (
+    CONSUMER,
+    KAFKA_PODS,
+    NAMESPACE,
+    NODE_OVERLAY,
+    POLL_S,
+    pod_timeline,
+    record_timeline,
+    wait_until,
+)
 
 from cluster import knative, node
 from tools import kustomize
@@ -40,9 +49,9 @@ def test_make_deploy_applies_every_object(deployed, kube):
     assert kube.replicas() == 0
 
 
-def test_kafka_and_mongodb_run_as_real_pods_and_the_topic_job_completes(deployed, kube, capsys):
+def test_three_kafka_pods_and_mongodb_run_as_real_pods_and_the_topic_job_completes(deployed, kube, capsys):
     timings = {}
-    for name in ("kafka-0", "mongodb-0"):
+    for name in (*KAFKA_PODS, "mongodb-0"):
         pod = kube.get("pod", name)
         assert pod["status"]["phase"] == "Running" and kube.condition(pod, "Ready") == "True", pod["status"]
         assert pod["spec"]["nodeName"] == node.NODE_NAME
@@ -50,12 +59,19 @@ def test_kafka_and_mongodb_run_as_real_pods_and_the_topic_job_completes(deployed
         timings[name] = pod_timeline(pod)
     # The volumes are the node's: the claims are Bound.
     claims = kube.items("pvc")
-    assert {c["metadata"]["name"] for c in claims} >= {"data-kafka-0", "data-mongodb-0"}
+    assert {c["metadata"]["name"] for c in claims} >= {*(f"data-{p}" for p in KAFKA_PODS), "data-mongodb-0"}
     assert all(c["status"]["phase"] == "Bound" for c in claims)
     job = kube.get("job.batch", "kafka-create-topics")
     assert kube.condition(job, "Complete") == "True", job["status"]
     log = kube.run("logs", f"--namespace={NAMESPACE}", "job/kafka-create-topics").stdout
     assert "topic purchases: 6 partitions wanted" in log, log
+    # Replicated on the three brokers and checked by the Job itself (k8s/kafka/create-topics-job.yaml).
+    for topic in ("purchases", "purchases.dlq"):
+        assert f"topic {topic}: " in log and "replication factor 3, min.insync.replicas 2, all in sync" in log, log
+    # node.id is each pod's ordinal (the downward API; the image's start script checks it).
+    for index, name in enumerate(KAFKA_PODS):
+        start = kube.run("logs", f"--namespace={NAMESPACE}", name).stdout
+        assert f"kafka-start: {name} is node.id {index};" in start, start[:2000]
     record_timeline("infra-pods", timings)
     with capsys.disabled():
         print(f"\n[node] infra pods, seconds after creation: {timings}")
@@ -87,8 +103,9 @@ def test_functions_run_as_knative_revisions_non_root_with_a_read_only_root(stack
 
 def test_keda_takes_the_scaledobject_ready_with_the_in_cluster_broker(stack, kube):
     scaled = stack.scaled_object()
-    # The shipped bootstrap name, resolved by CoreDNS and routed by kube-proxy: nothing patched.
-    assert scaled["spec"]["triggers"][0]["metadata"]["bootstrapServers"] == "kafka.purchase.svc.cluster.local:9092"
+    # The shipped bootstrap list (every broker by its headless name, resolved by CoreDNS): nothing patched.
+    assert scaled["spec"]["triggers"][0]["metadata"]["bootstrapServers"] == ",".join(
+        f"{name}.kafka-headless.purchase.svc.cluster.local:9092" for name in KAFKA_PODS)
     assert kube.condition(scaled, "Ready") == "True"
     assert scaled["status"]["scaleTargetKind"] == "apps/v1.Deployment"
     hpa = wait_until(lambda: kube.get("horizontalpodautoscaler.autoscaling", scaled["status"]["hpaName"]), 60,

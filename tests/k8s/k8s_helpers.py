@@ -62,7 +62,7 @@ FUNCTIONS = {
 # Function -> the kind of image it is: the stage of functions/Dockerfile its build targets.
 IMAGE_KINDS = {"buy": "http-function", "history": "http-function", "persist-purchase": "consumer"}
 
-CORE_GROUPS = {"", "apps", "batch", "networking.k8s.io", "rbac.authorization.k8s.io"}
+CORE_GROUPS = {"", "apps", "batch", "networking.k8s.io", "policy", "rbac.authorization.k8s.io"}
 
 
 @dataclass(frozen=True)

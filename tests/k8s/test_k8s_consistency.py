@@ -7,6 +7,7 @@ import ast
 import os
 import re
 import subprocess
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import k8s_helpers as h
@@ -61,6 +62,29 @@ def topic_job_env(docs) -> dict:
     return {e["name"]: e["value"] for e in container["env"]}
 
 
+def kafka_set(docs) -> dict:
+    return h.find(docs, "StatefulSet", "kafka").obj
+
+
+def broker_env(docs) -> dict:
+    """The broker's env: plain values as strings, downward-API ones as their valueFrom."""
+    (container,) = h.containers(h.find(docs, "StatefulSet", "kafka"))
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def broker_names(docs) -> list[str]:
+    """Each Kafka pod's stable DNS name under the headless Service, by ordinal."""
+    sts = kafka_set(docs)
+    return [f"{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}.{h.NAMESPACE}.{CLUSTER_DOMAIN}"
+            for i in range(sts["spec"]["replicas"])]
+
+
+def bootstrap_list(docs) -> str:
+    (container,) = h.containers(h.find(docs, "StatefulSet", "kafka"))
+    client = next(p["containerPort"] for p in container["ports"] if p["name"] == "client")
+    return ",".join(f"{name}:{client}" for name in broker_names(docs))
+
+
 def service_for_host(docs, host: str, port: int) -> h.Doc:
     """The Service a cluster DNS name <svc>.<ns>.svc.cluster.local:<port> reaches."""
     assert host.endswith(f".{CLUSTER_DOMAIN}"), host
@@ -90,10 +114,7 @@ def test_configmap_matches_config_constants(docs):
     assert data["DEAD_LETTER_TOPIC"] == config.DEAD_LETTER_TOPIC
     assert data["CONSUMER_GROUP"] == config.CONSUMER_GROUP
     assert data["MONGODB_DATABASE"] == config.DATABASE_NAME
-    for server in data["KAFKA_BOOTSTRAP_SERVERS"].split(","):
-        host, port = server.rsplit(":", 1)
-        svc = service_for_host(docs, host, int(port))
-        assert svc.name == "kafka"
+    assert data["KAFKA_BOOTSTRAP_SERVERS"] == bootstrap_list(docs)
 
 
 def test_consumer_code_uses_the_config_constants():
@@ -151,7 +172,7 @@ def test_topic_job_creates_the_topics_the_code_uses(docs):
 
 
 FAKE_KAFKA_TOPICS = r"""#!/usr/bin/env python3
-# Stands in for kafka-topics.sh: topics live as files holding their partition count.
+# Stands in for kafka-topics.sh: topics live as files holding "partitions replication min-isr".
 import os, sys
 args, state = sys.argv[1:], os.environ["TOPICS_STATE"]
 with open(os.path.join(state, "calls.log"), "a") as log:
@@ -159,47 +180,169 @@ with open(os.path.join(state, "calls.log"), "a") as log:
 topic = args[args.index("--topic") + 1]
 path = os.path.join(state, topic)
 if "--create" in args and not os.path.exists(path):
-    open(path, "w").write(args[args.index("--partitions") + 1])
+    isr = [a.split("=")[1] for a in args if a.startswith("min.insync.replicas=")][0]
+    rf = args[args.index("--replication-factor") + 1]
+    open(path, "w").write(f"{args[args.index('--partitions') + 1]} {rf} {isr}")
 elif "--alter" in args:
-    open(path, "w").write(args[args.index("--partitions") + 1])
+    _, rf, isr = open(path).read().split()
+    open(path, "w").write(f"{args[args.index('--partitions') + 1]} {rf} {isr}")
 elif "--describe" in args:
-    count = int(open(path).read())
-    print(f"Topic: {topic}\tTopicId: x\tPartitionCount: {count}\tReplicationFactor: 1")
+    count, rf, isr = (int(x) for x in open(path).read().split())
+    print(f"Topic: {topic}\tTopicId: x\tPartitionCount: {count}\tReplicationFactor: {rf}"
+          f"\tConfigs: min.insync.replicas={isr}")
+    replicas = ",".join(str(b) for b in range(rf))
     for i in range(count):
-        print(f"\tTopic: {topic}\tPartition: {i}\tLeader: 1\tReplicas: 1\tIsr: 1")
+        print(f"\tTopic: {topic}\tPartition: {i}\tLeader: 0\tReplicas: {replicas}\tIsr: {replicas}"
+              "\tElr: \tLastKnownElr: ")
+"""
+
+# Stands in for kafka-broker-api-versions.sh: one block per registered broker, as the tool prints.
+FAKE_BROKER_API_VERSIONS = r"""#!/bin/sh
+i=0
+while [ "$i" -lt "${FAKE_BROKERS:-3}" ]; do
+  echo "kafka-$i.kafka-headless.purchase.svc.cluster.local:9092 (id: $i rack: null isFenced: false) -> ("
+  i=$((i + 1))
+done
 """
 
 
-@pytest.mark.parametrize("existing", [{}, {"purchases": 3}], ids=["fresh", "grows-an-older-topic"])
-def test_topic_job_script_creates_and_grows_topics(docs, existing, tmp_path):
+def run_topic_job(docs, tmp_path, existing: dict[str, str]) -> tuple[subprocess.CompletedProcess, Path]:
     (container,) = h.containers(h.find(docs, "Job", "kafka-create-topics"))
     bin_dir, state = tmp_path / "bin", tmp_path / "state"
     bin_dir.mkdir()
     state.mkdir()
     (bin_dir / "kafka-topics.sh").write_text(FAKE_KAFKA_TOPICS)
-    (bin_dir / "kafka-broker-api-versions.sh").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "kafka-broker-api-versions.sh").write_text(FAKE_BROKER_API_VERSIONS)
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
-    for topic, count in existing.items():
-        (state / topic).write_text(str(count))
+    for topic, described in existing.items():
+        (state / topic).write_text(described)
     env = {"PATH": os.environ["PATH"], "KAFKA_BIN": str(bin_dir), "TOPICS_STATE": str(state), **topic_job_env(docs)}
+    # The check's retries sleep: a broken topic stays broken here, so let sleep return at once.
+    (bin_dir / "sleep").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sleep").chmod(0o755)
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
     result = subprocess.run(container["command"] + container["args"], env=env, capture_output=True, text=True,
                             timeout=60)
+    return result, state
+
+
+@pytest.mark.parametrize("existing", [{}, {"purchases": "3 3 2"}], ids=["fresh", "grows-an-older-topic"])
+def test_topic_job_script_creates_grows_and_checks_topics(docs, existing, tmp_path):
+    env = topic_job_env(docs)
+    result, state = run_topic_job(docs, tmp_path, existing)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert int((state / config.PURCHASES_TOPIC).read_text()) == config.TOPIC_PARTITIONS
-    assert int((state / config.DEAD_LETTER_TOPIC).read_text()) == 1
+    rf, isr = env["REPLICATION_FACTOR"], env["MIN_INSYNC_REPLICAS"]
+    assert (state / config.PURCHASES_TOPIC).read_text() == f"{config.TOPIC_PARTITIONS} {rf} {isr}"
+    assert (state / config.DEAD_LETTER_TOPIC).read_text() == f"1 {rf} {isr}"
     altered = [line for line in (state / "calls.log").read_text().splitlines() if "--alter" in line]
     assert len(altered) == (1 if existing else 0)
+    for topic in (config.PURCHASES_TOPIC, config.DEAD_LETTER_TOPIC):
+        assert f"topic {topic}: " in result.stdout and f"replication factor {rf}, min.insync.replicas {isr}, " \
+            "all in sync" in result.stdout
+
+
+@pytest.mark.parametrize("described", ["6 1 1", "6 3 1"], ids=["one-broker-topic", "min-isr-1"])
+def test_topic_job_fails_on_a_topic_replicated_otherwise(docs, described, tmp_path):
+    """A topic left from the one-broker deployment is not kept as it is: the Job fails, saying why."""
+    result, _ = run_topic_job(docs, tmp_path, {config.PURCHASES_TOPIC: described})
+    assert result.returncode != 0
+    assert f"{config.PURCHASES_TOPIC}: not " in result.stdout, result.stdout
+
+
+# --- Kafka as a cluster: pods, quorum, replication, disruption budget, clients' bootstrap list ---
+
+def test_clients_bootstrap_from_every_broker_by_its_headless_name(docs):
+    """The functions, KEDA and the topic Job are given the same list: every broker's own name."""
+    expected = bootstrap_list(docs)
+    assert configmap(docs)["KAFKA_BOOTSTRAP_SERVERS"] == expected
+    assert kafka_trigger(docs)["bootstrapServers"] == expected
+    assert topic_job_env(docs)["BOOTSTRAP"] == expected
+    headless = h.find(docs, "Service", kafka_set(docs)["spec"]["serviceName"], group="")
+    assert headless.obj["spec"]["clusterIP"] == "None"
+    assert headless.obj["spec"]["publishNotReadyAddresses"] is True, "names resolve while the quorum forms"
+    for server in expected.split(","):
+        host, port = server.rsplit(":", 1)
+        assert service_for_host(docs, host.split(".", 1)[1], int(port)) == headless
+
+
+def test_kafka_quorum_is_one_voter_per_pod_and_node_id_is_the_ordinal(docs):
+    sts, env = kafka_set(docs), broker_env(docs)
+    (container,) = h.containers(h.find(docs, "StatefulSet", "kafka"))
+    controller = next(p["containerPort"] for p in container["ports"] if p["name"] == "controller")
+    voters = [v.split("@") for v in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")]
+    assert [(int(i), hp) for i, hp in voters] == [(i, f"{name}:{controller}")
+                                                  for i, name in enumerate(broker_names(docs))]
+    assert env["KAFKA_NODE_ID"] == {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert sts["spec"]["replicas"] % 2 == 1, "an even quorum tolerates no more losses than one voter fewer"
+    # A pod is Ready only with a quorum, so the pods must not wait for each other's readiness.
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    # No required anti-affinity: the one-node clusters (minikube, the node) must schedule them all.
+    affinity = sts["spec"]["template"]["spec"]["affinity"]
+    assert set(affinity) == {"podAntiAffinity"}
+    assert set(affinity["podAntiAffinity"]) == {"preferredDuringSchedulingIgnoredDuringExecution"}
+    (term,) = affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
+
+
+def test_replication_min_isr_quorum_and_disruption_budget_agree(docs):
+    """One broker may be away (deleted, restarted, drained) and nothing stops or is lost: the
+    replication factor is the broker count, min ISR leaves room for exactly the brokers the
+    quorum may lose, and the disruption budget allows no more than that at once."""
+    sts, env, job = kafka_set(docs), broker_env(docs), topic_job_env(docs)
+    brokers, rf, isr = sts["spec"]["replicas"], int(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]), \
+        int(env["KAFKA_MIN_INSYNC_REPLICAS"])
+    assert rf == brokers == int(job["REPLICATION_FACTOR"])
+    assert isr == int(job["MIN_INSYNC_REPLICAS"])
+    quorum_may_lose = brokers - (brokers // 2 + 1)
+    assert rf - isr == quorum_may_lose
+    if brokers >= 3:
+        assert 2 <= isr < rf, "an acks=all write must be on two disks, and one broker may be away"
+    for internal in ("OFFSETS_TOPIC", "TRANSACTION_STATE_LOG", "SHARE_COORDINATOR_STATE_TOPIC"):
+        assert int(env[f"KAFKA_{internal}_REPLICATION_FACTOR"]) == rf, internal
+    for internal in ("TRANSACTION_STATE_LOG", "SHARE_COORDINATOR_STATE_TOPIC"):
+        assert int(env[f"KAFKA_{internal}_MIN_ISR"]) == isr, internal
+    assert env["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false"
+    pdb = h.find(docs, "PodDisruptionBudget", "kafka", group="policy").obj["spec"]
+    assert pdb["selector"] == sts["spec"]["selector"]
+    assert pdb == {"maxUnavailable": rf - isr, "selector": pdb["selector"]}
+
+
+def test_fewer_brokers_are_stated_in_the_k8s_readme(docs):
+    """An overlay that runs fewer than three brokers says so, and what it gives up, in k8s/README.md."""
+    brokers = kafka_set(docs)["spec"]["replicas"]
+    overlay = docs[0].path.name
+    if brokers < 3:
+        readme = (h.K8S / "README.md").read_text()
+        assert re.search(rf"`overlays/{re.escape(overlay)}/`[^\n]*{brokers} broker", readme), overlay
+
+
+def test_kafka_ready_means_it_serves(docs):
+    (container,) = h.containers(h.find(docs, "StatefulSet", "kafka"))
+    readiness = container["readinessProbe"]
+    assert "exec" in readiness, "an open port is not a broker that serves"
+    script = readiness["exec"]["command"][-1]
+    # An ApiVersions request (API key 18) on the client port, and a check of its answer.
+    assert "/dev/tcp/127.0.0.1/9092" in script and r"\x00\x12" in script and "000000070000" in script
+    # Liveness does not depend on the quorum: restarting a broker would not bring it back.
+    assert "tcpSocket" in container["livenessProbe"]
+    heap = re.search(r"-Xmx(\d+)m", broker_env(docs)["KAFKA_HEAP_OPTS"]).group(1)
+    request = re.fullmatch(r"(\d+)Mi", container["resources"]["requests"]["memory"]).group(1)
+    assert int(heap) < int(request), "the heap fits in the memory requested, with room beside it"
 
 
 def test_kafka_advertises_its_headless_name(docs):
-    sts = h.find(docs, "StatefulSet", "kafka").obj
-    env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    sts = kafka_set(docs)
+    env = broker_env(docs)
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     listener = urlsplit(env["KAFKA_ADVERTISED_LISTENERS"].replace("PLAINTEXT://", "tcp://"))
-    pod_dns = f"{sts['metadata']['name']}-0.{sts['spec']['serviceName']}.{h.NAMESPACE}.{CLUSTER_DOMAIN}"
-    assert listener.hostname == pod_dns
+    assert listener.hostname == f"$(pod_name).{sts['spec']['serviceName']}.{h.NAMESPACE}.{CLUSTER_DOMAIN}"
+    (container,) = h.containers(h.find(docs, "StatefulSet", "kafka"))
+    names = [e["name"] for e in container["env"]]
+    assert names.index("POD_NAME") < names.index("KAFKA_ADVERTISED_LISTENERS"), \
+        "$(POD_NAME) expands only if defined before"
     headless = h.find(docs, "Service", sts["spec"]["serviceName"], group="")
-    assert headless.obj["spec"]["clusterIP"] == "None"
     assert listener.port in [p["port"] for p in headless.obj["spec"]["ports"]]
     assert sts["spec"]["template"]["spec"]["enableServiceLinks"] is False, \
         "the image would turn KAFKA_* service-link variables into broker settings"

@@ -13,7 +13,7 @@ import pytest
 REGISTRY, TAG = "registry.example.com/acme/purchase", "1.2.3"
 INFRA = {
     ("Namespace", "", "purchase"), ("ConfigMap", "", "purchase-config"), ("Secret", "", "mongodb-credentials"),
-    ("StatefulSet", "apps", "kafka"), ("Service", "", "kafka"), ("Service", "", "kafka-headless"),
+    ("StatefulSet", "apps", "kafka"), ("Service", "", "kafka-headless"), ("PodDisruptionBudget", "policy", "kafka"),
     ("Job", "batch", "kafka-create-topics"),
     ("StatefulSet", "apps", "mongodb"), ("Service", "", "mongodb"), ("Service", "", "mongodb-headless"),
     ("Service", "", "knative-gateway"),

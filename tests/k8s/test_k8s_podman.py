@@ -136,34 +136,74 @@ def test_mongodb_substitute_takes_the_secret_login_and_ignores_mongod_args(subst
         podman(build, "rm", "--force", "--time", "5", name, check=False)
 
 
-def test_kafka_substitute_runs_the_statefulset_env_and_the_topic_job(substitutes, build):
+def _pod_env(container: dict, pod: str) -> dict[str, str]:
+    """The container's env as kubelet gives it to pod `pod`: $(POD_NAME) expanded; the
+    downward-API node.id left out, so the image's start script derives it from the hostname."""
+    env = {}
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"].replace("$(POD_NAME)", pod)
+    return env
+
+
+def _serves(build, name: str, probe: list[str]) -> bool:
+    return podman(build, "exec", name, *probe, check=False, timeout_s=30).returncode == 0
+
+
+def test_kafka_substitute_runs_the_statefulset_as_three_pods_and_the_topic_job(substitutes, build):
+    """The three pods of the StatefulSet on a network of their own, each reachable by its
+    headless-Service name: Ready (the manifest's probe) only once a quorum exists, and the topic
+    Job creates and checks both topics at replication 3, min ISR 2."""
     import k8s_helpers as h
-    from kafka import KafkaConsumer, KafkaProducer
     docs = h.rendered("node")  # what runs on the node with the substitutes
-    broker = h.containers(h.find(docs, "StatefulSet", "kafka"))[0]
-    job = h.containers(h.find(docs, "Job", "kafka-create-topics"))[0]
-    port = free_port()
-    env = {e["name"]: e["value"] for e in broker["env"]}
-    env["KAFKA_ADVERTISED_LISTENERS"] = f"PLAINTEXT://127.0.0.1:{port}"
-    name = f"purchase-test-{uuid.uuid4().hex[:8]}"
-    podman(build, "run", "--detach", "--name", name, "--user", "1000:1000", "--publish", f"127.0.0.1:{port}:9092",
-           *[arg for key, value in env.items() for arg in ("--env", f"{key}={value}")],
-           substitutes["apache/kafka:4.1.1"])
+    sts = h.find(docs, "StatefulSet", "kafka").obj
+    (broker,) = h.containers(h.find(docs, "StatefulSet", "kafka"))
+    (job,) = h.containers(h.find(docs, "Job", "kafka-create-topics"))
+    probe = broker["readinessProbe"]["exec"]["command"]
+    image, run = substitutes["apache/kafka:4.1.1"], uuid.uuid4().hex[:8]
+    network = f"purchase-test-{run}"
+    pods = [f"{sts['metadata']['name']}-{i}" for i in range(sts["spec"]["replicas"])]
+    names = {pod: f"{network}-{pod}" for pod in pods}
+
+    def start(pod: str) -> None:
+        fqdn = f"{pod}.{sts['spec']['serviceName']}.{h.NAMESPACE}.svc.cluster.local"
+        podman(build, "run", "--detach", "--name", names[pod], "--network", network, "--network-alias", fqdn,
+               "--hostname", pod, "--user", "1000:1000",
+               *[arg for key, value in _pod_env(broker, pod).items() for arg in ("--env", f"{key}={value}")], image)
+
+    podman(build, "network", "create", network)
     try:
-        job_env = {e["name"]: e["value"] for e in job["env"]} | {"BOOTSTRAP": f"127.0.0.1:{port}"}
-        created = podman(build, "run", "--rm", "--network", "host", "--user", "1000:1000",
+        start(pods[0])
+        # Alone, the first pod has no quorum (one voter of three): never Ready.
+        time.sleep(20)
+        assert not _serves(build, names[pods[0]], probe), "Ready without a controller quorum"
+        for pod in pods[1:]:
+            start(pod)
+        for pod in pods:
+            wait_until(lambda p=pod: _serves(build, names[p], probe), 240, 2, f"{pod} serving")
+        logs = podman(build, "logs", names[pods[2]]).stdout
+        assert f"{pods[2]} is node.id 2" in logs, logs[-2000:]
+        job_env = {e["name"]: e["value"] for e in job["env"]}
+        created = podman(build, "run", "--rm", "--network", network, "--user", "1000:1000",
                          "--entrypoint", job["command"][0],
                          *[arg for key, value in job_env.items() for arg in ("--env", f"{key}={value}")],
-                         substitutes["apache/kafka:4.1.1"], *job["command"][1:], *job["args"], timeout_s=180)
-        assert "topic purchases: 6 partitions wanted, 6 found" in created.stdout, created.stdout + created.stderr
-        producer = KafkaProducer(bootstrap_servers=f"127.0.0.1:{port}", acks="all")
-        producer.send("purchases", key=b"555", value=b"from-the-substitute").get(timeout=30)
-        producer.close()
-        consumer = KafkaConsumer("purchases", bootstrap_servers=f"127.0.0.1:{port}", group_id="substitute-check",
-                                 auto_offset_reset="earliest", consumer_timeout_ms=20000)
-        try:
-            assert [m.value for m in consumer] == [b"from-the-substitute"]
-        finally:
-            consumer.close()
+                         image, *job["command"][1:], *job["args"], timeout_s=300)
+        out = created.stdout
+        for topic, partitions in ((job_env["PURCHASES_TOPIC"], job_env["PURCHASES_PARTITIONS"]),
+                                  (job_env["DEAD_LETTER_TOPIC"], job_env["DEAD_LETTER_PARTITIONS"])):
+            assert (f"topic {topic}: {partitions} partitions, replication factor {job_env['REPLICATION_FACTOR']}, "
+                    f"min.insync.replicas {job_env['MIN_INSYNC_REPLICAS']}, all in sync") in out, out + created.stderr
+        # One pod away: the other two keep the quorum and still serve.
+        podman(build, "stop", "--time", "30", names[pods[0]], timeout_s=60)
+        assert all(_serves(build, names[pod], probe) for pod in pods[1:])
     finally:
-        podman(build, "rm", "--force", "--time", "10", name, check=False)
+        for name in names.values():
+            podman(build, "rm", "--force", "--time", "5", name, check=False)
+        podman(build, "network", "rm", "--force", network, check=False)
+
+
+def test_kafka_substitute_refuses_a_node_id_other_than_its_ordinal(substitutes, build):
+    result = podman(build, "run", "--rm", "--hostname", "kafka-1", "--user", "1000:1000",
+                    "--env", "KAFKA_NODE_ID=2", "--env", "KAFKA_PROCESS_ROLES=broker,controller",
+                    substitutes["apache/kafka:4.1.1"], check=False, timeout_s=60)
+    assert result.returncode == 2 and "KAFKA_NODE_ID=2, but this is pod kafka-1" in result.stderr, result.stderr
