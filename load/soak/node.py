@@ -7,7 +7,8 @@ Nothing is started or stopped; each run has users of its own, so the counts are 
 database other runs share.
 
 The faults delete a persist-purchase pod, SIGKILL a persist-purchase container through
-containerd, delete a buy pod, kafka-0 and mongodb-0, and freeze a consumer container past the
+containerd, delete a buy pod, the Kafka broker leading the most partitions (one of three: the
+other two stay in sync and take over) and mongodb-0, and freeze a consumer container past the
 session timeout. The freeze is `ctr tasks pause`, containerd's cgroup freezer: every process and
 thread of the container stops at once (a SIGSTOP reaches only the container's PID 1 and is
 forwarded nowhere), and `ctr tasks resume` thaws it as it was, so the group must evict it and
@@ -25,6 +26,7 @@ from purchase_common import config, storage
 
 from cluster import control, node
 from cluster.observe import CONSUMER, NAMESPACE, Kube, Revision, revision_ready
+from devstack.servers import describe_partitions
 from load import loadgen
 from load.soak import say
 from load.soak.clients import make_purchases
@@ -51,7 +53,7 @@ POD_PICK_TIMEOUT_S = 60.0  # wait this long for a consumer pod no other fault is
 POLL_S = 1.0               # kubectl reads while waiting for a pod
 STACK_READY_TIMEOUT_S = 300.0
 MONGODB_TIMEOUT_MS = 60_000
-KAFKA_POD, MONGODB_POD = "kafka-0", "mongodb-0"
+KAFKA_SET, MONGODB_POD = "kafka", "mongodb-0"
 # Knative's queue-proxy and activator answer these for a request a pod going away was holding:
 # nothing confirmed, so retried under the same key like a 503 (as tests/cluster's UNCONFIRMED).
 PLATFORM_UNCONFIRMED = (502, 504)
@@ -110,7 +112,8 @@ class NodeDeployment:
         started = time.monotonic()
         self.revision = poll_until(lambda: revision_ready(self.kube, "buy"), STACK_READY_TIMEOUT_S, POLL_S,
                                    "the buy Revision Ready")
-        for name in (KAFKA_POD, MONGODB_POD):
+        brokers = self.kube.get("statefulset.apps", KAFKA_SET)["spec"]["replicas"]
+        for name in (*(f"{KAFKA_SET}-{i}" for i in range(brokers)), MONGODB_POD):
             poll_until(lambda n=name: ready(self.kube.get("pod", n)), STACK_READY_TIMEOUT_S, POLL_S, f"{name} Ready")
         say(f"stack Ready in {time.monotonic() - started:.0f}s: buy Revision {self.revision.name} at "
             f"{self.revision.url}, Kafka {self.bootstrap}")
@@ -155,6 +158,7 @@ class PodFaults:
     def __init__(self, kube: Kube, deployment: NodeDeployment, plan):
         self.kube, self.deployment, self.plan = kube, deployment, plan
         self.frozen: set[str] = set()        # container ids paused by this soak, resumed on close
+        self._led = 0                        # partitions the deleted broker led
         self.claimed: set[str] = set()       # consumer pod uids a fault is working on
         self.claims = threading.Lock()
 
@@ -219,7 +223,19 @@ class PodFaults:
         self._delete_pod(run, chaos, victim, buy_pods)
 
     def _kafka_pod_delete(self, run: FaultRun, chaos: Chaos) -> None:
-        self._delete_pod(run, chaos, self.kube.get("pod", KAFKA_POD), self._named_pod(KAFKA_POD))
+        """The broker leading the most partitions of the purchases topic: the two replicas left
+        in sync must take its partitions over while the StatefulSet brings it back."""
+        name = self._leading_broker()
+        run.detail.update(led_partitions=self._led)
+        self._delete_pod(run, chaos, self.kube.get("pod", name), self._named_pod(name))
+
+    def _leading_broker(self) -> str:
+        """The pod of the broker that leads the most partitions (node.id = the pod's ordinal)."""
+        topic = self.deployment.settings.purchases_topic
+        leaders = [p["leader_id"] for p in describe_partitions(self.deployment.bootstrap, [topic])[topic]]
+        victim = max(sorted(set(leaders)), key=leaders.count)
+        self._led = leaders.count(victim)
+        return f"{KAFKA_SET}-{victim}"
 
     def _mongodb_pod_delete(self, run: FaultRun, chaos: Chaos) -> None:
         self._delete_pod(run, chaos, self.kube.get("pod", MONGODB_POD), self._named_pod(MONGODB_POD))

@@ -20,6 +20,7 @@ from support import wait_until
 
 from cluster import control, node
 from cluster.observe import CONSUMER, NAMESPACE, Kube, Revision, parse_time, revision_ready
+from devstack.servers import describe_partitions
 from tools.common import ROOT
 
 # What the node tests import from here as well (one place for the cluster's names).
@@ -64,13 +65,7 @@ KAFKA_PODS = tuple(f"{_KAFKA_SET['metadata']['name']}-{i}" for i in range(_KAFKA
 
 def partition_leaders(bootstrap: str, topic: str) -> dict[int, int]:
     """Partition -> node.id of its leader, from the cluster's metadata (-1: none elected)."""
-    from kafka import KafkaAdminClient
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        (described,) = admin.describe_topics([topic])
-        return {p["partition_index"]: p["leader_id"] for p in described["partitions"]}
-    finally:
-        admin.close()
+    return {p["partition_index"]: p["leader_id"] for p in describe_partitions(bootstrap, [topic])[topic]}
 
 
 def partition_of(user: str, partitions: int) -> int:
