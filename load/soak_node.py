@@ -6,7 +6,8 @@ offer purchases at a steady rate to buy through the node's ingress, as tests/clu
 (Traefik's NodePort, Host purchase.local), and retry 503s, 502/504s and missing answers
 under the same Idempotency-Key. Meanwhile a chaos plan drawn from the seed (load/soak/plan.py,
 NODE_KINDS, printed at the start) deletes a persist-purchase pod, SIGKILLs a persist-purchase
-container through containerd, deletes a buy pod, deletes kafka-0 and mongodb-0, and freezes a
+container through containerd, deletes a buy pod, the broker leading the most partitions (one of
+the three Kafka pods) and mongodb-0, and freezes a
 consumer container past the session timeout, overlapping. Kafka and MongoDB are reached by their
 Service names, hence `python -m cluster run` (CoreDNS as the resolver). The node's target and
 faults are load/soak/node.py; this is its command line.

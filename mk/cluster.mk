@@ -44,7 +44,7 @@ bench-node: cluster-deploy ## @node On the node: >=10 Knative cold starts each o
 	@# With CoreDNS as the resolver: the consumer part writes to the broker by its in-cluster name.
 	$(PY) -m cluster run -- $(PY) -m bench.node --json bench-node-results.json $(BENCH_NODE_ARGS)
 
-soak-node: cluster-deploy ## @node All faults at once on the node: steady purchases to the buy Revision while a seeded plan deletes consumer, buy, kafka-0 and mongodb-0 pods, SIGKILLs and freezes consumer containers, overlapping; exact counts (~12 min; SOAK_NODE_ARGS=--help)
+soak-node: cluster-deploy ## @node All faults at once on the node: steady purchases to the buy Revision while a seeded plan deletes consumer, buy, leading-broker and mongodb-0 pods, SIGKILLs and freezes consumer containers, overlapping; exact counts (~12 min; SOAK_NODE_ARGS=--help)
 	@# With CoreDNS as the resolver, so the soak reaches Kafka and MongoDB by their Service names.
 	$(PY) -m cluster run -- $(PY) -m load.soak_node $(SOAK_NODE_ARGS)
 

@@ -1,7 +1,7 @@
 """The soak on the node, short (`make soak-node` is the long one): steady purchases to the buy
 Revision while every pod fault of load/soak/node.py happens once, overlapping (consumer pod
 deleted, consumer container SIGKILLed and frozen past the session timeout through containerd,
-a buy pod, kafka-0 and mongodb-0 deleted). Every purchase answered 202 is stored exactly once,
+a buy pod, the Kafka broker leading the most partitions and mongodb-0 deleted). Every purchase answered 202 is stored exactly once,
 nothing else is stored, the dead-letter topic gets nothing, and every fault is injected and
 its pod back Ready and accepting again."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from load.soak import plan as chaos_plan
 from load.soak.plan import Options
 
 # A fixed plan (printed by the soak): the freeze first, the other five faults inside or right
-# after it, kafka-0 deleted once the frozen consumer has had its session timeout to be evicted.
+# after it, the leading broker deleted once the frozen consumer has had its session timeout to be evicted.
 SEED = 3
 RATE = 15.0          # enough lag while a consumer is frozen for KEDA to add the pods the other faults need
 SECONDS = 100.0      # the shortest load the plan's rules allow with its lead and tail, rounded up
