@@ -18,6 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, Protocol, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge
@@ -80,10 +82,21 @@ class AssignmentLog(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-p
         log(self.logger, logging.INFO, "partitions assigned", partitions=sorted(tp.partition for tp in assigned))
 
 
+# The group's assignors by CONSUMER_ASSIGNOR. Not static membership (group_instance_id, KIP-345):
+# a static member sends no LeaveGroup, so each pod KEDA removes would hold its partitions
+# unconsumed for a whole session timeout.
+ASSIGNORS = {"cooperative-sticky": (CooperativeStickyAssignor,), "range": (RangePartitionAssignor,)}
+
+
 def new_consumer(settings: config.Settings, logger: logging.Logger) -> KafkaConsumer:
+    try:
+        assignors = ASSIGNORS[settings.consumer_assignor]
+    except KeyError:
+        raise ValueError(f"CONSUMER_ASSIGNOR must be one of {sorted(ASSIGNORS)}") from None
     consumer = KafkaConsumer(
         **config.kafka_client_options(settings),
         group_id=settings.consumer_group,
+        partition_assignment_strategy=assignors,
         auto_offset_reset=config.AUTO_OFFSET_RESET,
         enable_auto_commit=False,
         max_poll_records=settings.consumer_batch_max,

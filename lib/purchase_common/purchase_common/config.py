@@ -125,6 +125,12 @@ class Settings:
         "CONSUMER_SESSION_TIMEOUT_MS", 10000, "a killed replica's partitions move on after this, not after 45 s"
     )
     consumer_heartbeat_ms: int = _env("CONSUMER_HEARTBEAT_MS", 2000, "well inside the session timeout")
+    consumer_assignor: str = _env(
+        "CONSUMER_ASSIGNOR",
+        "range",
+        "range (eager): kafka-python's cooperative-sticky (KIP-429) blocks every member's poll through both "
+        "of its rounds and the second waits for a heartbeat, so each scale-up stalled longer (bench/README.md)",
+    )
     consumer_startup_deadline_s: float = _env(
         "CONSUMER_STARTUP_DEADLINE_S", 120.0, "a broker missing this long at start is a failed start"
     )
