@@ -1,9 +1,9 @@
 """The soak on the node, short (`make soak-node` is the long one): steady purchases to the buy
 Revision while every pod fault of load/soak/node.py happens once, overlapping (consumer pod
 deleted, consumer container SIGKILLed and frozen past the session timeout through containerd,
-a buy pod, the Kafka broker leading the most partitions and mongodb-0 deleted). Every purchase answered 202 is stored exactly once,
-nothing else is stored, the dead-letter topic gets nothing, and every fault is injected and
-its pod back Ready and accepting again."""
+a buy pod, the Kafka broker leading the most partitions and mongodb-0 deleted). Every purchase
+answered 202 is stored exactly once, nothing else is stored, the dead-letter topic gets nothing,
+and every fault is injected and its pod back Ready and accepting again."""
 from __future__ import annotations
 
 import time
