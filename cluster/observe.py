@@ -68,6 +68,29 @@ def ingress_url(kube: Kube) -> str:
     return f"http://{NODE_IP}:{node_port}"
 
 
+# The node overlay's OpenID Connect provider (k8s/overlays/node/oidc/), by the Service name that is
+# also its issuer; the host reaches it through CoreDNS (`python -m cluster run`), as the tests do.
+NODE_ISSUER = "http://oidc.purchase-auth.svc.cluster.local:8080/purchase"
+# The subject of the token the node's tests, benches and soak send: a trusted client that buys and
+# reads for any user (their users are made up per test). Tests of the rules ask for their own tokens.
+NODE_CLIENT = "node-client"
+CLIENT_SCOPES = ("purchases:read:any", "purchases:write:any")
+# The provider's tokens last a day; one is reused for an hour.
+CLIENT_TOKEN_REUSE_S = 3600
+_client_token: tuple[float, str] | None = None
+_client_token_lock = threading.Lock()
+
+
+def client_token() -> str:
+    """The node client's access token from the provider pod, fetched once an hour."""
+    global _client_token
+    from devstack import oidc
+    with _client_token_lock:
+        if _client_token is None or time.monotonic() - _client_token[0] > CLIENT_TOKEN_REUSE_S:
+            _client_token = (time.monotonic(), oidc.request_token(f"{NODE_ISSUER}/token", NODE_CLIENT, CLIENT_SCOPES))
+        return _client_token[1]
+
+
 @dataclass(frozen=True)
 class Revision:
     """The latest Ready Revision of a Knative Service, reached as a client reaches it: through the
@@ -79,8 +102,9 @@ class Revision:
 
     @property
     def headers(self) -> dict:
-        """For `requests`, which sends this Host instead of the URL's."""
-        return {"Host": self.host}
+        """For `requests`, which sends this Host instead of the URL's, and a bearer token: the node
+        overlay requires them (AUTH_MODE=jwt)."""
+        return {"Host": self.host, "Authorization": f"Bearer {client_token()}"}
 
     def pods(self, kube: Kube) -> list[dict]:
         return [p for p in kube.items("pods", f"serving.knative.dev/revision={self.name}")

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from devstack import servers
+from devstack import oidc, servers
 from tools.common import CACHE_DIR, ROOT, fetch_maven_jars, speaker
 
 CACHE = CACHE_DIR / "images"
@@ -40,6 +40,7 @@ POSTGRESQL_BASE = "localhost/purchase/postgresql-base:15-bookworm"
 KAFKA_IMAGE = f"localhost/purchase-substitute/kafka:{servers.KAFKA_VERSION}"
 MONGODB_IMAGE = f"localhost/purchase-substitute/mongodb:ferretdb-{servers.FERRETDB_VERSION.lstrip('v')}"
 PAUSE_IMAGE = "localhost/purchase-substitute/pause:catatonit"
+OIDC_IMAGE = f"localhost/purchase-substitute/mock-oauth2-server:{oidc.VERSION}"
 
 # Image name -> (FUNCTION, the folder under functions/; target, the stage of functions/Dockerfile),
 # the build arguments mk/deploy.mk's build-<name> passes.
@@ -286,10 +287,22 @@ def build_pause_substitute() -> str:
     return build_image(PAUSE_IMAGE, context / "Containerfile", context, stamp, {})
 
 
+def build_oidc_substitute() -> str:
+    """The node's OpenID Connect provider: mock-oauth2-server's jars (devstack/oidc.py's) on the JRE base."""
+    base = ensure_rootfs_image("jre-base")
+    libs = oidc.fetch()
+    stamp = digest(image_id(base), SUBSTITUTES / "oidc", libs)
+    if image_stamp(OIDC_IMAGE) == stamp:
+        return OIDC_IMAGE
+    context = _staged_context("oidc", {"libs": libs})
+    return build_image(OIDC_IMAGE, context / "Containerfile", context, stamp, {"JRE_IMAGE": base})
+
+
 def build_substitutes() -> dict[str, str]:
     """Upstream image -> local substitute, built in parallel (each is cached by its stamp)."""
     builders = {"apache/kafka:4.1.1": build_kafka_substitute, "mongo:8.0": build_mongodb_substitute,
-                "registry.k8s.io/pause": build_pause_substitute}
+                "registry.k8s.io/pause": build_pause_substitute,
+                f"ghcr.io/navikt/mock-oauth2-server:{oidc.VERSION}": build_oidc_substitute}
     with ThreadPoolExecutor(max_workers=len(builders)) as pool:
         futures = {upstream: pool.submit(build) for upstream, build in builders.items()}
         return {upstream: future.result() for upstream, future in futures.items()}

@@ -90,6 +90,12 @@ INGRESS_CONTROLLER = {
     ("Deployment", "apps", "traefik"), ("Service", "", "traefik"), ("Service", "", "traefik-internal"),
 }
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "IngressClass"}
+# The node overlay's OpenID Connect provider (k8s/overlays/node/oidc/), in a namespace of its own.
+IDENTITY_PROVIDER_NAMESPACE = "purchase-auth"
+IDENTITY_PROVIDER = {
+    ("Namespace", "", IDENTITY_PROVIDER_NAMESPACE), ("ConfigMap", "", "oidc-config"), ("Deployment", "apps", "oidc"),
+    ("Service", "", "oidc"), ("NetworkPolicy", "networking.k8s.io", "oidc-clients-only"),
+}
 
 
 def overlay_of(variant: str) -> str:
@@ -105,6 +111,8 @@ def expected_namespace(doc: Doc) -> str | None:
         return None
     if doc.key in INGRESS_CONTROLLER and doc.kind not in ("Role", "RoleBinding"):
         return TRAEFIK.namespace
+    if doc.key in IDENTITY_PROVIDER:
+        return IDENTITY_PROVIDER_NAMESPACE
     return NAMESPACE
 
 

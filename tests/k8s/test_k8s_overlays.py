@@ -3,11 +3,13 @@ optional component) changes exactly what it says and nothing else, checked on wh
 standalone kustomize renders (tools/kustomize.py)."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import k8s_helpers as h
 import yaml
 
+from devstack import oidc
 from images import build as images_build
 from tools import kustomize
 
@@ -65,7 +67,7 @@ def test_every_overlay_takes_the_whole_base():
         assert listed == base, overlay
 
 
-def test_the_node_overlay_changes_only_the_substitute_images_kedas_timings_and_the_ingress():
+def test_the_node_overlay_changes_only_the_substitute_images_kedas_timings_the_ingress_and_the_issuer():
     timings = yaml.safe_load((h.K8S / "overlays/node/scaledobject-timings.yaml").read_text())["spec"]
     substitutes = {"apache/kafka:4.1.1": images_build.KAFKA_IMAGE, "mongo:8.0": images_build.MONGODB_IMAGE}
     minikube, node = h.rendered("minikube"), h.rendered("node")
@@ -92,7 +94,34 @@ def test_the_node_overlay_changes_only_the_substitute_images_kedas_timings_and_t
     gateway = h.find(minikube, "Service", "knative-gateway", group="").key
     expected[(gateway, ".spec.externalName")] = ("kourier-internal.kourier-system.svc.cluster.local",
                                                 "traefik-internal.traefik.svc.cluster.local")
+    # The OpenID Connect provider's objects added, and the issuer the functions trust set to it.
+    expected.update({(d.key, ""): (None, d.obj) for d in node if d.key in h.IDENTITY_PROVIDER})
+    config = h.find(minikube, "ConfigMap", "purchase-config")
+    expected[(config.key, ".data.AUTH_ISSUER")] = (config.obj["data"]["AUTH_ISSUER"], node_issuer(node))
     assert differences(minikube, node) == expected
+
+
+def node_issuer(node) -> str:
+    """The provider's Service by its cluster name and port (the container's, which the server puts
+    into the issuer), and devstack/oidc.py's issuer id."""
+    service = h.find(node, "Service", "oidc").obj
+    container = h.containers(h.find(node, "Deployment", "oidc"))[0]
+    assert service["spec"]["ports"][0]["port"] == container["ports"][0]["containerPort"] == 8080
+    return f"http://oidc.{h.IDENTITY_PROVIDER_NAMESPACE}.svc.cluster.local:8080/{oidc.ISSUER_ID}"
+
+
+def test_the_node_provider_is_configured_as_the_local_one_and_every_overlay_requires_tokens():
+    node = h.rendered("node")
+    served = json.loads(h.find(node, "ConfigMap", "oidc-config").obj["data"]["oidc-config.json"])
+    local = oidc.server_config("unused", expiry_s=served["tokenCallbacks"][0]["tokenExpiry"])
+    del local["tokenProvider"]  # the pod makes its own key at start
+    assert served == local
+    assert h.find(node, "ConfigMap", "purchase-config").obj["data"]["AUTH_ISSUER"] == node_issuer(node)
+    image = h.containers(h.find(node, "Deployment", "oidc"))[0]["image"]
+    assert image == images_build.OIDC_IMAGE
+    for overlay in h.OVERLAYS:
+        data = h.find(h.rendered(overlay), "ConfigMap", "purchase-config").obj["data"]
+        assert data["AUTH_MODE"] == "jwt" and data["AUTH_ISSUER"] and data["AUTH_AUDIENCE"] == oidc.AUDIENCE, overlay
 
 
 def test_the_registry_example_changes_only_the_function_images():
