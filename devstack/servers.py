@@ -421,7 +421,7 @@ def start_ferretdb(data_dir: Path, port: int | None = None, timeout_s: float = 9
 
 def wait_for_kafka_ready(bootstrap: str, timeout_s: float = 60, brokers: int = 1) -> None:
     """Listening is not serving: wait until the cluster answers metadata requests with at
-    least `brokers` brokers registered."""
+    least `brokers` brokers registered and unfenced."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -431,10 +431,11 @@ def wait_for_kafka_ready(bootstrap: str, timeout_s: float = 60, brokers: int = 1
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=5000)
             try:
-                registered = len(admin.describe_cluster()["brokers"])
-                if registered >= brokers:
+                # A fenced broker is listed too (a dead one, until it comes back).
+                serving = sum(not b.get("is_fenced") for b in admin.describe_cluster()["brokers"])
+                if serving >= brokers:
                     return
-                last_error = RuntimeError(f"{registered} of {brokers} brokers registered")
+                last_error = RuntimeError(f"{serving} of {brokers} brokers unfenced")
             finally:
                 admin.close()
         except (KafkaError, OSError) as exc:
