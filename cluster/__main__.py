@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -29,10 +30,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import build, control, node
     if args.command == "build":
-        for name, path in build.ensure_all().items():
-            print(f"{name:<26} {path}")
-        for ref in control.node_images()["refs"]:
-            print(f"{'image':<26} {ref}")
+        # The binaries and the images share nothing but the cores: side by side, one's downloads
+        # and mmdebstrap waits are the other's compile time.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            binaries = pool.submit(build.ensure_all)
+            images = pool.submit(lambda: control.node_images()["refs"])
+            for name, path in binaries.result().items():
+                print(f"{name:<26} {path}")
+            for ref in images.result():
+                print(f"{'image':<26} {ref}")
         return 0
     if args.command == "up":
         control.up()
