@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from devstack import oidc, servers
-from tools.common import CACHE_DIR, ROOT, fetch_maven_jars, speaker
+from tools.common import CACHE_DIR, ROOT, exclusive, fetch_maven_jars, speaker
 
 CACHE = CACHE_DIR / "images"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -171,18 +171,21 @@ def ensure_rootfs_image(name: str) -> str:
         return ref
     started = time.monotonic()
     stamp_file = tarball.with_suffix(".stamp")
-    if not (tarball.exists() and stamp_file.exists() and stamp_file.read_text() == stamp):
-        if shutil.which("mmdebstrap") is None:
-            raise RuntimeError("the local base images are built with mmdebstrap (apt-get install mmdebstrap)")
-        say(f"building the {name} root filesystem with mmdebstrap ({', '.join(packages)})")
-        tarball.parent.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
-        if result.returncode != 0:
-            raise RuntimeError(f"mmdebstrap for {name} failed:\n{result.stderr[-3000:]}")
-        os.replace(partial, tarball)
-        stamp_file.write_text(stamp)
-    change_args = [arg for change in [*changes, f"LABEL {STAMP_LABEL}={stamp}"] for arg in ("--change", change)]
-    podman("import", "--quiet", *change_args, str(tarball), ref, timeout_s=600)
+    with exclusive(tarball.with_suffix(".lock")):
+        if image_stamp(ref) == stamp:  # built by another process while this one waited
+            return ref
+        if not (tarball.exists() and stamp_file.exists() and stamp_file.read_text() == stamp):
+            if shutil.which("mmdebstrap") is None:
+                raise RuntimeError("the local base images are built with mmdebstrap (apt-get install mmdebstrap)")
+            say(f"building the {name} root filesystem with mmdebstrap ({', '.join(packages)})")
+            tarball.parent.mkdir(parents=True, exist_ok=True)
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+            if result.returncode != 0:
+                raise RuntimeError(f"mmdebstrap for {name} failed:\n{result.stderr[-3000:]}")
+            os.replace(partial, tarball)
+            stamp_file.write_text(stamp)
+        change_args = [arg for change in [*changes, f"LABEL {STAMP_LABEL}={stamp}"] for arg in ("--change", change)]
+        podman("import", "--quiet", *change_args, str(tarball), ref, timeout_s=600)
     say(f"{ref} ready in {time.monotonic() - started:.0f}s")
     return ref
 

@@ -6,6 +6,8 @@ Every script, benchmark, load generator, cluster helper and test imports these f
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -18,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -224,6 +226,20 @@ def cached_build(home: Path, product: str, stamp: str, what: str, build: Callabl
         shutil.rmtree(work, ignore_errors=True)
     _say(f"{what}: done in {time.monotonic() - started:.1f}s")
     return target
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on lock_file (created if missing) for the block: two processes
+    (CI's background cluster build and the suite's image tests, say) building the same cached
+    artifact take turns instead of writing one file at once."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def require_go(name: str) -> None:
