@@ -125,6 +125,11 @@ MIN_INSYNC_REPLICAS = 2
 # heartbeats every 0.5 s keep a live broker well inside it.
 BROKER_SESSION_TIMEOUT_MS = 3000
 BROKER_HEARTBEAT_INTERVAL_MS = 500
+# When the dead node was also the active controller, the voters first notice that (no answer to
+# their fetches within this; Kafka's default 2 s) and elect another (election timeout; default
+# 1 s), whose fencing session then starts: these come before the session above.
+CONTROLLER_QUORUM_FETCH_TIMEOUT_MS = 1000
+CONTROLLER_QUORUM_ELECTION_TIMEOUT_MS = 500
 
 
 def new_cluster_id() -> str:
@@ -181,6 +186,8 @@ def kafka_properties(node: KafkaNode, quorum: tuple[KafkaNode, ...], log_dir: Pa
         f"share.coordinator.state.topic.min.isr={min_isr}",
         f"broker.session.timeout.ms={BROKER_SESSION_TIMEOUT_MS}",
         f"broker.heartbeat.interval.ms={BROKER_HEARTBEAT_INTERVAL_MS}",
+        f"controller.quorum.fetch.timeout.ms={CONTROLLER_QUORUM_FETCH_TIMEOUT_MS}",
+        f"controller.quorum.election.timeout.ms={CONTROLLER_QUORUM_ELECTION_TIMEOUT_MS}",
         # A dev broker: members join at once instead of waiting for stragglers.
         "group.initial.rebalance.delay.ms=0",
         # Later lines win: what a measurement changes (e.g. Kafka's default session, for the before figure).
@@ -296,6 +303,16 @@ class KafkaCluster:
     def leaders(self, topic: str) -> dict[int, int]:
         """partition -> the node leading it (-1: none)."""
         return {p["partition_index"]: p["leader_id"] for p in describe_partitions(self.bootstrap, [topic])[topic]}
+
+    def active_controller(self) -> int:
+        """The node leading the metadata quorum (the controller that fences dead brokers)."""
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=5000)
+        try:
+            return int(admin.describe_metadata_quorum()["topics"][0]["partitions"][0]["leader_id"])
+        finally:
+            admin.close()
 
     def wait_in_sync(self, timeout_s: float = 120) -> None:
         """Until every partition of every topic (the internal ones too) has a leader and all its
