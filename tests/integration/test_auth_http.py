@@ -151,11 +151,17 @@ def test_probes_metrics_and_the_contract_stay_open_and_labels_stay_fixed(auth_pi
     for base in (auth_pipeline.buy, auth_pipeline.history):
         for path in ("/healthz", "/metrics", "/openapi.json"):
             assert requests.get(base + path, timeout=10).status_code == 200, (base, path)
-    buy(auth_pipeline, bearer("x" * 20000), "555")
-    metrics = requests.get(auth_pipeline.buy + "/metrics", timeout=10).text
-    reasons = {line.split('reason="')[1].split('"')[0] for line in metrics.splitlines()
-               if line.startswith("purchases_rejected_total{")}
-    assert "unauthenticated" in reasons
+
+    def rejected_reasons() -> set[str]:
+        # Each of buy's workers counts its own requests: refuse one more until the worker that
+        # answers /metrics is one that refused.
+        buy(auth_pipeline, bearer("x" * 20000), "555")
+        metrics = requests.get(auth_pipeline.buy + "/metrics", timeout=10).text
+        found = {line.split('reason="')[1].split('"')[0] for line in metrics.splitlines()
+                 if line.startswith("purchases_rejected_total{")}
+        return found if "unauthenticated" in found else set()
+
+    reasons = wait_until(rejected_reasons, 20, 0.05, "a refused token counted as unauthenticated")
     assert reasons <= REJECTED_REASONS | {"method", "not_found", "content_type", "idempotency_key_reused",
                                           "kafka_unavailable"} | {r for r in reasons if r.startswith("invalid_")}
 

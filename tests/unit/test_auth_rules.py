@@ -68,7 +68,8 @@ class FakeClock:
 
 
 def verifier(issuer: FakeIssuer, clock: FakeClock | None = None, **kwargs) -> TokenVerifier:
-    settings = {"issuer": ISSUER, "audience": AUDIENCE, "jwks_url": ISSUER + "/jwks", **kwargs}
+    # The JWKS tests look at every verification: no verified-token memory unless a test asks for it.
+    settings = {"issuer": ISSUER, "audience": AUDIENCE, "jwks_url": ISSUER + "/jwks", "verified_max": 0, **kwargs}
     return TokenVerifier(fetch=issuer, clock=clock or FakeClock(), **settings)
 
 
@@ -241,3 +242,29 @@ def test_verify_async_matches_verify():
     with pytest.raises(InvalidToken, match="expired"):
         asyncio.run(_verify_async(check, signed(exp=int(time.time()) - 100)))
     assert issuer.fetches == 1
+
+
+def test_a_verified_token_is_remembered_until_its_exp_or_the_ttl_and_the_memory_is_bounded(monkeypatch):
+    issuer = FakeIssuer([public_jwk(RSA_KEY, "k1")])
+    wall = FakeClock()
+    wall.now = time.time()
+    check = verifier(issuer, wall_clock=wall, verified_ttl_s=60, verified_max=2)
+    decodes = []
+    real_decode = jwt.decode
+    monkeypatch.setattr(auth.jwt, "decode", lambda *a, **k: decodes.append(1) or real_decode(*a, **k))
+    soon = signed(exp=int(wall.now) + 30)
+    later = signed(exp=int(wall.now) + 3600, sub="556")
+
+    assert check.verify(soon).subject == "555" and check.verify(soon).subject == "555"
+    assert check.verify(later).subject == "556" and len(decodes) == 2  # each signature checked once
+    wall.now += 31  # past soon's exp (but inside the leeway): checked again, not answered from memory
+    assert check.verify(soon).subject == "555" and len(decodes) == 3
+    wall.now += 30  # past the ttl for later: checked again
+    assert check.verify(later).subject == "556" and len(decodes) == 4
+    check.verify(signed(sub="557"))
+    check.verify(signed(sub="558"))
+    assert len(check._verified) == 2  # the oldest entries gave way
+
+    tampered = later[:-4] + ("AAAA" if not later.endswith("AAAA") else "BBBB")
+    with pytest.raises(InvalidToken):
+        check.verify(tampered)  # another text is another token: never a hit

@@ -40,6 +40,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,9 @@ _EC_ALGORITHM_BY_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 # Real access tokens are well under 2 KiB; anything past this cap is refused before any parsing
 # (base64 and JSON decoding of attacker-sized input is the work this avoids).
 DEFAULT_MAX_TOKEN_CHARS = 8192
+# Verified tokens kept per process (an entry is one token's text and its caller) and for how long.
+VERIFIED_MAX = 4096
+VERIFIED_TTL_S = 60.0
 # A JWKS is a few keys; a bigger answer is not one.
 MAX_JWKS_BYTES = 256 * 1024
 # The characters RFC 6750 §3 allows inside error_description and scope values.
@@ -230,8 +234,11 @@ class TokenVerifier:
         min_refresh_interval_s: float = 10.0,
         cache_ttl_s: float = 600.0,
         max_token_chars: int = DEFAULT_MAX_TOKEN_CHARS,
+        verified_ttl_s: float = VERIFIED_TTL_S,
+        verified_max: int = VERIFIED_MAX,
         fetch: Fetch = http_get,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not issuer:
             raise ValueError("issuer is required")
@@ -266,6 +273,16 @@ class TokenVerifier:
         self._attempted_at: float | None = None
         self._last_failure: str | None = None
         self.fetch_count = 0
+        # Tokens already verified, by their exact text: a client sends the same token with every
+        # request until it expires, and checking a signature costs more than the rest of a
+        # purchase. The text is what was signed, so a hit can only be that same token; an entry
+        # lives until the token's exp or verified_ttl_s, whichever comes first, so a key the
+        # issuer withdraws stops being honoured within verified_ttl_s.
+        self.verified_ttl_s = verified_ttl_s
+        self.verified_max = verified_max
+        self._wall_clock = wall_clock
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._verified_lock = threading.Lock()
 
     # --- keys --------------------------------------------------------------------------------
 
@@ -414,6 +431,23 @@ class TokenVerifier:
             raise TokenMissing()
         if len(token) > self.max_token_chars:
             raise InvalidToken("token too long")
+        now = self._wall_clock()
+        with self._verified_lock:
+            hit = self._verified.get(token)
+            if hit is not None:
+                if now < hit[1]:
+                    self._verified.move_to_end(token)
+                    return hit[0]
+                del self._verified[token]
+        principal, expires_at = self._verify_signed(token, allow_fetch)
+        if self.verified_max > 0:
+            with self._verified_lock:
+                self._verified[token] = (principal, min(expires_at, now + self.verified_ttl_s))
+                while len(self._verified) > self.verified_max:
+                    self._verified.popitem(last=False)
+        return principal
+
+    def _verify_signed(self, token: str, allow_fetch: bool) -> tuple[Principal, float]:
         header = _header(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
@@ -449,7 +483,7 @@ class TokenVerifier:
         except (jwt.PyJWTError, ValueError, TypeError, RecursionError) as exc:
             # Whatever else the library refuses (a bad iat, a crit header, a short key) is a bad token.
             raise InvalidToken("token rejected") from exc
-        return self._principal(claims)
+        return self._principal(claims), float(claims["exp"])
 
     @staticmethod
     def _principal(claims: dict[str, Any]) -> Principal:
