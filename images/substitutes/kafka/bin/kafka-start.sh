@@ -46,7 +46,7 @@ if [[ ${KAFKA_PROCESS_ROLES:-} == *controller* && -n ${KAFKA_CONTROLLER_QUORUM_V
   [[ -n $entry ]] || fail "node.id $KAFKA_NODE_ID is not among the voters $KAFKA_CONTROLLER_QUORUM_VOTERS"
   voter_host=${entry#*@}
   voter_host=${voter_host%:*}
-  if [[ -n $fqdn && $voter_host != "$fqdn" && $voter_host != "$host" ]]; then
+  if [[ -n $fqdn && ! $voter_host =~ ^($fqdn|$host|localhost|127\.0\.0\.1)$ ]]; then
     fail "voter $entry is not this pod ($fqdn)"
   fi
 fi
