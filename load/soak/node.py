@@ -123,7 +123,9 @@ class NodeDeployment:
             self._mongo.close()
 
     def endpoint(self) -> loadgen.Target:
-        return loadgen.Target(self.revision.url, host_header=self.revision.host)
+        # The node asks for a token (AUTH_MODE=jwt): the soak buys as the node's trusted client.
+        return loadgen.Target(self.revision.url, host_header=self.revision.host,
+                              headers={"Authorization": self.revision.headers["Authorization"]})
 
     def buy_pods(self) -> list[dict]:
         return self.revision.pods(self.kube)

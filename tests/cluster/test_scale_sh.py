@@ -25,6 +25,7 @@ def test_scale_sh_prints_the_real_timeline(stack, kube, tmp_path, capsys):
     # loopback-only guard for it.
     revision = stack.buy_revision
     argv = ["bash", str(SCALE_SH), "--url", revision.url, "--host", revision.host, "--tool", "python", "--allow-remote",
+            "--header", f"Authorization: {revision.headers['Authorization']}",
             "-n", "1500", "-c", "8", "-d", "60", "--users", str(USERS),
             "--namespace", NAMESPACE, "--deployment", CONSUMER, "--knative-service", "buy",
             "--bootstrap", stack.bootstrap,

@@ -1,7 +1,8 @@
 """Bearer tokens on the node (issue 25): a token from the provider pod (k8s/overlays/node/oidc/),
 asked for by its Service name like the functions' pods ask for its keys, buys and reads the
 history through the ingress; no token is a 401, another user's token a 403, and the store
-records who bought."""
+records who bought. Its file sorts after the deploy and scaling tests on purpose: its purchase
+wakes the consumer, which those tests expect at zero."""
 from __future__ import annotations
 
 import uuid
