@@ -16,7 +16,7 @@ import yaml
 from http_cases import ROUTED_PATHS
 from purchase_common import config
 
-from devstack import gateway
+from devstack import gateway, servers
 
 # Every trigger metadata key KEDA's kafka scaler reads (kedacore/keda v2.20,
 # pkg/scalers/kafka_scaler.go: parseKafkaMetadata, parseKafkaAuthParams, parseTLS,
@@ -307,6 +307,17 @@ def test_replication_min_isr_quorum_and_disruption_budget_agree(docs):
     pdb = h.find(docs, "PodDisruptionBudget", "kafka", group="policy").obj["spec"]
     assert pdb["selector"] == sts["spec"]["selector"]
     assert pdb == {"maxUnavailable": rf - isr, "selector": pdb["selector"]}
+
+
+def test_kafka_fails_over_as_the_local_stack_does(docs):
+    """The brokers on Kubernetes fence a dead broker and replace a dead controller as fast as the
+    local cluster the fault tests measure, so those figures describe what ships."""
+    env = broker_env(docs)
+    assert int(env["KAFKA_BROKER_SESSION_TIMEOUT_MS"]) == servers.BROKER_SESSION_TIMEOUT_MS
+    assert int(env["KAFKA_BROKER_HEARTBEAT_INTERVAL_MS"]) == servers.BROKER_HEARTBEAT_INTERVAL_MS
+    assert int(env["KAFKA_CONTROLLER_QUORUM_FETCH_TIMEOUT_MS"]) == servers.CONTROLLER_QUORUM_FETCH_TIMEOUT_MS
+    assert int(env["KAFKA_CONTROLLER_QUORUM_ELECTION_TIMEOUT_MS"]) == servers.CONTROLLER_QUORUM_ELECTION_TIMEOUT_MS
+    assert servers.BROKER_HEARTBEAT_INTERVAL_MS * 3 <= servers.BROKER_SESSION_TIMEOUT_MS
 
 
 def test_fewer_brokers_are_stated_in_the_k8s_readme(docs):
