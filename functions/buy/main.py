@@ -14,13 +14,14 @@ import os
 import time
 
 import functions_framework.aio
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
-from purchase_common import answers, auth, config, idempotency, probes
+from purchase_common import answers, auth, config, idempotency, probes, tracing
 from purchase_common.config import Settings
-from purchase_common.events import event_id_for, purchase_record, validate_idempotency_key
+from purchase_common.events import PurchaseRecord, event_id_for, purchase_record, validate_idempotency_key
 from purchase_common.lifecycle import PerProcess
 from purchase_common.logs import get_logger, log
-from purchase_common.producer import KafkaUnavailable, Producer
+from purchase_common.producer import Delivery, KafkaUnavailable, Producer
 from purchase_common.schema import FIELDS, MAX_BODY_BYTES, ValidationError, parse_json_body, validate_purchase
 from starlette.requests import Request
 from starlette.responses import Response
@@ -79,6 +80,7 @@ class Buy:
         )
         self.probes = probes.app(self.alive, self.ready)
         self.verifier: auth.TokenVerifier | None = None
+        self.tracing = tracing.Tracing(settings, "buy")
 
     def start(self) -> None:
         """Connect now (in the background), not on the first purchase, so the broker connection
@@ -89,6 +91,7 @@ class Buy:
 
     def stop(self) -> None:
         self.producer.close()
+        self.tracing.shutdown()
 
     def alive(self) -> bool:
         return True
@@ -98,6 +101,18 @@ class Buy:
         return {}
 
     async def handle(self, request: Request) -> Response:
+        if not self.tracing.enabled:
+            return await self._answer(request)
+        path = request.scope["path"]
+        route = "/api/buy" if path.rstrip("/") == "/api/buy" else path
+        with self.tracing.server_span(request.method, route, path, request.headers) as span:
+            response = await self._answer(request)
+            tracing.answered(span, response.status_code)
+            # The caller's handle on this purchase's trace (`make trace`, a tracing UI).
+            response.headers["traceparent"] = tracing.traceparent(span) or ""
+        return response
+
+    async def _answer(self, request: Request) -> Response:
         try:
             return await self._route(request)
         except Exception as exc:  # a JSON 500, never functions-framework's plain-text crash answer
@@ -154,7 +169,7 @@ class Buy:
         record = purchase_record(purchase, idempotency_key, buyer=principal.subject if principal else None)
         started = time.perf_counter()
         try:
-            delivery = await self.producer.send(self.settings.purchases_topic, record.key, record.value, record.headers)
+            delivery = await self._send(record, purchase.user_id)
         except KafkaUnavailable as exc:
             log(self.logger, logging.WARNING, "kafka unavailable", eventId=record.event_id, error=str(exc))
             return _refused(
@@ -173,6 +188,31 @@ class Buy:
             offset=delivery.offset,
         )
         return answer.json({"message": "Purchase accepted", "id": record.event_id}, 202)
+
+    async def _send(self, record: PurchaseRecord, user_id: str) -> Delivery:
+        """Send and await the ack; when traced, as a PRODUCER span whose context the record
+        carries (the CloudEvent's traceparent), so the consumer continues this trace."""
+        topic = self.settings.purchases_topic
+        if not self.tracing.enabled:
+            return await self.producer.send(topic, record.key, record.value, record.headers)
+        server = trace.get_current_span()
+        server.set_attributes({"purchase.event_id": record.event_id, "purchase.user_id": user_id})
+        with self.tracing.tracer.start_as_current_span(
+            f"send {topic}",
+            kind=trace.SpanKind.PRODUCER,
+            attributes=tracing.messaging_attributes("send", topic, record.event_id, record.key),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                delivery = await self.producer.send(
+                    topic, record.key, record.value, record.headers + tracing.cloudevent_headers(span)
+                )
+            except KafkaUnavailable as exc:
+                tracing.failed(span, exc)
+                raise
+            tracing.delivered(span, delivery.partition, delivery.offset)
+            return delivery
 
 
 # Read at import, so a bad variable fails the server's start rather than every request.

@@ -13,7 +13,7 @@ import functions_framework
 import gunicorn.config  # type: ignore[import-untyped]
 from flask import Request, Response
 from prometheus_client import Counter, Histogram
-from purchase_common import answers, auth, config, probes, storage
+from purchase_common import answers, auth, config, probes, storage, tracing
 from purchase_common.config import Settings
 from purchase_common.lifecycle import PerProcess
 from purchase_common.logs import get_logger, log
@@ -70,6 +70,15 @@ def _next_page_link(request: Request, user_id: str, limit: int, cursor: str) -> 
     return f'<{path}?{urllib.parse.urlencode(query)}>; rel="next"'
 
 
+def _route(path: str) -> str:
+    """The route's template (the span's name): never the userId, which would make one name per user."""
+    if path.startswith(USER_PATH[0]) and path.endswith(USER_PATH[1]):
+        return f"{USER_PATH[0]}{{userId}}{USER_PATH[1]}"
+    if path.startswith(LEGACY_PATH):
+        return f"{LEGACY_PATH}{{userId}}"
+    return path
+
+
 def _answered(outcome: str, response: Response) -> Response:
     REQUESTS.labels(outcome=outcome).inc()
     return response
@@ -79,7 +88,8 @@ class History:
     def __init__(self, settings: Settings, store: storage.Store | None = None):
         self.settings = settings
         self.logger = get_logger("history", settings)
-        self.store = store or storage.Store(settings)
+        self.tracing = tracing.Tracing(settings, "history")
+        self.store = store or storage.Store(settings, self.tracing.mongodb_listeners())
         self.probes = probes.app(self.alive, self.ready)
         self.verifier: auth.TokenVerifier | None = None
 
@@ -90,6 +100,7 @@ class History:
 
     def stop(self) -> None:
         self.store.close()
+        self.tracing.shutdown()
 
     def alive(self) -> bool:
         return True
@@ -99,6 +110,16 @@ class History:
         return {"mongodb": self.store.reachable()}
 
     def handle(self, request: Request) -> Response:
+        if not self.tracing.enabled:
+            return self._answer(request)
+        with self.tracing.server_span(
+            request.method, _route(request.path), request.path, dict(request.headers)
+        ) as span:
+            response = self._answer(request)
+            tracing.answered(span, response.status_code)
+        return response
+
+    def _answer(self, request: Request) -> Response:
         path = request.path
         if (
             (path.startswith(USER_PATH[0]) and path.endswith(USER_PATH[1]))

@@ -18,6 +18,7 @@ from purchase_common.batch_consumer import ConsumerRecord
 from purchase_common.config import Settings
 from purchase_common.events import PurchaseEvent, purchase_from_event, purchase_from_kafka_record
 from purchase_common.logs import get_logger, log
+from purchase_common.tracing import Tracing
 from pymongo.errors import PyMongoError
 
 WRITTEN = Counter("purchases_written_total", "Purchases inserted into MongoDB")
@@ -31,7 +32,9 @@ class PersistPurchase:
     def __init__(self, settings: Settings, store: storage.Store | None = None):
         self.settings = settings
         self.logger = get_logger("persist-purchase", settings)
-        self.store = store or storage.Store(settings)
+        # The consumer's loop makes the per-record and per-batch spans; the store's client its own.
+        self.tracing = Tracing(settings, "persist-purchase")
+        self.store = store or storage.Store(settings, self.tracing.mongodb_listeners())
         self._db_ready = False
 
     def start(self) -> None:
@@ -44,6 +47,7 @@ class PersistPurchase:
 
     def stop(self) -> None:
         self.store.close()
+        self.tracing.shutdown()
 
     def alive(self) -> bool:
         return True

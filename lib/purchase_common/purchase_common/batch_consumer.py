@@ -29,6 +29,8 @@ from . import config, probes
 from .events import PoisonRecord
 from .logs import log
 from .retry import Backoff, Deadline
+from .storage import WriteResult
+from .tracing import ConsumedBatch, Tracing
 
 CONSUMED = Counter("purchases_consumed_total", "Kafka records read from the purchases topic")
 DEAD_LETTERED = Counter("purchases_dead_lettered_total", "Poison records sent to the dead-letter topic")
@@ -52,6 +54,8 @@ class Stopped(Exception):
 class Function(Protocol[E]):
     """What the loop needs of the function it runs (persist_purchase's ``PersistPurchase``)."""
 
+    tracing: Tracing
+
     def start(self) -> None:
         """Open what ``write`` needs; a store that is down must not raise (``write`` retries)."""
 
@@ -63,7 +67,7 @@ class Function(Protocol[E]):
     def decode(self, record: ConsumerRecord) -> E:
         """One record as one event; PoisonRecord when it can never be one."""
 
-    def write(self, events: list[E]) -> object:
+    def write(self, events: list[E]) -> WriteResult:
         """Store the events (a redelivered one is a no-op); PyMongoError when the store is down."""
 
 
@@ -148,7 +152,10 @@ class BatchConsumer(Generic[E]):
         self.last_beat = time.monotonic()
         self._dlq = dead_letters
         self._writer: ThreadPoolExecutor | None = None
-        self._behind: tuple[Future[object], list[E], list[ConsumerRecord]] | None = None
+        # The batch being written behind: its write, events, records, spans and the records it stores.
+        self._behind: (
+            tuple[Future[None], list[E], list[ConsumerRecord], ConsumedBatch | None, list[ConsumerRecord]] | None
+        ) = None
 
     def alive(self) -> bool:
         return time.monotonic() - self.last_beat < STALLED_AFTER_S
@@ -202,15 +209,16 @@ class BatchConsumer(Generic[E]):
         try:
             while True:
                 records = self._poll()  # 1
-                events, poison = self._decode(records)  # 2
-                self._dead_letter(poison)  # 3
+                batch = self._traced(records)
+                events, stored, poison = self._decode(records)  # 2
+                self._dead_letter(poison, batch)  # 3
                 self._commit_written()  # 4
                 if not records:
                     continue
                 if len(records) >= self.settings.consumer_batch_max:
-                    self._write_behind(events, records)  # 4, committed at the next turn's 4
+                    self._write_behind(events, stored, records, batch)  # 4, committed at the next turn's 4
                     continue
-                self._write(events)  # 4
+                self._write(events, stored, batch)  # 4
                 self._commit(records)  # 5
         except Stopped:
             self._commit_written()
@@ -248,22 +256,32 @@ class BatchConsumer(Generic[E]):
             CONSUMED.inc(len(records))
             return records
 
-    def _decode(self, records: list[ConsumerRecord]) -> tuple[list[E], list[tuple[ConsumerRecord, str]]]:
-        events, poison = [], []
+    def _traced(self, records: list[ConsumerRecord]) -> ConsumedBatch | None:
+        """The batch's spans (one per record), when traces are exported."""
+        if not records or not self.function.tracing.enabled:
+            return None
+        return ConsumedBatch(self.function.tracing, records, self.settings.consumer_group)
+
+    def _decode(
+        self, records: list[ConsumerRecord]
+    ) -> tuple[list[E], list[ConsumerRecord], list[tuple[ConsumerRecord, str]]]:
+        """Events, the records they came from, and the poison with its reason."""
+        events, stored, poison = [], [], []
         for record in records:
             try:
                 events.append(self.function.decode(record))
+                stored.append(record)
             except PoisonRecord as exc:
                 poison.append((record, str(exc)))
-        return events, poison
+        return events, stored, poison
 
-    def _dead_letter(self, poison: list[tuple[ConsumerRecord, str]]) -> None:
+    def _dead_letter(self, poison: list[tuple[ConsumerRecord, str]], batch: ConsumedBatch | None) -> None:
         """Send (record, reason) pairs to the dead-letter topic with their original bytes."""
         if not poison:
             return
         if self._dlq is None:
             self._dlq = new_dead_letter_producer(self.settings)
-        futures = []
+        futures, sends = [], []
         for record, reason in poison:
             headers = list(record.headers or []) + [
                 ("dlq_reason", reason.encode("utf-8")),
@@ -271,6 +289,8 @@ class BatchConsumer(Generic[E]):
                 ("dlq_source_partition", str(record.partition).encode()),
                 ("dlq_source_offset", str(record.offset).encode()),
             ]
+            if batch is not None:
+                sends.append(batch.dead_letter_sending(record, self.settings.dead_letter_topic, reason))
             futures.append(
                 self._dlq.send(self.settings.dead_letter_topic, key=record.key, value=record.value, headers=headers)
             )
@@ -284,11 +304,25 @@ class BatchConsumer(Generic[E]):
             )
         # Raises after the producer's own bounded retries: the batch is then not committed,
         # the process exits non-zero and the records are redelivered to the next consumer.
-        for future in futures:
-            future.get(timeout=30)
+        for i, future in enumerate(futures):
+            metadata = future.get(timeout=30)
+            if batch is not None:
+                batch.dead_lettered(poison[i][0], sends[i], metadata.partition, metadata.offset)
         DEAD_LETTERED.inc(len(poison))
 
-    def _write(self, events: list[E]) -> None:
+    def _store(self, events: list[E], records: list[ConsumerRecord], batch: ConsumedBatch | None) -> None:
+        """One write of the events, as the batch's store span when traced."""
+        if batch is None or not records:
+            self.function.write(events)
+            return
+        with batch.storing(records) as span:
+            result = self.function.write(events)
+            span.set_attributes(
+                {"purchase.batch.inserted": result.inserted, "purchase.batch.duplicates": result.duplicates}
+            )
+        batch.stored(records, span, result.duplicate_ids)
+
+    def _write(self, events: list[E], records: list[ConsumerRecord], batch: ConsumedBatch | None) -> None:
         """Write the events, waiting out a dead database with the partitions paused (group
         membership kept); gives up at the deadline or on a stop, leaving the batch uncommitted."""
         deadline, backoff = Deadline(self.settings.write_retry_deadline_s), Backoff()
@@ -296,10 +330,12 @@ class BatchConsumer(Generic[E]):
         try:
             while True:
                 try:
-                    self.function.write(events)
+                    self._store(events, records, batch)
                     return
                 except PyMongoError as exc:
                     if self.stop.is_set() or deadline.passed():
+                        if batch is not None:
+                            batch.abandoned(type(exc).__name__)
                         log(
                             self.logger,
                             logging.ERROR,
@@ -324,26 +360,32 @@ class BatchConsumer(Generic[E]):
             if paused:
                 self._kafka.resume(*self._kafka.paused())
 
-    def _write_behind(self, events: list[E], records: list[ConsumerRecord]) -> None:
+    def _write_behind(
+        self,
+        events: list[E],
+        stored: list[ConsumerRecord],
+        records: list[ConsumerRecord],
+        batch: ConsumedBatch | None,
+    ) -> None:
         """Start the write on the writer thread and return at once: the next poll and decode
         overlap the database's answer (pymongo waits for it outside the GIL)."""
         if self._behind is not None:
             raise RuntimeError("the batch written behind was not committed yet")
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="mongodb-writer")
-        self._behind = (self._writer.submit(self.function.write, events), events, records)
+        self._behind = (self._writer.submit(self._store, events, stored, batch), events, records, batch, stored)
 
     def _commit_written(self) -> None:
         """Wait for the batch written behind (if any), then commit it. A write that failed is
         retried here under _write's policy first; giving up leaves it uncommitted."""
         if self._behind is None:
             return
-        future, events, records = self._behind
+        future, events, records, batch, stored = self._behind
         self._behind = None
         try:
             future.result()
         except PyMongoError:
-            self._write(events)
+            self._write(events, stored, batch)
         self._commit(records)
 
     def _wait_paused(self, seconds: float) -> None:

@@ -118,6 +118,27 @@ class Settings:
         "AUTH_REFRESH_INTERVAL_S", 10.0, "the JWKS is fetched at most once per interval, whatever kids tokens name"
     )
     auth_max_token_chars: int = _env("AUTH_MAX_TOKEN_CHARS", 8192, "a longer bearer token is refused unparsed")
+    # every function: traces (purchase_common/tracing.py), the OpenTelemetry SDK's own variable names
+    otel_traces_exporter: str = _env(
+        "OTEL_TRACES_EXPORTER",
+        "",
+        "zipkin_json, otlp_proto_http, console or none; unset: whichever endpoint below is set, else none "
+        "(nothing is exported and no span is made)",
+    )
+    otel_exporter_zipkin_endpoint: str = _env(
+        "OTEL_EXPORTER_ZIPKIN_ENDPOINT", "", "a Zipkin server's /api/v2/spans (`make run` starts one)"
+    )
+    otel_exporter_otlp_endpoint: str = _env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "", "an OpenTelemetry collector's OTLP/HTTP base URL (/v1/traces is added)"
+    )
+    otel_service_name: str = _env(
+        "OTEL_SERVICE_NAME", "", "unset: the function's own name (buy, history, persist-purchase)"
+    )
+    otel_bsp_max_queue_size: int = _env(
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+        2048,
+        "spans waiting for export; past it they are dropped and counted, so a slow collector never slows a purchase",
+    )
     # persist-purchase consumer
     consumer_batch_max: int = _env("CONSUMER_BATCH_MAX", 500, "records per poll and per insert_many")
     consumer_poll_timeout_ms: int = _env("CONSUMER_POLL_TIMEOUT_MS", 500, "how long one poll waits for records")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,10 @@ Document = dict[str, Any]
 Collection = pymongo.collection.Collection[Document]
 
 
-def connect(uri: str, timeout_ms: int = Settings.mongodb_timeout_ms) -> pymongo.MongoClient[Document]:
+def connect(
+    uri: str, timeout_ms: int = Settings.mongodb_timeout_ms, listeners: Sequence[Any] = ()
+) -> pymongo.MongoClient[Document]:
+    """``listeners``: pymongo command listeners for this client only (the tracer's)."""
     return pymongo.MongoClient(
         uri,
         serverSelectionTimeoutMS=timeout_ms,
@@ -41,6 +45,7 @@ def connect(uri: str, timeout_ms: int = Settings.mongodb_timeout_ms) -> pymongo.
         socketTimeoutMS=max(timeout_ms, 10000),
         tz_aware=True,
         appname="purchase-functions",
+        event_listeners=list(listeners),
     )
 
 
@@ -49,8 +54,9 @@ class Store:
     underneath). Connected on first use, with the indexes ensured then; if the database is
     down, that use raises a PyMongoError and the next one tries again."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, listeners: Sequence[Any] = ()):
         self.settings = settings
+        self.listeners = listeners
         self._collection: Collection | None = None
         self._lock = threading.Lock()
 
@@ -59,7 +65,9 @@ class Store:
             with self._lock:
                 if self._collection is None:
                     s = self.settings
-                    collection = connect(s.mongodb_uri, s.mongodb_timeout_ms)[s.mongodb_database][s.mongodb_collection]
+                    collection = connect(s.mongodb_uri, s.mongodb_timeout_ms, self.listeners)[s.mongodb_database][
+                        s.mongodb_collection
+                    ]
                     ensure_indexes(collection)
                     self._collection = collection
         return self._collection
@@ -114,6 +122,7 @@ def to_document(event: PurchaseEvent) -> Document:
 class WriteResult:
     inserted: int
     duplicates: int
+    duplicate_ids: frozenset[str] = frozenset()  # the eventIds already stored
 
 
 def insert_purchases(collection: Collection, documents: list[Document]) -> WriteResult:
@@ -133,7 +142,8 @@ def insert_purchases(collection: Collection, documents: list[Document]) -> Write
         other = [err for err in errors if err.get("code") != DUPLICATE_KEY]
         if other or exc.details.get("writeConcernErrors"):
             raise
-        return WriteResult(exc.details.get("nInserted", len(documents) - len(errors)), len(errors))
+        duplicate_ids = frozenset(documents[err["index"]]["eventId"] for err in errors if "index" in err)
+        return WriteResult(exc.details.get("nInserted", len(documents) - len(errors)), len(errors), duplicate_ids)
 
 
 def isoformat_utc(value: dt.datetime) -> str:
