@@ -6,6 +6,7 @@ import time
 import uuid
 
 from purchase_common import storage
+from purchase_common.config import TOPIC_PARTITIONS
 from purchase_common.events import purchase_record as encode_purchase
 from purchase_common.schema import validate_purchase
 from pymongo.errors import PyMongoError
@@ -59,3 +60,37 @@ def bench_docs(start: int, count: int, users: int, heavy_every: int, base: dt.da
         docs.append({"eventId": f"{i:012d}-{uuid.uuid4().hex[:8]}", "username": f"user {user}", "userId": user,
                      "priceCents": 100 + i % 10000, "timestamp": base + dt.timedelta(milliseconds=i)})
     return docs
+
+
+def record_positions(bootstrap: str, topic: str, start: dict[int, int] | None = None,
+                     partitions: int = TOPIC_PARTITIONS, idle_ms: int = 3000) -> dict[str, tuple[int, int]]:
+    """Each record's CloudEvents id -> (partition, offset), read back from `topic` from the `start`
+    offsets (else the beginning) up to its end offsets as they are now; nothing for `idle_ms`
+    ends the read early."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    observer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
+                             consumer_timeout_ms=idle_ms)
+    try:
+        assigned = [TopicPartition(topic, p) for p in range(partitions)]
+        observer.assign(assigned)
+        ends = observer.end_offsets(assigned)
+        for tp in assigned:
+            if start and tp.partition in start:
+                observer.seek(tp, start[tp.partition])
+            else:
+                observer.seek_to_beginning(tp)
+        remaining = {tp for tp in assigned if observer.position(tp) < ends[tp]}
+        positions: dict[str, tuple[int, int]] = {}
+        for record in observer if remaining else ():
+            event_id = dict(record.headers).get("ce_id")
+            if event_id is not None:
+                positions[event_id.decode()] = (record.partition, record.offset)
+            tp = TopicPartition(record.topic, record.partition)
+            if record.offset + 1 >= ends[tp]:
+                remaining.discard(tp)
+            if not remaining:
+                break
+        return positions
+    finally:
+        observer.close()

@@ -6,9 +6,7 @@ import statistics
 import threading
 import time
 
-from purchase_common import config
-
-from bench.common import pct, say
+from bench.common import pct, record_positions, say
 from bench.profiling import peak_rss_mb
 from load import loadgen
 from tools.lag_reader import LagReader
@@ -18,8 +16,6 @@ class EndToEndSection:
     """e2e: buy request -> stored and committed, and -> visible in the history API (a part of bench.run.Bench)."""
 
     def section_e2e(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
-
         names = self.names("e2e")
         self.topic(names["topic"])
         buy, consumer, history = self.start_buy(names), self.start_consumer(names), self.start_history(names)
@@ -108,17 +104,7 @@ class EndToEndSection:
         reader.close()
 
         # Map event ids to (partition, offset) by reading the topic back.
-        positions = {}
-        observer = KafkaConsumer(bootstrap_servers=self.stack.kafka_bootstrap, enable_auto_commit=False,
-                                 consumer_timeout_ms=3000)
-        tps = [TopicPartition(names["topic"], p) for p in range(config.TOPIC_PARTITIONS)]
-        observer.assign(tps)
-        observer.seek_to_beginning()
-        for record in observer:
-            positions[dict(record.headers)["ce_id"].decode()] = (record.partition, record.offset)
-            if len(positions) >= len(sent) + 20:
-                break
-        observer.close()
+        positions = record_positions(self.stack.kafka_bootstrap, names["topic"])
         latencies, missing = [], 0
         for event_id, sent_at in sent.items():
             where = positions.get(event_id)

@@ -20,6 +20,10 @@ put straight on the topic while no pod runs, timed through KEDA's poll -> Deploy
 pod created -> scheduled -> container started -> first record stored -> all stored, and back to
 zero after cooldownPeriod, with the timings the node overlay deploys.
 
+Last, the "scale-events" part (bench/node_scale_events.py): persist-purchase's group as KEDA
+scales it 1 -> N -> 1 under steady purchases through the ingress, per assignor: per scale event
+the pause, the records redelivered and e2e p99.
+
 Needs `make cluster-up` and the system deployed (`make test-cluster` or `make bench-node`, which
 deploys first, and runs this with CoreDNS as its resolver: the broker is reached by its
 in-cluster name). Prints tables; --json writes the figures; --parts picks what to measure.
@@ -42,6 +46,7 @@ from purchase_common import config, storage
 from purchase_common.events import purchase_record
 from purchase_common.schema import Purchase
 
+from bench import node_scale_events, scale_events
 from cluster import control
 from cluster.observe import CONSUMER, NAMESPACE, Kube, Revision, StepWatch, parse_time, revision_ready
 from load import loadgen
@@ -345,8 +350,8 @@ def format_table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.node", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", choices=(*SERVICES, CONSUMER), default=[*SERVICES, CONSUMER],
-                        help="what to measure (default: all three)")
+    parts = (*SERVICES, CONSUMER, node_scale_events.PART)
+    parser.add_argument("--parts", nargs="+", choices=parts, default=list(parts), help="what to measure (default: all)")
     parser.add_argument("--cold", type=int, default=10, help="cold starts per Knative service (default 10)")
     parser.add_argument("--consumer-cold", type=int, default=5, help=f"{CONSUMER} starts from zero (default 5)")
     parser.add_argument("--records", type=int, default=100,
@@ -357,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to-zero-budget-s", type=float, default=300,
                         help="longest wait for zero pods (shipped: window 60 s + scale-down-delay 60 s + grace)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    node_scale_events.add_arguments(parser)
     args = parser.parse_args(argv)
     if not control.is_up():
         parser.error("the cluster is not up: make cluster-up (and deploy) first")
@@ -373,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     if CONSUMER in args.parts:
         results[CONSUMER] = bench_consumer(kube, args)
         print(format_consumer(results[CONSUMER]))
+    # Last: it changes the ScaledObject and the Deployment for its runs (and puts them back).
+    if node_scale_events.PART in args.parts:
+        results[node_scale_events.PART] = node_scale_events.bench_scale_events(kube, args)
+        print(scale_events.table(results[node_scale_events.PART]["runs"]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
         say(f"figures written to {args.json}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -159,6 +160,81 @@ def post_purchase(session: requests.Session, revision: Revision, body: dict, ret
                 return response.json()["id"], retries
         retries += 1
         time.sleep(0.5)
+
+
+def assert_exactly_once(stack, sent: dict, timeout_s: float = 180) -> int:
+    """Every acknowledged purchase stored, each once (waiting up to timeout_s for the consumer)."""
+    wait_until(lambda: all(sorted(stack.stored_ids(u)) == sorted(ids) for u, ids in sent.items()) or None, timeout_s,
+               POLL_S, "every acknowledged purchase stored")
+    stored = [i for u in sent for i in stack.stored_ids(u)]
+    expected = [i for ids in sent.values() for i in ids]
+    assert sorted(stored) == sorted(expected), "0 lost, 0 duplicated"
+    return len(stored)
+
+
+class SteadyBuyers:
+    """One client per user, buying one purchase after another through the ingress until stopped;
+    an answer that confirms nothing is retried under the same Idempotency-Key. Every answer is
+    kept as (sent, answered, status) on one clock, for the 503s and the gap the fault makes."""
+
+    def __init__(self, stack, users: list[str]):
+        self.stack, self.users = stack, users
+        self.sent: dict[str, list[str]] = {u: [] for u in users}
+        self.answers: list[tuple[float, float, int]] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._buy, args=(u,), daemon=True) for u in users]
+
+    def _buy(self, user: str) -> None:
+        revision = self.stack.buy_revision
+        with requests.Session() as session:
+            index = 0
+            while not self.stop.is_set():
+                key, body = uuid.uuid4().hex, {"username": f"steady {index}", "userId": user, "price": 1 + index}
+                while True:  # until this purchase is confirmed, however long the fault lasts
+                    sent = time.monotonic()
+                    try:
+                        response = session.post(f"{revision.url}/api/buy", json=body, timeout=35,
+                                                headers={"Idempotency-Key": key, **revision.headers})
+                        status = response.status_code
+                    except requests.RequestException:
+                        status = 0
+                    with self.lock:
+                        self.answers.append((sent, time.monotonic(), status))
+                    if status == 202:
+                        self.sent[user].append(response.json()["id"])
+                        break
+                    if status not in (*UNCONFIRMED, 0):
+                        self.errors.append(f"{user}: {status} {response.text[:200]}")
+                        return
+                    time.sleep(0.2)
+                index += 1
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(120)
+        assert not any(t.is_alive() for t in self.threads), "purchase senders did not finish"
+
+    def around(self, fault_at: float, over_at: float) -> dict:
+        """What clients saw of a fault from fault_at until over_at (monotonic): the answers that
+        confirmed nothing, the first 202 after it began, and the longest stretch without a 202."""
+        after = sorted((answered, status) for _, answered, status in self.answers if answered >= fault_at)
+        first_202 = next((answered for answered, status in after if status == 202), None)
+        accepted = sorted(answered for _, answered, status in self.answers if status == 202)
+        gaps = [b - a for a, b in zip(accepted, accepted[1:], strict=False) if b >= fault_at and a <= over_at]
+        return {"answers_503": sum(1 for _, _, s in self.answers if s == 503),
+                "answers_502_504": sum(1 for _, _, s in self.answers if s in (502, 504)),
+                "no_answer": sum(1 for _, _, s in self.answers if s == 0),
+                "fault_to_first_202_s": round(first_202 - fault_at, 2) if first_202 else None,
+                "longest_gap_between_202s_s": round(max(gaps), 2) if gaps else None,
+                "accepted_during_fault": sum(1 for a in accepted if fault_at <= a < over_at)}
 
 
 def kill_container(pod: dict, signal_name: str = "SIGKILL") -> str:
