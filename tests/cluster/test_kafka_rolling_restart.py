@@ -38,7 +38,7 @@ def test_brokers_restarted_one_at_a_time_under_steady_load_lose_nothing_and_stor
         t_restart = time.monotonic()
         kube.run("rollout", "restart", "statefulset/kafka", "--namespace=purchase")
         wait_until(rolled, ROLLOUT_BUDGET_S, POLL_S, "every broker replaced and Ready")
-        kube.run("rollout", "status", "statefulset/kafka", "--namespace=purchase", "--timeout=120s")
+        kube.run("rollout", "status", "statefulset/kafka", "--namespace=purchase", "--timeout=100s")
         t_done = time.monotonic()
         time.sleep(8.0)  # and steady again
     assert not buyers.errors, buyers.errors
