@@ -320,7 +320,7 @@ class BatchConsumer(Generic[E]):
             span.set_attributes(
                 {"purchase.batch.inserted": result.inserted, "purchase.batch.duplicates": result.duplicates}
             )
-        batch.stored(records, span, result.duplicate_ids)
+        batch.stored(records, span, result.duplicate_indexes)
 
     def _write(self, events: list[E], records: list[ConsumerRecord], batch: ConsumedBatch | None) -> None:
         """Write the events, waiting out a dead database with the partitions paused (group

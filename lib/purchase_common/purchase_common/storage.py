@@ -122,7 +122,9 @@ def to_document(event: PurchaseEvent) -> Document:
 class WriteResult:
     inserted: int
     duplicates: int
-    duplicate_ids: frozenset[str] = frozenset()  # the eventIds already stored
+    # Which of the batch's documents (by position) were already stored: a batch may hold
+    # two copies of one event, one stored and one not.
+    duplicate_indexes: frozenset[int] = frozenset()
 
 
 def insert_purchases(collection: Collection, documents: list[Document]) -> WriteResult:
@@ -142,8 +144,8 @@ def insert_purchases(collection: Collection, documents: list[Document]) -> Write
         other = [err for err in errors if err.get("code") != DUPLICATE_KEY]
         if other or exc.details.get("writeConcernErrors"):
             raise
-        duplicate_ids = frozenset(documents[err["index"]]["eventId"] for err in errors if "index" in err)
-        return WriteResult(exc.details.get("nInserted", len(documents) - len(errors)), len(errors), duplicate_ids)
+        duplicate_indexes = frozenset(err["index"] for err in errors if "index" in err)
+        return WriteResult(exc.details.get("nInserted", len(documents) - len(errors)), len(errors), duplicate_indexes)
 
 
 def isoformat_utc(value: dt.datetime) -> str:

@@ -274,18 +274,18 @@ class ConsumedBatch:
         ) as span:
             yield span
 
-    def stored(self, records: Sequence[Any], store: Span, duplicate_ids: frozenset[str]) -> None:
-        """End each record's span: stored, or a redelivered duplicate the unique eventId absorbed."""
+    def stored(self, records: Sequence[Any], store: Span, duplicate_indexes: frozenset[int]) -> None:
+        """End each record's span (``records`` in the write's order): stored, or a redelivered
+        duplicate the unique eventId absorbed."""
         context = store.get_span_context()
         store_ids = {
             "purchase.store.trace_id": format(context.trace_id, "032x"),
             "purchase.store.span_id": format(context.span_id, "016x"),
         }
-        for record in records:
-            where = (record.topic, record.partition, record.offset)
-            span = self._spans.pop(where)
-            duplicate = self._ids.get(where) in duplicate_ids
-            span.set_attributes({**store_ids, "purchase.outcome": "duplicate" if duplicate else "stored"})
+        for index, record in enumerate(records):
+            span = self._spans.pop((record.topic, record.partition, record.offset))
+            outcome = "duplicate" if index in duplicate_indexes else "stored"
+            span.set_attributes({**store_ids, "purchase.outcome": outcome})
             span.end()
 
     def dead_letter_sending(self, record: Any, topic: str, reason: str) -> Span:
