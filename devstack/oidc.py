@@ -33,16 +33,24 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
-import threading
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.common import CACHE_DIR, Process, cached_build, fetch_maven_jars, free_port, spawn, speaker, wait_http
+from tools.common import (
+    CACHE_DIR,
+    Process,
+    cached_build,
+    fetch_maven_jars,
+    free_port,
+    serve_until_stopped,
+    spawn,
+    speaker,
+    wait_http,
+)
 
 VERSION = "6.0.2"
 # The standalone server logs through logback, which its Maven POM leaves out (the server's own
@@ -214,15 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         provider = start(args.data_dir, args.port)
         say(f"issuer {provider.issuer} (jwks {provider.jwks_url}); Ctrl-C stops it")
-        stopped = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-        try:
-            while not stopped.wait(1) and provider.process.proc.poll() is None:
-                pass
-        except KeyboardInterrupt:
-            pass
-        finally:
-            provider.stop()
+        serve_until_stopped(provider.stop, provider.process.proc)
     return 0
 
 

@@ -11,14 +11,14 @@ from purchase_common import config
 
 from tools.common import ROOT, Process, free_port, pick_port, spawn, stop_pid, wait_for_port
 
-from . import gateway
+from . import gateway, zipkin
 from .servers import KafkaCluster, ensure_topics, start_ferretdb, wait_for_kafka_ready
 
 BIN = Path(sys.executable).parent
 FUNCTIONS = ROOT / "functions"
 # Fixed ports when free, so the defaults in purchase_common.config and the README just work.
 PREFERRED_PORTS = {"kafka": 9092, "kafka-controller": 9093, "ferretdb": 27017, "gateway": 8080,
-                   "buy": 8091, "history": 8092, "persist-purchase": 8093}
+                   "buy": 8091, "history": 8092, "persist-purchase": 8093, "zipkin": 9411}
 DEAD_LETTER_PARTITIONS = 1
 # How many KRaft nodes `make run` starts (KAFKA_BROKERS=3: a replicated cluster, RF 3, min ISR 2;
 # one starts faster, and is what the functions' default bootstrap points at).
@@ -35,6 +35,8 @@ class Stack:
     mongodb_uri: str
     processes: list[Process] = field(default_factory=list)
     ports: dict = field(default_factory=dict)
+    # The Zipkin the functions export their spans to ("": none, nothing exported).
+    zipkin_url: str = ""
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -94,12 +96,21 @@ def _port(name: str, preferred: bool) -> int:
 
 
 def start_servers(data_dir: Path, preferred_ports: bool, topic: str | None = None,
-                  dead_letter_topic: str | None = None, brokers: int | None = None) -> Stack:
+                  dead_letter_topic: str | None = None, brokers: int | None = None,
+                  traces: bool = False) -> Stack:
     """Start Kafka (`brokers` nodes; default KAFKA_BROKERS, else one) and FerretDB unless
-    KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI name existing ones."""
+    KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI name existing ones; with `traces`, Zipkin too unless
+    ZIPKIN_URL names one (the functions then export their spans to it, function_env)."""
     stack = Stack(kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", ""),
-                  mongodb_uri=os.environ.get("MONGODB_URI", ""))
+                  mongodb_uri=os.environ.get("MONGODB_URI", ""),
+                  zipkin_url=os.environ.get("ZIPKIN_URL", "").rstrip("/") if traces else "")
     try:
+        tracer = None
+        if traces and not stack.zipkin_url:
+            # Its JVM starts while Kafka's do; waited for at the end.
+            tracer = zipkin.start(data_dir / "zipkin", _port("zipkin", preferred_ports), wait=False)
+            stack.processes.append(tracer.process)
+            stack.zipkin_url = tracer.base_url
         if not stack.kafka_bootstrap:
             # The first node on the preferred ports, so the functions' default bootstrap reaches it.
             cluster = KafkaCluster(data_dir / "kafka", brokers or brokers_wanted(),
@@ -118,6 +129,8 @@ def start_servers(data_dir: Path, preferred_ports: bool, topic: str | None = Non
             topic or config.settings().purchases_topic: config.TOPIC_PARTITIONS,
             dead_letter_topic or config.settings().dead_letter_topic: DEAD_LETTER_PARTITIONS,
         })
+        if tracer is not None:
+            tracer.wait_ready()
     except BaseException:
         stack.stop()
         raise
@@ -132,6 +145,8 @@ def function_env(stack: Stack, **overrides: str) -> dict:
         "HOST": "127.0.0.1",
         "PYTHONUNBUFFERED": "1",
     })
+    if stack.zipkin_url:
+        env.update(zipkin.trace_env(stack.zipkin_url))
     env.update(overrides)
     return env
 
@@ -206,6 +221,7 @@ def write_state(path: Path, stack: Stack) -> None:
     path.write_text(json.dumps({
         "kafka_bootstrap": stack.kafka_bootstrap,
         "mongodb_uri": stack.mongodb_uri,
+        "zipkin_url": stack.zipkin_url,
         "processes": [{"name": p.name, "pid": p.proc.pid, "port": p.port, "log": str(p.log)} for p in stack.processes],
     }, indent=2))
 

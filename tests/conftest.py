@@ -1,8 +1,9 @@
 """Shared fixtures: the real Kafka and MongoDB-wire servers, started once per session.
 
-With KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI set, the suite uses those servers instead
-(e.g. a real mongod or Kafka cluster); otherwise it starts Apache Kafka and FerretDB
-through the same code as `make run`, on free ports, with data in a temporary folder.
+With KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI / ZIPKIN_URL set, the suite uses those servers instead
+(e.g. a real mongod or Kafka cluster); otherwise it starts Apache Kafka, FerretDB and Zipkin
+through the same code as `make run`, on free ports, with data in a temporary folder. Every
+function the suite starts exports its spans to that Zipkin (the `zipkin` fixture reads them back).
 Each session uses its own topic, group and database, so it never sees other data.
 """
 from __future__ import annotations
@@ -50,9 +51,16 @@ class Pipeline:
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("stack")
-    stack = devstack.start_servers(data_dir, preferred_ports=False)
+    stack = devstack.start_servers(data_dir, preferred_ports=False, traces=True)
     yield stack
     stack.stop()
+
+
+@pytest.fixture(scope="session")
+def zipkin(servers):
+    """The session's Zipkin (tools.trace.ZipkinClient: base_url, traces_with_tag, trace)."""
+    from tools.trace import ZipkinClient
+    return ZipkinClient(servers.zipkin_url)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -201,6 +202,19 @@ class Process:
 
     def stop(self, timeout_s: float = 15) -> None:
         stop_pid(self.proc.pid, timeout_s, self.proc)
+
+
+def serve_until_stopped(stop: Callable[[], None], proc: subprocess.Popen) -> None:
+    """A server's foreground command: wait for Ctrl-C, SIGTERM or the server's exit, then stop()."""
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        while not stopped.wait(1) and proc.poll() is None:
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
 
 
 # --- builds cached outside the clone ---------------------------------------------------------
