@@ -24,13 +24,12 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import requests
 
 from tools.common import ROOT
 
@@ -58,16 +57,17 @@ MILESTONE_COLOURS = {"accepted": "#555555", "produced": "#1f77b4", "acked": "#2e
 # --- Zipkin's API ------------------------------------------------------------------------------
 
 class ZipkinClient:
-    """Zipkin's v2 API at base_url (reads, and a span write for checks of the tooling itself)."""
+    """Zipkin's v2 API at base_url (reads, and a span write for checks of the tooling itself);
+    its errors are requests' (RequestException, an OSError)."""
 
     def __init__(self, base_url: str, timeout_s: float = 10.0):
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
 
     def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
-        url = f"{self.base_url}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
-        with urllib.request.urlopen(url, timeout=self.timeout_s) as response:
-            return json.loads(response.read())
+        response = requests.get(f"{self.base_url}{path}", params=params, timeout=self.timeout_s)
+        response.raise_for_status()
+        return response.json()
 
     def traces_with_tag(self, key: str, value: str, lookback_ms: int = LOOKBACK_MS,
                         limit: int = 100) -> list[list[dict]]:
@@ -78,21 +78,17 @@ class ZipkinClient:
 
     def trace(self, trace_id: str) -> list[dict]:
         """One trace's spans ([] when Zipkin has none of it)."""
-        try:
-            return self._get(f"/api/v2/trace/{trace_id}")
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return []
-            raise
+        response = requests.get(f"{self.base_url}/api/v2/trace/{trace_id}", timeout=self.timeout_s)
+        if response.status_code == 404:
+            return []
+        response.raise_for_status()
+        return response.json()
 
     def services(self) -> list[str]:
         return self._get("/api/v2/services")
 
     def post_spans(self, spans: list[dict]) -> None:
-        request = urllib.request.Request(f"{self.base_url}/api/v2/spans", data=json.dumps(spans).encode(),
-                                         method="POST", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.timeout_s):
-            pass
+        requests.post(f"{self.base_url}/api/v2/spans", json=spans, timeout=self.timeout_s).raise_for_status()
 
 
 def purchase_spans(client: ZipkinClient, event_id: str) -> list[dict]:
