@@ -303,7 +303,7 @@ def write_waterfall(path: Path, event_id: str, spans: list[dict]) -> Path:
               + [0.001])
 
     figure, axis = pyplot.subplots(figsize=(10, 1.6 + 0.32 * max(len(rows), 1)), dpi=100)
-    figure.suptitle(f"purchase {event_id}", fontsize=11)
+    figure.suptitle(f"purchase {event_id}\n{milestone_line(milestones(spans, event_id), origin)}", fontsize=9)
     labels = []
     for row, (depth, node) in enumerate(rows):
         span = node.span
