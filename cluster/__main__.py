@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     down.add_argument("--clean", action="store_true", help="also delete .run/cluster (certificates, etcd data)")
     sub.add_parser("status", help="show the processes, ports and KUBECONFIG")
     sub.add_parser("env", help="print `export KUBECONFIG=... KUBECTL=...` for a shell")
-    sub.add_parser("url", help="print the ingress address (the node's, reachable from this machine only)")
+    url = sub.add_parser("url", help="print the ingress address (the node's, reachable from this machine only)")
+    url.add_argument("--zipkin", action="store_true", help="print the node's Zipkin (traces: API and UI) instead")
     check = sub.add_parser("hostcheck", help="save, or compare with, what the node changes on the host")
     check.add_argument("--save", metavar="FILE", help="write the host's state to FILE (before cluster-up)")
     check.add_argument("--compare", metavar="FILE", help="fail if the host differs from FILE (after cluster-down)")
@@ -71,10 +72,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("run needs a command")
         os.execvp("unshare", node.Node(control.RUN).with_cluster_dns(argv))
     if args.command == "url":
-        from .observe import INGRESS_HOST, Kube, ingress_url
+        from .observe import INGRESS_HOST, Kube, ingress_url, zipkin_url
         if not control.is_up():
             print("the cluster is not up: make cluster-up", file=sys.stderr)
             return 1
+        if args.zipkin:
+            url = zipkin_url(Kube(control.read_state()))
+            print(url)
+            print(f"# UI {url}/zipkin/; a purchase's trace: make trace ZIPKIN_URL={url} ID=<event id>", file=sys.stderr)
+            return 0
         url = ingress_url(Kube(control.read_state()))
         print(url)
         print(f"# e.g. curl -s {url}/api/user/555/purchases -H 'Host: {INGRESS_HOST}'", file=sys.stderr)

@@ -68,6 +68,21 @@ def ingress_url(kube: Kube) -> str:
     return f"http://{NODE_IP}:{node_port}"
 
 
+# The node overlay's trace backend (k8s/overlays/node/zipkin/): Zipkin's API and UI.
+TRACE_NAMESPACE = "purchase-trace"
+TRACE_SERVICE = "zipkin"
+
+
+def zipkin_url(kube: Kube) -> str:
+    """http://<ClusterIP>:<port> of the node's Zipkin: the host reaches Service addresses (kube-proxy's
+    rules, the node's route to them) without CoreDNS, so the URL works in any shell and browser here."""
+    service = kube.get("service", TRACE_SERVICE, namespace=TRACE_NAMESPACE)
+    if service is None:
+        raise RuntimeError(f"no Service {TRACE_NAMESPACE}/{TRACE_SERVICE}: deploy the node overlay first")
+    port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "http")
+    return f"http://{service['spec']['clusterIP']}:{port}"
+
+
 # The node overlay's OpenID Connect provider (k8s/overlays/node/oidc/), by the Service name that is
 # also its issuer; the host reaches it through CoreDNS (`python -m cluster run`), as the tests do.
 NODE_ISSUER = "http://oidc.purchase-auth.svc.cluster.local:8080/purchase"

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from devstack import oidc, servers
+from devstack import oidc, servers, zipkin
 from tools.common import CACHE_DIR, ROOT, exclusive, fetch_maven_jars, speaker
 
 CACHE = CACHE_DIR / "images"
@@ -41,6 +41,7 @@ KAFKA_IMAGE = f"localhost/purchase-substitute/kafka:{servers.KAFKA_VERSION}"
 MONGODB_IMAGE = f"localhost/purchase-substitute/mongodb:ferretdb-{servers.FERRETDB_VERSION.lstrip('v')}"
 PAUSE_IMAGE = "localhost/purchase-substitute/pause:catatonit"
 OIDC_IMAGE = f"localhost/purchase-substitute/mock-oauth2-server:{oidc.VERSION}"
+ZIPKIN_IMAGE = f"localhost/purchase-substitute/zipkin:{zipkin.VERSION}"
 
 # Image name -> (FUNCTION, the folder under functions/; target, the stage of functions/Dockerfile),
 # the build arguments mk/deploy.mk's build-<name> passes.
@@ -259,14 +260,20 @@ def _staged_context(name: str, extra: dict[str, Path]) -> Path:
     return context
 
 
-def build_kafka_substitute() -> str:
+def _jre_substitute(name: str, ref: str, artifacts: dict[str, Path]) -> str:
+    """images/substitutes/<name>/ with cached Java artifacts (path in the context -> file or
+    folder) on the JRE base, rebuilt when any of them changes."""
     base = ensure_rootfs_image("jre-base")
+    stamp = digest(image_id(base), SUBSTITUTES / name, *artifacts.values())
+    if image_stamp(ref) == stamp:
+        return ref
+    context = _staged_context(name, artifacts)
+    return build_image(ref, context / "Containerfile", context, stamp, {"JRE_IMAGE": base})
+
+
+def build_kafka_substitute() -> str:
     libs, tools = servers.ensure_kafka(), _kafka_tools_jar()
-    stamp = digest(image_id(base), SUBSTITUTES / "kafka", libs, tools)
-    if image_stamp(KAFKA_IMAGE) == stamp:
-        return KAFKA_IMAGE
-    context = _staged_context("kafka", {"libs": libs, f"libs/{tools.name}": tools})
-    return build_image(KAFKA_IMAGE, context / "Containerfile", context, stamp, {"JRE_IMAGE": base})
+    return _jre_substitute("kafka", KAFKA_IMAGE, {"libs": libs, f"libs/{tools.name}": tools})
 
 
 def build_mongodb_substitute() -> str:
@@ -292,20 +299,20 @@ def build_pause_substitute() -> str:
 
 def build_oidc_substitute() -> str:
     """The node's OpenID Connect provider: mock-oauth2-server's jars (devstack/oidc.py's) on the JRE base."""
-    base = ensure_rootfs_image("jre-base")
-    libs = oidc.fetch()
-    stamp = digest(image_id(base), SUBSTITUTES / "oidc", libs)
-    if image_stamp(OIDC_IMAGE) == stamp:
-        return OIDC_IMAGE
-    context = _staged_context("oidc", {"libs": libs})
-    return build_image(OIDC_IMAGE, context / "Containerfile", context, stamp, {"JRE_IMAGE": base})
+    return _jre_substitute("oidc", OIDC_IMAGE, {"libs": oidc.fetch()})
+
+
+def build_zipkin_substitute() -> str:
+    """The node's trace backend: Zipkin's executable jar (devstack/zipkin.py's) on the JRE base."""
+    return _jre_substitute("zipkin", ZIPKIN_IMAGE, {"zipkin.jar": zipkin.fetch()})
 
 
 def build_substitutes() -> dict[str, str]:
     """Upstream image -> local substitute, built in parallel (each is cached by its stamp)."""
     builders = {"apache/kafka:4.1.1": build_kafka_substitute, "mongo:8.0": build_mongodb_substitute,
                 "registry.k8s.io/pause": build_pause_substitute,
-                f"ghcr.io/navikt/mock-oauth2-server:{oidc.VERSION}": build_oidc_substitute}
+                f"ghcr.io/navikt/mock-oauth2-server:{oidc.VERSION}": build_oidc_substitute,
+                f"openzipkin/zipkin:{zipkin.VERSION}": build_zipkin_substitute}
     with ThreadPoolExecutor(max_workers=len(builders)) as pool:
         futures = {upstream: pool.submit(build) for upstream, build in builders.items()}
         return {upstream: future.result() for upstream, future in futures.items()}

@@ -2,7 +2,7 @@
 # and KEDA operator on 127.0.0.1 and a real node (containerd, kubelet, kube-proxy,
 # kube-scheduler, CoreDNS) on the bridge purchase0, built from the registries and cached under
 # $(PURCHASE_CACHE_DIR)/cluster/ (outside the clone).
-.PHONY: cluster-build cluster-up cluster-down cluster-status cluster-url load-node test-cluster cluster-images cluster-deploy bench-node soak-node
+.PHONY: cluster-build cluster-up cluster-down cluster-status cluster-url cluster-zipkin-url load-node test-cluster cluster-images cluster-deploy bench-node soak-node
 
 CLUSTER_KUBECONFIG := $(CURDIR)/.run/cluster/kubeconfig
 CLUSTER_KUBECTL := $(PURCHASE_CACHE_DIR)/cluster/bin/kubectl
@@ -54,6 +54,10 @@ cluster-status: venv ## @inspect Show the loopback cluster's processes, ports an
 cluster-url: venv ## @inspect Print the ingress address on the node (Traefik; send Host: purchase.local), after make cluster-deploy
 	$(CLUSTER_IS_UP)
 	@$(PY) -m cluster url
+
+cluster-zipkin-url: venv ## @inspect Print the node's Zipkin (traces: UI at <url>/zipkin/; make trace ZIPKIN_URL=<url> ID=<eventId>), after make cluster-deploy
+	$(CLUSTER_IS_UP)
+	@$(PY) -m cluster url --zipkin
 
 cluster-down: ## @node Stop the cluster by PID and put the host back as it was (CLEAN=1 also deletes certificates)
 	@if [ -x $(PY) ]; then $(PY) -m cluster down $(if $(CLEAN),--clean); fi

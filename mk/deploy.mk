@@ -121,6 +121,9 @@ deploy-infra: ## @deploy Apply namespace, config, Kafka (KRaft), MongoDB and its
 	@# And its OpenID Connect provider, whose keys buy and history fetch as they start.
 	$(if $(DEPLOY_WAIT),$(if $(filter node,$(OVERLAY)),$(KUBECTL) -n purchase-auth rollout status deployment/oidc \
 	  --timeout=$(WAIT_TIMEOUT)))
+	@# And its trace backend, so the first purchases' spans are kept.
+	$(if $(DEPLOY_WAIT),$(if $(filter node,$(OVERLAY)),$(KUBECTL) -n purchase-trace rollout status deployment/zipkin \
+	  --timeout=$(WAIT_TIMEOUT)))
 	$(if $(DEPLOY_WAIT),$(KUBECTL) -n $(K8S_NS) wait job/kafka-create-topics \
 	  --for=condition=complete --timeout=$(WAIT_TIMEOUT))
 	@# The functions' MongoDB user; the Job may already be gone (ttlSecondsAfterFinished) on a redeploy.

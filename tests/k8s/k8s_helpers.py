@@ -96,6 +96,12 @@ IDENTITY_PROVIDER = {
     ("Namespace", "", IDENTITY_PROVIDER_NAMESPACE), ("ConfigMap", "", "oidc-config"), ("Deployment", "apps", "oidc"),
     ("Service", "", "oidc"), ("NetworkPolicy", "networking.k8s.io", "oidc-clients-only"),
 }
+# The node overlay's trace backend (k8s/overlays/node/zipkin/), in a namespace of its own.
+TRACE_BACKEND_NAMESPACE = "purchase-trace"
+TRACE_BACKEND = {
+    ("Namespace", "", TRACE_BACKEND_NAMESPACE), ("Deployment", "apps", "zipkin"), ("Service", "", "zipkin"),
+    ("NetworkPolicy", "networking.k8s.io", "zipkin-clients-only"),
+}
 
 
 def overlay_of(variant: str) -> str:
@@ -113,6 +119,8 @@ def expected_namespace(doc: Doc) -> str | None:
         return TRAEFIK.namespace
     if doc.key in IDENTITY_PROVIDER:
         return IDENTITY_PROVIDER_NAMESPACE
+    if doc.key in TRACE_BACKEND:
+        return TRACE_BACKEND_NAMESPACE
     return NAMESPACE
 
 

@@ -48,7 +48,7 @@ def test_every_object_belongs_to_exactly_one_target():
         all_keys = [d.key for d in h.rendered(variant)]
         assert len(all_keys) == len(set(all_keys))
         shipped_ingress = h.INGRESS_CONTROLLER if h.ingress_layer(variant).shipped else set()
-        provider = h.IDENTITY_PROVIDER if h.overlay_of(variant) == "node" else set()
+        provider = h.IDENTITY_PROVIDER | h.TRACE_BACKEND if h.overlay_of(variant) == "node" else set()
         assert set(all_keys) == INFRA | OWNED | shipped_ingress | provider | \
             ({TRIGGER_AUTH} if "kafka-auth" in variant else set())
     assert not INFRA & OWNED

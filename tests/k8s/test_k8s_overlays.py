@@ -67,7 +67,7 @@ def test_every_overlay_takes_the_whole_base():
         assert listed == base, overlay
 
 
-def test_the_node_overlay_changes_only_the_substitute_images_kedas_timings_the_ingress_and_the_issuer():
+def test_the_node_overlay_changes_only_the_substitute_images_kedas_timings_the_ingress_issuer_and_tracing():
     timings = yaml.safe_load((h.K8S / "overlays/node/scaledobject-timings.yaml").read_text())["spec"]
     substitutes = {"apache/kafka:4.1.1": images_build.KAFKA_IMAGE, "mongo:8.0": images_build.MONGODB_IMAGE}
     minikube, node = h.rendered("minikube"), h.rendered("node")
@@ -98,7 +98,19 @@ def test_the_node_overlay_changes_only_the_substitute_images_kedas_timings_the_i
     expected.update({(d.key, ""): (None, d.obj) for d in node if d.key in h.IDENTITY_PROVIDER})
     config = h.find(minikube, "ConfigMap", "purchase-config")
     expected[(config.key, ".data.AUTH_ISSUER")] = (config.obj["data"]["AUTH_ISSUER"], node_issuer(node))
+    # The trace backend's objects added, and the functions' exporter pointed at it (the base exports none).
+    expected.update({(d.key, ""): (None, d.obj) for d in node if d.key in h.TRACE_BACKEND})
+    expected[(config.key, ".data.OTEL_TRACES_EXPORTER")] = (None, "zipkin_json")
+    expected[(config.key, ".data.OTEL_EXPORTER_ZIPKIN_ENDPOINT")] = (None, node_zipkin_endpoint(node))
     assert differences(minikube, node) == expected
+
+
+def node_zipkin_endpoint(node) -> str:
+    """Zipkin's span endpoint by its Service's cluster name and port, which is the container's."""
+    service = h.find(node, "Service", "zipkin").obj
+    container = h.containers(h.find(node, "Deployment", "zipkin"))[0]
+    assert service["spec"]["ports"][0]["port"] == container["ports"][0]["containerPort"] == 9411
+    return f"http://zipkin.{h.TRACE_BACKEND_NAMESPACE}.svc.cluster.local:9411/api/v2/spans"
 
 
 def node_issuer(node) -> str:
