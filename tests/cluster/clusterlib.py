@@ -145,6 +145,13 @@ UNCONFIRMED = (502, 503, 504)  # nothing confirmed: retry with the same Idempote
 
 def post_purchase(session: requests.Session, revision: Revision, body: dict, retry_s: float) -> tuple[str, int]:
     """One purchase under one Idempotency-Key: its event id and how many retries it took."""
+    response, retries = accepted_purchase(session, revision, body, retry_s)
+    return response.json()["id"], retries
+
+
+def accepted_purchase(session: requests.Session, revision: Revision, body: dict,
+                      retry_s: float) -> tuple[requests.Response, int]:
+    """One purchase under one Idempotency-Key: buy's 202 answer and how many retries it took."""
     key, retries = uuid.uuid4().hex, 0
     deadline = time.monotonic() + retry_s
     while True:
@@ -157,7 +164,7 @@ def post_purchase(session: requests.Session, revision: Revision, body: dict, ret
         else:
             if response.status_code not in UNCONFIRMED or time.monotonic() >= deadline:
                 assert response.status_code == 202, (response.status_code, response.text)
-                return response.json()["id"], retries
+                return response, retries
         retries += 1
         time.sleep(0.5)
 
