@@ -17,7 +17,6 @@ import os
 import time
 from collections.abc import Sequence
 
-from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from purchase_common import config, tracing
 
@@ -38,13 +37,10 @@ def buy_spans(t: tracing.Tracing, requests: int) -> None:
             continue
         with t.server_span("POST", "/api/buy", "/api/buy", HEADERS) as server:
             server.set_attributes({"purchase.event_id": "0b9d6a4e-9f5b-4c47-8f0e", "purchase.user_id": "u1"})
-            with t.tracer.start_as_current_span(
-                "send purchases",
-                kind=trace.SpanKind.PRODUCER,
-                attributes=tracing.messaging_attributes("send", "purchases", "0b9d6a4e", b"u1"),
-            ) as send:
-                tracing.cloudevent_headers(send)
-                tracing.delivered(send, 3, 12345)
+            send = t.producer_span("purchases", "0b9d6a4e-9f5b-4c47-8f0e", b"u1")
+            tracing.cloudevent_headers(send)
+            tracing.delivered(send, 3, 12345)
+            send.end()
             tracing.answered(server, 202)
             tracing.traceparent(server)
 

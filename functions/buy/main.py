@@ -197,22 +197,18 @@ class Buy:
             return await self.producer.send(topic, record.key, record.value, record.headers)
         server = trace.get_current_span()
         server.set_attributes({"purchase.event_id": record.event_id, "purchase.user_id": user_id})
-        with self.tracing.tracer.start_as_current_span(
-            f"send {topic}",
-            kind=trace.SpanKind.PRODUCER,
-            attributes=tracing.messaging_attributes("send", topic, record.event_id, record.key),
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                delivery = await self.producer.send(
-                    topic, record.key, record.value, record.headers + tracing.cloudevent_headers(span)
-                )
-            except KafkaUnavailable as exc:
-                tracing.failed(span, exc)
-                raise
+        span = self.tracing.producer_span(topic, record.event_id, record.key)
+        try:
+            delivery = await self.producer.send(
+                topic, record.key, record.value, record.headers + tracing.cloudevent_headers(span)
+            )
             tracing.delivered(span, delivery.partition, delivery.offset)
             return delivery
+        except KafkaUnavailable as exc:
+            tracing.failed(span, exc)
+            raise
+        finally:
+            span.end()
 
 
 # Read at import, so a bad variable fails the server's start rather than every request.

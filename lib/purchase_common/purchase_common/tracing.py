@@ -23,7 +23,7 @@ import functools
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from opentelemetry import trace
@@ -180,18 +180,23 @@ class Tracing:
 
         return [CommandTracer(self.provider.get_tracer("opentelemetry.instrumentation.pymongo"))]
 
-    @contextmanager
-    def server_span(self, method: str, route: str, path: str, headers: Any) -> Iterator[Span]:
+    def server_span(self, method: str, route: str, path: str, headers: Any) -> AbstractContextManager[Span]:
         """The request's SERVER span, current while the handler runs, continuing the caller's trace."""
-        with self.tracer.start_as_current_span(
+        return self.tracer.start_as_current_span(
             f"{method} {route}",
             context=http_context(headers),
             kind=SpanKind.SERVER,
             attributes={"http.request.method": method, "http.route": route, "url.path": path},
             record_exception=False,
             set_status_on_exception=False,
-        ) as span:
-            yield span
+        )
+
+    def producer_span(self, topic: str, message_id: str, key: bytes) -> Span:
+        """A send's PRODUCER span under the current span; the caller ends it at the ack. Not made
+        current: nothing runs inside it but the send."""
+        return self.tracer.start_span(
+            f"send {topic}", kind=SpanKind.PRODUCER, attributes=messaging_attributes("send", topic, message_id, key)
+        )
 
     def shutdown(self) -> None:
         """Export what is queued, waiting at most SHUTDOWN_TIMEOUT_MS."""
