@@ -15,6 +15,9 @@
 -- collection drops it.
 -- FerretDB's prepared statements bind the field name as a parameter, so a generic plan cannot
 -- match the expression; ferretdb_store.sh runs PostgreSQL with plan_cache_mode=force_custom_plan.
+-- A history page (a find with a sort and a limit) does not go through @>: the store's FerretDB is
+-- patched to send it as = and ranges with ORDER BY and LIMIT (ferretdb-sort-limit-pushdown.patch),
+-- which FerretDB's own btree serves; the companion serves counts and finds without sort or limit.
 
 CREATE SCHEMA IF NOT EXISTS ferretdb_companion;
 

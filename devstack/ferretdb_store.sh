@@ -59,6 +59,10 @@ done
 PGOPTIONS="-c client_min_messages=warning" "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" \
     -U postgres -d postgres -f "$STORE_SQL" || { say "applying $STORE_SQL failed"; stop; exit 1; }
 
+# Sort and limit pushdown (our patch of FerretDB, devstack/ferretdb-sort-limit-pushdown.patch):
+# without it FerretDB reads every purchase of a user to sort them and return one page. A real
+# MongoDB needs nothing of the kind: its (userId, timestamp, eventId) index serves sort and limit.
+FERRETDB_TEST_ENABLE_SORT_LIMIT_PUSHDOWN=${FERRETDB_TEST_ENABLE_SORT_LIMIT_PUSHDOWN:-true} \
 FERRETDB_HANDLER=pg FERRETDB_POSTGRESQL_URL="postgres://postgres@127.0.0.1:$port/postgres" \
     "${STORE_FERRETDB:-ferretdb}" 3>&- &
 ferretdb=$!

@@ -7,6 +7,7 @@ import os
 import uuid
 
 import pytest
+from bson import ObjectId
 from purchase_common import storage
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
@@ -42,7 +43,7 @@ def test_a_second_purchase_with_a_stored_event_id_is_refused(purchases):
         purchases.insert_many([purchase(event_id, "dup-c"), purchase(fresh, "dup-c")], ordered=False)
     assert [e["code"] for e in batch.value.details["writeErrors"]] == [storage.DUPLICATE_KEY]
     assert storage.insert_purchases(purchases, [purchase(event_id, "dup-d"), purchase(fresh, "dup-d")]) \
-        == storage.WriteResult(0, 2)
+        == storage.WriteResult(0, 2, frozenset({0, 1}))
     assert sorted(d["userId"] for d in purchases.find({"eventId": {"$in": [event_id, fresh]}})) == ["dup-a", "dup-c"]
 
 
@@ -54,20 +55,48 @@ def test_history_pages_come_back_newest_first_across_a_cursor(purchases):
     assert [d["eventId"] for d in first + second] == [f"{user}-{i:03d}" for i in reversed(range(7))]
 
 
-@pytest.mark.skipif(not STAND_IN, reason="the plan's shape is FerretDB's; a real mongod has its own")
-def test_the_history_query_is_served_by_an_index_on_the_stand_in(purchases):
-    # explain() comes back with PostgreSQL's plan: the userId filter is pushed down and answered
-    # from the GIN companion of the functions' own (userId, timestamp, eventId) index.
-    plan = purchases.find({"userId": "u1"}).sort([("timestamp", -1), ("eventId", -1)]).limit(50).explain()
-    assert plan["filterPushdown"] is True
+def plan_nodes(plan: dict) -> list[dict]:
     nodes, stack = [], [plan["queryPlanner"]["Plan"]]
     while stack:
         node = stack.pop()
         nodes.append(node)
         stack.extend(node.get("Plans", []))
-    assert any(n["Node Type"] == "Bitmap Index Scan" and n["Index Name"].endswith("_gin") for n in nodes), nodes
-    # The companion is the stand-in's own: the MongoDB API lists only the functions' indexes.
+    return nodes
+
+
+@pytest.mark.skipif(not STAND_IN, reason="the plan's shape is FerretDB's; a real mongod has its own")
+def test_the_history_query_is_served_by_an_index_on_the_stand_in(purchases):
+    # explain() comes back with PostgreSQL's plan: the stand-in's FerretDB (patched,
+    # devstack/ferretdb-sort-limit-pushdown.patch) sends filter, sort and limit, and PostgreSQL
+    # reads the btree FerretDB made for the functions' (userId, timestamp, eventId) index.
+    sort = [("timestamp", -1), ("eventId", -1)]
+    cursor = storage.decode_cursor(storage.encode_cursor(purchase("c-1", "u1", millis=5)))
+    deep = {"userId": "u1", "$or": [{"timestamp": {"$lt": cursor[0]}},
+                                    {"timestamp": cursor[0], "eventId": {"$lt": cursor[1]}}]}
+    for query in ({"userId": "u1"}, deep):
+        plan = purchases.find(query).sort(sort).limit(50).explain()
+        assert (plan["filterPushdown"], plan["sortPushdown"], plan["limitPushdown"]) == (True, True, True)
+        nodes = plan_nodes(plan)
+        assert nodes[0]["Node Type"] == "Limit", nodes
+        scans = [n for n in nodes if "Index Name" in n]
+        assert len(scans) == 1 and "_userid_timestamp_" in scans[0]["Index Name"], nodes
+        # The before= cursor's $or comes with its hull, timestamp <= T, a range the index answers.
+        bound = "_jsonb -> 'timestamp'::text) <= " if query is deep else "_jsonb -> 'userId'::text) = "
+        assert bound in scans[0]["Index Cond"], scans
+    # The btree's GIN companion is the stand-in's own: the MongoDB API lists only the functions' indexes.
     assert {i["name"] for i in purchases.list_indexes()} == {"_id_", storage.EVENT_ID_INDEX, storage.HISTORY_INDEX}
+
+
+def test_a_page_is_exact_when_another_type_is_stored_as_the_same_json(purchases):
+    # On the stand-in an ObjectId is stored as its hex string: PostgreSQL's limited page for the
+    # string userId holds the ObjectId's purchases too, and FerretDB (patched) asks again without
+    # the limit. MongoDB never mixes the two.
+    user = uuid.uuid4().hex[:24]
+    purchases.insert_many([purchase(f"{user}-o{i}", ObjectId(user), millis=10 + i) for i in range(3)]
+                          + [purchase(f"{user}-s{i}", user, millis=i) for i in range(3)])
+    assert [d["eventId"] for d in storage.find_user_purchases(purchases, user, 2)] == [f"{user}-s2", f"{user}-s1"]
+    assert [d["eventId"] for d in storage.find_user_purchases(purchases, ObjectId(user), 2)] \
+        == [f"{user}-o2", f"{user}-o1"]
 
 
 @pytest.mark.skipif(not STAND_IN, reason="starts a stand-in of its own")
