@@ -134,6 +134,12 @@ class Settings:
     otel_service_name: str = _env(
         "OTEL_SERVICE_NAME", "", "unset: the function's own name (buy, history, persist-purchase)"
     )
+    otel_bsp_schedule_delay: int = _env(
+        "OTEL_BSP_SCHEDULE_DELAY",
+        1000,
+        "ms between exports: a purchase's spans are in the backend a second after it, and a stopping "
+        "process has at most this much unexported (the SDK's default is 5000)",
+    )
     otel_bsp_max_queue_size: int = _env(
         "OTEL_BSP_MAX_QUEUE_SIZE",
         2048,

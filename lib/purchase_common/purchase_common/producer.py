@@ -155,7 +155,8 @@ class Producer:
             # client was told is unconfirmed goes out much later.
             "message.timeout.ms": budget_ms,
             "request.timeout.ms": budget_ms,
-            "socket.connection.setup.timeout.ms": budget_ms,
+            # librdkafka refuses a setup timeout under a second (a budget below that failed every start).
+            "socket.connection.setup.timeout.ms": max(budget_ms, 1000),
             "reconnect.backoff.max.ms": 1000,
             # A partition whose leader died is re-looked-up at 100 ms, then backing off up to this
             # (librdkafka's default: 1 s), and a refused produce (NOT_ENOUGH_REPLICAS) is retried as

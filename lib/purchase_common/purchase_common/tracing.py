@@ -157,6 +157,7 @@ class Tracing:
             self._processor = BatchSpanProcessor(
                 _exporter(self.exporter, settings),
                 max_queue_size=queue,
+                schedule_delay_millis=settings.otel_bsp_schedule_delay,
                 max_export_batch_size=min(512, queue),
                 meter_provider=_dropped_spans_meter(),
             )
