@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 import uuid
 
 import pytest
@@ -97,6 +98,27 @@ def test_a_page_is_exact_when_another_type_is_stored_as_the_same_json(purchases)
     assert [d["eventId"] for d in storage.find_user_purchases(purchases, user, 2)] == [f"{user}-s2", f"{user}-s1"]
     assert [d["eventId"] for d in storage.find_user_purchases(purchases, ObjectId(user), 2)] \
         == [f"{user}-o2", f"{user}-o1"]
+
+
+def test_limited_pages_match_the_unlimited_query_cut_short(purchases):
+    # A limited find is the stand-in's pushed-down path, an unlimited one FerretDB's in-memory
+    # sort: on purchases with timestamp ties, ObjectIds beside strings of the same hex and cursors
+    # anywhere, the first page of each must be the same (MongoDB trivially agrees).
+    rng = random.Random(23)
+    users = [uuid.uuid4().hex[:24] for _ in range(3)]
+    purchases.insert_many([purchase(f"mix-{i:04d}", ObjectId(rng.choice(users)) if i % 7 == 0 else rng.choice(users),
+                                    millis=rng.randrange(60)) for i in range(400)])
+    for _ in range(40):
+        user, limit, order = rng.choice(users), rng.choice([1, 7, 50]), rng.choice([-1, 1])
+        query: dict = {"userId": user}
+        if rng.random() < 0.6:
+            at, event_id = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=rng.randrange(60)), \
+                f"mix-{rng.randrange(400):04d}"
+            op = "$lt" if order < 0 else "$gt"
+            query["$or"] = [{"timestamp": {op: at}}, {"timestamp": at, "eventId": {op: event_id}}]
+        sort = [("timestamp", order), ("eventId", order)]
+        unlimited = list(purchases.find(query, {"_id": False}).sort(sort))
+        assert list(purchases.find(query, {"_id": False}).sort(sort).limit(limit)) == unlimited[:limit], query
 
 
 @pytest.mark.skipif(not STAND_IN, reason="starts a stand-in of its own")
