@@ -70,13 +70,14 @@ def _next_page_link(request: Request, user_id: str, limit: int, cursor: str) -> 
     return f'<{path}?{urllib.parse.urlencode(query)}>; rel="next"'
 
 
-def _route(path: str) -> str:
-    """The route's template (the span's name): never the userId, which would make one name per user."""
+def _route(path: str) -> str | None:
+    """The API route's template (the span's name: never the userId, which would make one name
+    per user); None for any other path."""
     if path.startswith(USER_PATH[0]) and path.endswith(USER_PATH[1]):
         return f"{USER_PATH[0]}{{userId}}{USER_PATH[1]}"
     if path.startswith(LEGACY_PATH):
         return f"{LEGACY_PATH}{{userId}}"
-    return path
+    return path if path == LEGACY_QUERY_PATH else None
 
 
 def _answered(outcome: str, response: Response) -> Response:
@@ -110,11 +111,10 @@ class History:
         return {"mongodb": self.store.reachable()}
 
     def handle(self, request: Request) -> Response:
-        if not self.tracing.enabled:
+        route = _route(request.path)
+        if not self.tracing.enabled or route is None:  # probes, metrics and strays make no span
             return self._answer(request)
-        with self.tracing.server_span(
-            request.method, _route(request.path), request.path, dict(request.headers)
-        ) as span:
+        with self.tracing.server_span(request.method, route, request.path, request.headers) as span:
             response = self._answer(request)
             tracing.answered(span, response.status_code)
         return response

@@ -165,3 +165,23 @@ def test_a_buy_with_kafka_down_is_a_503_whose_span_says_why(servers, zipkin, tmp
     assert tags(server)["http.response.status_code"] == "503" and tags(server)["error.type"] == "503"
     assert send["parentId"] == server["id"] and tags(send)["error.type"] == "KafkaUnavailable"
     assert "error" in tags(send), "Zipkin marks the failed send"
+
+
+def test_a_history_page_is_a_server_span_over_its_mongodb_find_and_probes_make_none(pipeline, zipkin):
+    trace_id, caller_span, probe_trace = secrets.token_hex(16), secrets.token_hex(8), secrets.token_hex(16)
+    probe = requests.get(f"{pipeline.history}/healthz", timeout=10,
+                         headers={"traceparent": f"00-{probe_trace}-{secrets.token_hex(8)}-01"})
+    assert probe.status_code == 200
+    page = requests.get(f"{pipeline.gateway}/api/user/trace-reader/purchases", timeout=10,
+                        headers={"traceparent": f"00-{trace_id}-{caller_span}-01"})
+    assert page.status_code == 200, page.text
+
+    spans = wait_for_spans(zipkin, trace_id, lambda s: len(s) >= 2, "history's spans")
+    server = one(spans, kind="SERVER", service="history")
+    assert server["parentId"] == caller_span
+    assert server["name"] == "get /api/user/{userid}/purchases", "named by route, never by the userId"
+    # (The store's first use in this process also ensures its indexes: createIndexes spans.)
+    (find,) = [s for s in spans if s.get("kind") == "CLIENT" and s["name"].endswith(".find")]
+    assert find["parentId"] == server["id"] and tags(find)["db.system"] == "mongodb"
+    # Both requests were served before the page's spans were exported: the probe's would be there.
+    assert zipkin.trace(probe_trace) == []
