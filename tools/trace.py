@@ -22,7 +22,10 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -371,6 +374,27 @@ def wait_for_purchase(client: ZipkinClient, event_id: str, wait_s: float, interv
         time.sleep(interval_s)
 
 
+# Chromium's background services (updates, metrics, sync) stay off: it fetches the one page only.
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-default-apps", "--disable-domain-reliability", "--disable-extensions",
+                  "--window-size=1500,900", "--virtual-time-budget=15000")
+SCREENSHOT_TIMEOUT_S = 90
+
+
+def screenshot(client: ZipkinClient, trace_id: str, path: Path) -> Path:
+    """Zipkin's UI page of one trace, rendered by headless Chromium into path."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        raise SystemExit("trace: --screenshot needs Chromium (apt-get install chromium)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={path.resolve()}",
+                        f"{client.base_url}/zipkin/traces/{trace_id}"],
+                       check=True, capture_output=True, timeout=SCREENSHOT_TIMEOUT_S)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.trace", description=__doc__.split("\n\n")[0])
     parser.add_argument("event_id", help="the purchase's event id (the `id` of buy's 202 answer)")
@@ -379,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", default=None, type=Path,
                         help="where to draw the waterfall (default .run/trace-<id>-<date>-<time>.png)")
     parser.add_argument("--no-png", action="store_true", help="print the tree only")
+    parser.add_argument("--screenshot", default=None, type=Path,
+                        help="also save Zipkin's own page of the purchase's trace as a PNG, taken by a headless "
+                             "Chromium (Debian's chromium package)")
     parser.add_argument("--wait", type=float, default=DEFAULT_WAIT_S,
                         help=f"seconds to wait for the spans to arrive (default {DEFAULT_WAIT_S:g})")
     args = parser.parse_args(argv)
@@ -403,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trace: no waterfall ({exc}); `make venv` installs matplotlib", file=sys.stderr)
         else:
             print(f"\nwaterfall written to {path}")
+    if args.screenshot:
+        trace_id = min(spans, key=start_us)["traceId"]
+        print(f"Zipkin's page of the trace written to {screenshot(client, trace_id, args.screenshot)}")
     return 0
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import importlib.metadata
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -44,6 +45,11 @@ CE_TRACEPARENT, CE_TRACESTATE = "ce_traceparent", "ce_tracestate"
 _W3C = TraceContextTextMapPropagator()
 
 Headers = Sequence[tuple[str, bytes]]
+
+try:  # the instrumentation scope's version on every span
+    _VERSION = importlib.metadata.version("purchase-common")
+except importlib.metadata.PackageNotFoundError:
+    _VERSION = ""
 
 
 def exporter_name(settings: Settings) -> str:
@@ -170,7 +176,7 @@ class Tracing:
             provider.add_span_processor(self._processor)
             self.provider = provider
             atexit.register(self.shutdown)
-        self.tracer = self.provider.get_tracer("purchase_common")
+        self.tracer = self.provider.get_tracer("purchase_common", _VERSION)
 
     def mongodb_listeners(self) -> list[Any]:
         """pymongo command listeners that make a CLIENT span per command (the pymongo
