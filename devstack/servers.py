@@ -23,6 +23,7 @@ from tools.common import (
     CACHE_DIR,
     ROOT,
     Process,
+    apt_install,
     fetch_maven_jars,
     free_port,
     go_install,
@@ -369,11 +370,9 @@ def ensure_postgresql() -> Path:
                       if p.parent.parent.name.isdigit() and int(p.parent.parent.name) >= 15]
         return max(candidates, key=lambda p: int(p.parent.name)) if candidates else None
 
-    if found() is None and os.geteuid() == 0 and shutil.which("apt-get"):
+    if found() is None:
         say("installing Debian's postgresql-15 (apt-get; first run only)")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        sh("apt-get", "update", "-qq", env=env, timeout_s=600)
-        sh("apt-get", "install", "-y", "-qq", "postgresql-15", env=env, timeout_s=900)
+        apt_install("postgresql-15")
     bin_dir = found()
     if bin_dir is None:
         raise RuntimeError("FerretDB's store needs PostgreSQL 15+ (Debian: apt-get install postgresql-15)")

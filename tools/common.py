@@ -311,6 +311,17 @@ MAVEN_FETCH_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 """
 
 
+def apt_install(*packages: str) -> bool:
+    """Install Debian packages when running as root where apt-get exists (a fresh machine, as
+    .ci/run does); False when this process cannot."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return False
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    sh("apt-get", "update", "-qq", env=env, timeout_s=600)
+    sh("apt-get", "install", "-y", "-qq", *packages, env=env, timeout_s=900)
+    return True
+
+
 def fetch_maven_jars(home: Path, name: str, artifacts, transitive: bool = True, timeout_s: float = 1800) -> Path:
     """Copy (groupId, artifactId, version) jars, with their dependencies unless transitive is
     False, from Maven Central into home/libs."""

@@ -34,7 +34,7 @@ from typing import Any
 
 import requests
 
-from tools.common import ROOT
+from tools.common import ROOT, apt_install
 
 RUN_DIR = ROOT / ".run"
 STATE_FILE = RUN_DIR / "state.json"
@@ -385,6 +385,8 @@ SCREENSHOT_TIMEOUT_S = 90
 def screenshot(client: ZipkinClient, trace_id: str, path: Path) -> Path:
     """Zipkin's UI page of one trace, rendered by headless Chromium into path."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None and apt_install("chromium"):
+        browser = shutil.which("chromium")
     if browser is None:
         raise SystemExit("trace: --screenshot needs Chromium (apt-get install chromium)")
     path.parent.mkdir(parents=True, exist_ok=True)

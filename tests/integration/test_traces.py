@@ -185,3 +185,22 @@ def test_a_history_page_is_a_server_span_over_its_mongodb_find_and_probes_make_n
     assert find["parentId"] == server["id"] and tags(find)["db.system"] == "mongodb"
     # Both requests were served before the page's spans were exported: the probe's would be there.
     assert zipkin.trace(probe_trace) == []
+
+
+def test_a_headless_browser_shows_the_purchase_in_zipkins_ui(pipeline, zipkin, tmp_path):
+    """What the README's picture is: Zipkin's own page of one purchase, as a real browser renders it."""
+    from matplotlib import image
+
+    from tools.trace import screenshot
+
+    answer = requests.post(f"{pipeline.gateway}/api/buy", json=purchase("trace-ui-" + uuid.uuid4().hex[:8]),
+                           timeout=10)
+    trace_id = answer.headers["traceparent"].split("-")[1]
+    wait_for_spans(zipkin, trace_id, lambda s: stored_or_not(s, answer.json()["id"]), "the purchase's trace")
+    pixels = image.imread(screenshot(zipkin, trace_id, tmp_path / "zipkin.png"))
+    assert pixels.shape[:2] == (900, 1500)
+    # Zipkin colours each service's bars: buy's red and persist-purchase's green are both drawn
+    # (a "trace not found" page has neither).
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    assert ((r > 0.55) & (g < 0.35) & (b < 0.35)).sum() > 1000, "buy's spans are not drawn"
+    assert ((g > 0.4) & (g > r + 0.1) & (b < 0.3)).sum() > 500, "persist-purchase's spans are not drawn"
