@@ -40,7 +40,7 @@ load-node: cluster-deploy ## @node On the node: load/scale.sh through the ingres
 	    -o jsonpath='{.data.KAFKA_BOOTSTRAP_SERVERS}')" \
 	  --tool python -n 12000 -c 16 -d 90 --chart load/scale-example-node.png $(LOAD_NODE_ARGS)
 
-bench-node: cluster-deploy ## @node On the node: >=10 Knative cold starts each of buy/history (split), warm p50/p99, peak pods, last request -> 0 pods; 5 KEDA starts from zero of the consumer (split) (~12 min; BENCH_NODE_ARGS=--help) -> bench-node-results.json
+bench-node: cluster-deploy ## @node On the node: >=10 Knative cold starts each of buy/history (split), warm p50/p99, peak pods, last request -> 0 pods; 5 KEDA starts from zero of the consumer (split); its scale events 1->3->1 under load per assignor: pause, redeliveries, e2e p99 (~30 min; BENCH_NODE_ARGS=--help) -> bench-node-results.json
 	@# With CoreDNS as the resolver: the consumer part writes to the broker by its in-cluster name.
 	$(PY) -m cluster run -- $(PY) -m bench.node --json bench-node-results.json $(BENCH_NODE_ARGS)
 
