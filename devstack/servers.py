@@ -370,9 +370,8 @@ def ensure_postgresql() -> Path:
                       if p.parent.parent.name.isdigit() and int(p.parent.parent.name) >= 15]
         return max(candidates, key=lambda p: int(p.parent.name)) if candidates else None
 
-    if found() is None:
-        say("installing Debian's postgresql-15 (apt-get; first run only)")
-        apt_install("postgresql-15")
+    if found() is None and apt_install("postgresql-15"):
+        say("installed Debian's postgresql-15 (apt-get; first run only)")
     bin_dir = found()
     if bin_dir is None:
         raise RuntimeError("FerretDB's store needs PostgreSQL 15+ (Debian: apt-get install postgresql-15)")
