@@ -5,8 +5,9 @@ For each assignor (CONSUMER_ASSIGNOR, set on the Deployment while it has no pod:
 group must share a protocol) the bench, from zero pods:
 1. pins the ScaledObject to one replica (minReplicaCount = maxReplicaCount = 1) and starts
    steady purchases to buy through the ingress, with the node client's token;
-2. once the pod is Ready and the group has caught up, pins it to 2, 3, ... N, ... 1, one step at a
-   time: KEDA hands the bounds to its HPA, which scales the Deployment (scale-down's
+2. once the pod is Ready and the group has caught up, holds `--hold-s` at one pod (the "1 steady"
+   row: the same measures with no event, for reference), then pins it to 2, 3, ... N, ... 1, one
+   step at a time: KEDA hands the bounds to its HPA, which scales the Deployment (scale-down's
    stabilization window set to 0 for the run, so a step down is not held for minutes). Pinned
    steps put the events at the bench's times instead of wherever the lag happens to cross
    lagThreshold; the group's rebalance is the same either way. A step lasts until the
@@ -39,6 +40,7 @@ from tools.lag_reader import LagReader
 PART = "scale-events"
 HEALTH_PORT = 8081  # the consumer's /metrics (k8s/keda/persist-purchase-deployment.yaml)
 ASSIGNOR_ENV = "CONSUMER_ASSIGNOR"
+STEADY = "1 steady"
 
 say = speaker("bench-node", clock=True)
 
@@ -155,6 +157,9 @@ class ScaleEvents:
                 self.step(1)
                 poll_until(lambda: self.caught_up(reader, slack=int(self.args.rate)), self.args.step_budget_s, 0.5,
                            "the group caught up with the load (a second's records behind at most)")
+                # The reference: one pod and no event, judged as the events are.
+                recording.events.append((recording.now(), STEADY))
+                time.sleep(self.args.hold_s)
                 for replicas in scale_events.scale_steps(self.args.max_consumers):
                     self.step(replicas)
                 load.stop.set()
