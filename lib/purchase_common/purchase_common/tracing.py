@@ -23,7 +23,7 @@ import functools
 import importlib.metadata
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -117,11 +117,6 @@ class _HeaderGetter(Getter[Mapping[str, bytes]]):
 
 
 _HEADERS = _HeaderGetter()
-
-
-def record_context(headers: Iterable[tuple[str, bytes]] | None) -> Context:
-    """The trace context a Kafka record carries (an empty context when it carries none)."""
-    return _W3C.extract(dict(headers or ()), getter=_HEADERS)
 
 
 def cloudevent_headers(span: Span) -> list[tuple[str, bytes]]:
