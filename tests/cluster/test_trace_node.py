@@ -146,7 +146,9 @@ def test_a_purchase_is_one_trace_from_the_ingress_to_the_keda_started_consumers_
 
     pods: dict[str, dict] = {}
     spans = trace_until_stored(zipkin, trace_id, kube, pods)
-    server = the_span(spans, name=SPAN_NAMES["server"])
+    # The answered request's span (a retried 502/504 from the platform would be a second one).
+    (server,) = [s for s in spans if s.get("name") == SPAN_NAMES["server"]
+                 and tags(s).get("http.response.status_code") == "202"]
     producer = the_span(spans, name=SPAN_NAMES["producer"])
     consumer = the_span(spans, name=SPAN_NAMES["consumer"])
     store = the_span(spans, name=SPAN_NAMES["store"])
@@ -155,7 +157,7 @@ def test_a_purchase_is_one_trace_from_the_ingress_to_the_keda_started_consumers_
     # buy's server span -> its producer span -> the consumer's span for the record (ce_traceparent)
     # -> the batch's write (a batch of this one record) -> pymongo's insert.
     assert (service(server), server["kind"]) == ("buy", "SERVER")
-    assert tags(server)["purchase.event_id"] == event_id and tags(server)["http.response.status_code"] == "202"
+    assert tags(server)["purchase.event_id"] == event_id
     assert (service(producer), producer["kind"], producer["parentId"]) == ("buy", "PRODUCER", server["id"])
     assert tags(producer)["messaging.message.id"] == event_id
     assert tags(producer)["messaging.destination.name"] == config.PURCHASES_TOPIC
