@@ -47,7 +47,9 @@ def isolated_env(stack: devstack.Stack, tag: str, **overrides: str) -> tuple[dic
     ensure_topics(stack.kafka_bootstrap, {names["topic"]: config.TOPIC_PARTITIONS, names["dead_letter_topic"]: 1})
     settings = {"PURCHASES_TOPIC": names["topic"], "DEAD_LETTER_TOPIC": names["dead_letter_topic"],
                 "CONSUMER_GROUP": names["group"], "MONGODB_DATABASE": names["database"],
-                "LOG_LEVEL": os.environ.get("TEST_FUNCTION_LOG_LEVEL", "INFO"), **overrides}
+                "LOG_LEVEL": os.environ.get("TEST_FUNCTION_LOG_LEVEL", "INFO"),
+                # Every purchase traced, whatever other tests spent of a budget (test_traces tests it).
+                "TRACES_PER_SECOND": "inf", **overrides}
     return devstack.function_env(stack, **settings), names
 
 

@@ -103,9 +103,11 @@ class Buy:
 
     async def handle(self, request: Request) -> Response:
         path = request.scope["path"]
-        if not self.tracing.enabled or path.rstrip("/") != BUY_PATH:  # probes and metrics make no span
+        # Probes, metrics and untraced purchases make no span.
+        context = self.tracing.request_context(request.headers) if path.rstrip("/") == BUY_PATH else None
+        if context is None:
             return await self._answer(request)
-        with self.tracing.server_span(request.method, BUY_PATH, path, request.headers) as span:
+        with self.tracing.server_span(request.method, BUY_PATH, path, context) as span:
             response = await self._answer(request)
             tracing.answered(span, response.status_code)
             # The caller's handle on this purchase's trace (`make trace`, a tracing UI).
@@ -193,9 +195,9 @@ class Buy:
         """Send and await the ack; when traced, as a PRODUCER span whose context the record
         carries (the CloudEvent's traceparent), so the consumer continues this trace."""
         topic = self.settings.purchases_topic
-        if not self.tracing.enabled:
-            return await self.producer.send(topic, record.key, record.value, record.headers)
         server = trace.get_current_span()
+        if not server.get_span_context().is_valid:  # this request is not traced
+            return await self.producer.send(topic, record.key, record.value, record.headers)
         server.set_attributes({"purchase.event_id": record.event_id, "purchase.user_id": user_id})
         span = self.tracing.producer_span(topic, record.event_id, record.key)
         try:

@@ -112,9 +112,11 @@ class History:
 
     def handle(self, request: Request) -> Response:
         route = _route(request.path)
-        if not self.tracing.enabled or route is None:  # probes, metrics and strays make no span
+        # Probes, metrics, strays and untraced requests make no span.
+        context = self.tracing.request_context(request.headers) if route is not None else None
+        if route is None or context is None:
             return self._answer(request)
-        with self.tracing.server_span(request.method, route, request.path, request.headers) as span:
+        with self.tracing.server_span(request.method, route, request.path, context) as span:
             response = self._answer(request)
             tracing.answered(span, response.status_code)
         return response

@@ -1,7 +1,7 @@
 """One trace per purchase, read back from the real Zipkin the suite's functions export to
 (tests/conftest.py): buy's request, its Kafka send, the consumer's span for the record and the
 batch's write with its MongoDB command; a retried Idempotency-Key; a poison record's dead letter;
-a buy whose Kafka is down."""
+a buy whose Kafka is down; a busy buy tracing only what its budget allows."""
 from __future__ import annotations
 
 import secrets
@@ -11,7 +11,7 @@ import uuid
 import pytest
 import requests
 from kafka import KafkaConsumer, KafkaProducer
-from support import wait_until
+from support import isolated_env, wait_until
 
 from devstack import stack as devstack
 from tools.common import free_port
@@ -170,6 +170,42 @@ def test_a_buy_with_kafka_down_is_a_503_whose_span_says_why(servers, zipkin, tmp
     assert tags(server)["http.response.status_code"] == "503" and tags(server)["error.type"] == "503"
     assert send["parentId"] == server["id"] and tags(send)["error.type"] == "KafkaUnavailable"
     assert "error" in tags(send), "Zipkin marks the failed send"
+
+
+def test_past_its_budget_buy_traces_only_callers_traces_and_untraced_records_carry_none(servers, zipkin,
+                                                                                       tmp_path):
+    env, names = isolated_env(servers, "budget-" + uuid.uuid4().hex[:8], TRACES_PER_SECOND="2")
+    port = free_port()
+    process = devstack.start_buy(env, port, tmp_path)
+    try:
+        answers = [requests.post(f"http://127.0.0.1:{port}/api/buy", json=purchase("trace-budget"), timeout=10)
+                   for _ in range(12)]
+        caller_trace = secrets.token_hex(16)
+        called = requests.post(f"http://127.0.0.1:{port}/api/buy", json=purchase("trace-budget"), timeout=10,
+                               headers={"traceparent": f"00-{caller_trace}-{secrets.token_hex(8)}-01"})
+        traced = {a.json()["id"]: a.headers["traceparent"].split("-")[1] for a in answers
+                  if "traceparent" in a.headers}
+        for trace_id in traced.values():  # exported before buy stops (its last second's spans are lost)
+            wait_for_spans(zipkin, trace_id, lambda s: any(x.get("kind") == "PRODUCER" for x in s), "a traced buy")
+    finally:
+        process.stop()
+    assert [a.status_code for a in answers + [called]] == [202] * 13
+    # Two at once, then two a second: a dozen requests within a few seconds start 2 to a few traces.
+    assert 2 <= len(traced) < 12, f"{len(traced)} of 12 traced"
+    assert called.headers["traceparent"].split("-")[1] == caller_trace, "a caller's trace is always continued"
+
+    consumer = KafkaConsumer(names["topic"], bootstrap_servers=servers.kafka_bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=10000)
+    records = {}
+    for r in consumer:
+        headers = dict(r.headers)
+        records[headers["ce_id"].decode()] = headers.get("ce_traceparent", b"").decode()
+        if len(records) == 13:
+            break
+    consumer.close()
+    assert len(records) == 13
+    carried = {event_id: parent.split("-")[1] for event_id, parent in records.items() if parent}
+    assert carried == {**traced, called.json()["id"]: caller_trace}, "exactly the traced purchases carry a context"
 
 
 def test_a_history_page_is_a_server_span_over_its_mongodb_find_and_probes_make_none(pipeline, zipkin):

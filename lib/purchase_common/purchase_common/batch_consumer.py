@@ -257,10 +257,10 @@ class BatchConsumer(Generic[E]):
             return records
 
     def _traced(self, records: list[ConsumerRecord]) -> ConsumedBatch | None:
-        """The batch's spans (one per record), when traces are exported."""
+        """The batch's spans (one per record that carries a trace), when traces are exported."""
         if not records or not self.function.tracing.enabled:
             return None
-        return ConsumedBatch(self.function.tracing, records, self.settings.consumer_group)
+        return ConsumedBatch(self.function.tracing, records, self.settings.consumer_group) or None
 
     def _decode(
         self, records: list[ConsumerRecord]

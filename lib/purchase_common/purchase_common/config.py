@@ -140,6 +140,13 @@ class Settings:
         "ms between exports: a purchase's spans are in the backend a second after it, and a stopping "
         "process has at most this much unexported (the SDK's default is 5000)",
     )
+    traces_per_second: float = _env(
+        "TRACES_PER_SECOND",
+        10.0,
+        "new traces each process starts a second, at most: a request without a traceparent is traced while "
+        "this allows, else makes no span (nor does its record downstream); a caller's traceparent is always "
+        "continued; inf traces every request, 0 only callers' (bench/README.md, Traces: the cost per span)",
+    )
     otel_bsp_max_queue_size: int = _env(
         "OTEL_BSP_MAX_QUEUE_SIZE",
         2048,

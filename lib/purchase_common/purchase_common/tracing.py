@@ -8,6 +8,13 @@ the cost is one attribute check per request. With one, spans go through a BatchS
 does not fit is dropped and counted on /metrics as
 ``otel_sdk_processor_span_processed_total{error_type="queue_full"}``).
 
+Which purchases are traced: every request that carries a caller's ``traceparent`` continues it
+(the SDK's sampler, parent-based by default, decides from its flags); a request without one
+starts a trace only while the process's ``TRACES_PER_SECOND`` allows (a token bucket, the
+rate-limiting sampler of Jaeger and Zipkin's Brave). The rest make no span at all, never even
+enter the SDK, and their records carry no trace context, so the consumer makes none either: an
+untraced purchase costs one header lookup, and tracing's CPU stays bounded however busy buy is.
+
 Across Kafka the trace travels as the CloudEvents distributed-tracing extension: buy's producer
 span's W3C context as the event's ``traceparent``/``tracestate`` attributes, i.e. the
 ``ce_traceparent``/``ce_tracestate`` headers of the binary-mode record. The consumer makes one
@@ -22,11 +29,15 @@ import atexit
 import functools
 import importlib.metadata
 import logging
+import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
@@ -40,11 +51,8 @@ from .config import Settings
 
 EXPORTERS = ("zipkin_json", "otlp_proto_http", "console", "none")
 SHUTDOWN_TIMEOUT_MS = 2000
-# The CloudEvents distributed-tracing extension's attributes, as Kafka binary-mode headers.
-CE_TRACEPARENT, CE_TRACESTATE = "ce_traceparent", "ce_tracestate"
+INTERNAL_METRICS = "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"
 _W3C = TraceContextTextMapPropagator()
-
-Headers = Sequence[tuple[str, bytes]]
 
 try:  # the instrumentation scope's version on every span
     _VERSION = importlib.metadata.version("purchase-common")
@@ -90,13 +98,61 @@ def _dropped_spans_meter() -> Any:
     """The SDK counts the spans its queue drops as an OpenTelemetry metric; this reader puts
     that metric on the process's Prometheus registry, i.e. on /metrics. One per process: a
     second reader would list the same series twice."""
-    # The SDK makes its processor metrics only when this variable says so (read when the
-    # processor is built).
-    os.environ.setdefault("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
 
     return MeterProvider(metric_readers=[PrometheusMetricReader()])
+
+
+def _counting_processor(exporter: SpanExporter, settings: Settings) -> BatchSpanProcessor:
+    """A BatchSpanProcessor that counts what it drops. The SDK makes a component's metrics only
+    when OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED is true as it is built, and it is set just for
+    this one: a tracer built with it would count every span it starts, a cost on every span."""
+    before = os.environ.get(INTERNAL_METRICS)
+    os.environ[INTERNAL_METRICS] = "true"
+    try:
+        queue = settings.otel_bsp_max_queue_size
+        return BatchSpanProcessor(
+            exporter,
+            max_queue_size=queue,
+            schedule_delay_millis=settings.otel_bsp_schedule_delay,
+            max_export_batch_size=min(512, queue),
+            meter_provider=_dropped_spans_meter(),
+        )
+    finally:
+        if before is None:
+            del os.environ[INTERNAL_METRICS]
+        else:
+            os.environ[INTERNAL_METRICS] = before
+
+
+class TraceBudget:
+    """At most ``per_second`` new traces a second: a token bucket holding one second's worth
+    (at least one, unless 0), so a quiet process traces every purchase and a busy one a bounded
+    number. ``inf`` allows every one, 0 none. Safe across threads (history serves on several)."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic):
+        if not per_second >= 0:
+            raise ValueError(f"TRACES_PER_SECOND must be 0 or more (inf: every request), got {per_second}")
+        self.per_second = per_second
+        self.unlimited = math.isinf(per_second)
+        self._capacity = max(1.0, per_second) if 0 < per_second < math.inf else 0.0
+        self._tokens = self._capacity
+        self._clock = clock
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        if self.unlimited:
+            return True
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self._capacity, self._tokens + (now - self._last) * self.per_second)
+            self._last = now
+            if self._tokens < 1:
+                return False
+            self._tokens -= 1
+            return True
 
 
 class _HeaderGetter(Getter[Mapping[str, bytes]]):
@@ -119,27 +175,29 @@ class _HeaderGetter(Getter[Mapping[str, bytes]]):
 _HEADERS = _HeaderGetter()
 
 
-def cloudevent_headers(span: Span) -> list[tuple[str, bytes]]:
-    """The span's context as the CloudEvent's distributed-tracing headers."""
+def _w3c(span: Span) -> dict[str, str]:
+    """The span's context as W3C headers: traceparent, and tracestate when set."""
     carrier: dict[str, str] = {}
     _W3C.inject(carrier, context=trace.set_span_in_context(span))
-    return [(f"ce_{name}", value.encode("ascii")) for name, value in carrier.items()]
+    return carrier
+
+
+def cloudevent_headers(span: Span) -> list[tuple[str, bytes]]:
+    """The span's context as the CloudEvent's distributed-tracing extension: binary-mode
+    headers ``ce_traceparent`` (and ``ce_tracestate``)."""
+    return [(f"ce_{name}", value.encode("ascii")) for name, value in _w3c(span).items()]
 
 
 def traceparent(span: Span) -> str | None:
-    carrier: dict[str, str] = {}
-    _W3C.inject(carrier, context=trace.set_span_in_context(span))
-    return carrier.get("traceparent")
+    return _w3c(span).get("traceparent")
 
 
-def http_context(headers: Any) -> Context:
-    """An incoming request's W3C trace context (an empty context when it carries none).
-    ``headers``: the framework's own (Starlette's, werkzeug's), whose ``get`` ignores case."""
-    return _W3C.extract(headers)
+def _continues(context: Context) -> bool:
+    return trace.get_current_span(context).get_span_context().is_valid
 
 
-def failed(span: Span, error: BaseException | str, description: str = "") -> None:
-    span.set_status(Status(StatusCode.ERROR, description or str(error)))
+def failed(span: Span, error: BaseException | str) -> None:
+    span.set_status(Status(StatusCode.ERROR, str(error)))
     span.set_attribute("error.type", error if isinstance(error, str) else type(error).__name__)
 
 
@@ -151,17 +209,11 @@ class Tracing:
         self.settings = settings
         self.exporter = exporter_name(settings)
         self.enabled = self.exporter != "none"
+        self.budget = TraceBudget(settings.traces_per_second)
         self._processor: BatchSpanProcessor | None = None
         self.provider: trace.TracerProvider = trace.NoOpTracerProvider()
         if self.enabled:
-            queue = settings.otel_bsp_max_queue_size
-            self._processor = BatchSpanProcessor(
-                _exporter(self.exporter, settings),
-                max_queue_size=queue,
-                schedule_delay_millis=settings.otel_bsp_schedule_delay,
-                max_export_batch_size=min(512, queue),
-                meter_provider=_dropped_spans_meter(),
-            )
+            self._processor = _counting_processor(_exporter(self.exporter, settings), settings)
             # The SDK logs every dropped span; the counter above says it once per scrape instead.
             logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)
             # The SDK's own exit hook would wait up to 30 s for an unreachable collector.
@@ -174,19 +226,38 @@ class Tracing:
         self.tracer = self.provider.get_tracer("purchase_common", _VERSION)
 
     def mongodb_listeners(self) -> list[Any]:
-        """pymongo command listeners that make a CLIENT span per command (the pymongo
-        instrumentation's tracer, handed to one client rather than registered globally)."""
+        """pymongo command listeners that make a CLIENT span per command run inside a trace (the
+        pymongo instrumentation's tracer, handed to one client rather than registered globally).
+        A command outside one (a readiness probe's ping, an untraced request's find) makes none:
+        the instrumentation's own tracer would start a trace for each."""
         if not self.enabled:
             return []
         from opentelemetry.instrumentation.pymongo import CommandTracer
 
-        return [CommandTracer(self.provider.get_tracer("opentelemetry.instrumentation.pymongo"))]
+        class InTraceCommandTracer(CommandTracer):
+            def started(self, event: Any) -> None:
+                if _continues(context_api.get_current()):
+                    super().started(event)
 
-    def server_span(self, method: str, route: str, path: str, headers: Any) -> AbstractContextManager[Span]:
-        """The request's SERVER span, current while the handler runs, continuing the caller's trace."""
+        return [InTraceCommandTracer(self.provider.get_tracer("opentelemetry.instrumentation.pymongo"))]
+
+    def request_context(self, headers: Any) -> Context | None:
+        """Where an incoming request's trace goes on: the caller's W3C context, a new trace's
+        (empty) one while the budget allows, else None: the request makes no span.
+        ``headers``: the framework's own (Starlette's, werkzeug's), whose ``get`` ignores case."""
+        if not self.enabled:
+            return None
+        if headers.get("traceparent") is not None:
+            context = _W3C.extract(headers)
+            if _continues(context):
+                return context
+        return Context() if self.budget.take() else None
+
+    def server_span(self, method: str, route: str, path: str, context: Context) -> AbstractContextManager[Span]:
+        """The request's SERVER span, current while the handler runs, in ``context``'s trace."""
         return self.tracer.start_as_current_span(
             f"{method} {route}",
-            context=http_context(headers),
+            context=context,
             kind=SpanKind.SERVER,
             attributes={"http.request.method": method, "http.route": route, "url.path": path},
             record_exception=False,
@@ -236,10 +307,16 @@ def delivered(span: Span, partition: int | None, offset: int | None) -> None:
         span.set_attribute("messaging.kafka.offset", offset)
 
 
+def _where(record: Any) -> tuple[str, int, int]:
+    return (record.topic, record.partition, record.offset)
+
+
 class ConsumedBatch:
-    """The spans of one polled batch: a CONSUMER span per record in the record's own trace,
-    from the poll that brought it ("consumed") to the write that stored it ("stored") or its
-    dead letter; and, per write, a ``store`` span linked to each of them."""
+    """The spans of one polled batch: a CONSUMER span per record that carries a trace context,
+    in that trace, from the poll that brought it ("consumed") to the write that stored it
+    ("stored") or its dead letter; and, per write, a ``store`` span linked to each of them. A
+    record without one (a purchase buy did not trace) makes no span: the consumer never starts
+    a trace, so every trace is a whole purchase."""
 
     def __init__(self, tracing: Tracing, records: Sequence[Any], group: str):
         self.tracer = tracing.tracer
@@ -247,58 +324,66 @@ class ConsumedBatch:
         self._ids: dict[tuple[str, int, int], str] = {}
         for record in records:
             headers = dict(record.headers or ())
+            context = _W3C.extract(headers, getter=_HEADERS)
+            if not _continues(context):
+                continue
             raw_id = headers.get("ce_id")
             event_id = raw_id.decode("utf-8", "replace") if isinstance(raw_id, bytes) else None
             attributes = messaging_attributes("process", record.topic, event_id, record.key)
             attributes["messaging.destination.partition.id"] = str(record.partition)
             attributes["messaging.kafka.offset"] = record.offset
             attributes["messaging.consumer.group.name"] = group
-            where = (record.topic, record.partition, record.offset)
-            self._spans[where] = self.tracer.start_span(
-                f"process {record.topic}",
-                context=_W3C.extract(headers, getter=_HEADERS),
-                kind=SpanKind.CONSUMER,
-                attributes=attributes,
+            self._spans[_where(record)] = self.tracer.start_span(
+                f"process {record.topic}", context=context, kind=SpanKind.CONSUMER, attributes=attributes
             )
             if event_id is not None:
-                self._ids[where] = event_id
+                self._ids[_where(record)] = event_id
 
-    def span(self, record: Any) -> Span:
-        return self._spans[(record.topic, record.partition, record.offset)]
+    def __bool__(self) -> bool:
+        """Whether any record of the batch is traced."""
+        return bool(self._spans)
+
+    def span(self, record: Any) -> Span | None:
+        return self._spans.get(_where(record))
 
     @contextmanager
     def storing(self, records: Sequence[Any]) -> Iterator[Span]:
         """The batch's write as one span, current while it runs (so the database client's
-        span is its child): the child of the record's span when it is the only one, else a
-        root linked to every record's span."""
-        spans = [self.span(record) for record in records]
+        span is its child): the child of the traced record's span when it is the only one,
+        else a root linked to every traced record's span."""
+        spans = [span for span in map(self.span, records) if span is not None]
         parent = trace.set_span_in_context(spans[0]) if len(spans) == 1 else Context()
         with self.tracer.start_as_current_span(
             "store purchases",
             context=parent,
             links=[Link(span.get_span_context()) for span in spans],
-            attributes={"purchase.batch.size": len(spans)},
+            attributes={"purchase.batch.size": len(records)},
         ) as span:
             yield span
 
     def stored(self, records: Sequence[Any], store: Span, duplicate_indexes: frozenset[int]) -> None:
-        """End each record's span (``records`` in the write's order): stored, or a redelivered
-        duplicate the unique eventId absorbed."""
+        """End each traced record's span (``records`` in the write's order): stored, or a
+        redelivered duplicate the unique eventId absorbed."""
         context = store.get_span_context()
         store_ids = {
             "purchase.store.trace_id": format(context.trace_id, "032x"),
             "purchase.store.span_id": format(context.span_id, "016x"),
         }
         for index, record in enumerate(records):
-            span = self._spans.pop((record.topic, record.partition, record.offset))
+            span = self._spans.pop(_where(record), None)
+            if span is None:
+                continue
             outcome = "duplicate" if index in duplicate_indexes else "stored"
             span.set_attributes({**store_ids, "purchase.outcome": outcome})
             span.end()
 
-    def dead_letter_sending(self, record: Any, topic: str, reason: str) -> Span:
+    def dead_letter_sending(self, record: Any, topic: str, reason: str) -> Span | None:
         """A poison record's dead letter: a PRODUCER span under the record's span, which gets the
-        reason and where the record came from. ``dead_lettered`` ends both once the send is acked."""
+        reason and where the record came from. ``dead_lettered`` ends both once the send is acked.
+        None when the record is not traced."""
         span = self.span(record)
+        if span is None:
+            return None
         details = {
             "purchase.dead_letter.reason": reason,
             "purchase.dead_letter.source_topic": record.topic,
@@ -306,7 +391,7 @@ class ConsumedBatch:
             "purchase.dead_letter.source_offset": record.offset,
         }
         span.set_attributes({"purchase.outcome": "dead_lettered", **details})
-        event_id = self._ids.get((record.topic, record.partition, record.offset))
+        event_id = self._ids.get(_where(record))
         return self.tracer.start_span(
             f"send {topic}",
             context=trace.set_span_in_context(span),
@@ -314,10 +399,12 @@ class ConsumedBatch:
             attributes={**messaging_attributes("send", topic, event_id, record.key), **details},
         )
 
-    def dead_lettered(self, record: Any, send: Span, partition: int | None, offset: int | None) -> None:
+    def dead_lettered(self, record: Any, send: Span | None, partition: int | None, offset: int | None) -> None:
+        if send is None:
+            return
         delivered(send, partition, offset)
         send.end()
-        self._spans.pop((record.topic, record.partition, record.offset)).end()
+        self._spans.pop(_where(record)).end()
 
     def abandoned(self, error: str) -> None:
         """End what is still open when the process gives up on the batch (it stays uncommitted)."""
