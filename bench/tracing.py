@@ -3,11 +3,13 @@ CloudEvent's traceparent and the 202's, timed as CPU per request for each way of
 
     python -m bench.tracing [--requests 20000] [--zipkin http://127.0.0.1:9411]
 
-off: no exporter (the functions make no span); unsampled: an exporter, but the sampler says no
-(OTEL_TRACES_SAMPLER=always_off, the cost of a trace that is not recorded); sampled: every span
-recorded and queued, the exporter discarding them; exported: also encoded and posted to a real
-Zipkin, the batch thread's CPU included (measured after the queue is flushed). bench.ab measures
-the same on the running server, where the machine's noise is larger than these differences.
+off: no exporter (the functions make no span); untraced: an exporter, but the request is past
+its TRACES_PER_SECOND budget (what most requests of a busy buy cost: a header lookup and the
+budget's check); unsampled: the SDK's sampler says no (OTEL_TRACES_SAMPLER=always_off: a span
+made and dropped); sampled: every span recorded and queued, the exporter discarding them;
+exported: also encoded and posted to a real Zipkin, the batch thread's CPU included (measured
+after the queue is flushed). bench.ab measures the same on the running server, where the
+machine's noise is larger than these differences.
 """
 from __future__ import annotations
 
@@ -33,9 +35,10 @@ class Discard(SpanExporter):
 def buy_spans(t: tracing.Tracing, requests: int) -> None:
     """buy's span work for ``requests`` purchases, as Buy.handle and Buy._send do it."""
     for _ in range(requests):
-        if not t.enabled:
+        context = t.request_context(HEADERS)
+        if context is None:
             continue
-        with t.server_span("POST", "/api/buy", "/api/buy", HEADERS) as server:
+        with t.server_span("POST", "/api/buy", "/api/buy", context) as server:
             server.set_attributes({"purchase.event_id": "0b9d6a4e-9f5b-4c47-8f0e", "purchase.user_id": "u1"})
             send = t.producer_span("purchases", "0b9d6a4e-9f5b-4c47-8f0e", b"u1")
             tracing.cloudevent_headers(send)
@@ -47,9 +50,10 @@ def buy_spans(t: tracing.Tracing, requests: int) -> None:
 
 def measure(mode: str, requests: int, zipkin: str) -> float:
     env = {} if mode == "off" else {"OTEL_EXPORTER_ZIPKIN_ENDPOINT": f"{zipkin}/api/v2/spans"}
+    env["TRACES_PER_SECOND"] = "0" if mode == "untraced" else "inf"
     os.environ["OTEL_TRACES_SAMPLER"] = "always_off" if mode == "unsampled" else "parentbased_always_on"
     t = tracing.Tracing(config.load(env), "buy")
-    if mode in ("unsampled", "sampled") and t._processor is not None:
+    if mode in ("untraced", "unsampled", "sampled") and t._processor is not None:
         t._processor.span_exporter.shutdown()
         t._processor._batch_processor._exporter = Discard()  # the queue and its thread stay the SDK's
     started = time.process_time()
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zipkin", default="", help="a running Zipkin's base URL; unset: the exported row is skipped")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    modes = ["off", "unsampled", "sampled"] + (["exported"] if args.zipkin else [])
+    modes = ["off", "untraced", "unsampled", "sampled"] + (["exported"] if args.zipkin else [])
     results = {}
     for mode in modes:
         say(f"tracing {mode}: {args.requests} purchases' spans")
@@ -72,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'mode':10} {'CPU us/request':>15}")
     for mode, us in results.items():
         print(f"{mode:10} {us:15.1f}")
+    traced = results.get("exported", results["sampled"])
+    budget = config.load({}).traces_per_second
+    print(f"\nat the default budget ({budget:g} traces a second per process), per request at a process's rate:")
+    results["at_default_budget"] = {}
+    for rate in (50, 200, 1000, 2000):
+        us = results["untraced"] + min(1.0, budget / rate) * (traced - results["untraced"])
+        results["at_default_budget"][rate] = us
+        print(f"{rate:>6} req/s {us:8.1f} us")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"cpu_us_per_request": results, "requests": args.requests}, out, indent=2)

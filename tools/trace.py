@@ -421,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not spans:
         print(f"trace: no span names purchase {args.event_id} in Zipkin at {client.base_url} after {args.wait:g}s "
-              "(a wrong id, a purchase older than Zipkin's in-memory store, or functions started without "
+              "(a wrong id, a purchase older than Zipkin's in-memory store, a purchase past buy's "
+              "TRACES_PER_SECOND that its caller sent no traceparent for, or functions started without "
               "OTEL_EXPORTER_ZIPKIN_ENDPOINT)", file=sys.stderr)
         return 1
     print(report(args.event_id, spans))

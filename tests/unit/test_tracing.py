@@ -94,7 +94,8 @@ def test_a_plain_w3c_header_is_read_too_and_a_record_without_one_makes_no_span(s
 
 def test_a_batch_without_a_traced_record_is_falsy_so_its_write_makes_no_span(spans):
     t, exporter = spans
-    batch = tracing.ConsumedBatch(t, [record(1, []), record(2, [("ce_id", b"e2")])], "group")
+    unsampled = ("ce_traceparent", ("00-" + "ab" * 16 + "-" + "cd" * 8 + "-00").encode())
+    batch = tracing.ConsumedBatch(t, [record(1, []), record(2, [("ce_id", b"e2")]), record(3, [unsampled])], "group")
     assert not batch
     assert batch.dead_letter_sending(record(2, []), "purchases.dlq", "bad") is None
     assert exporter.get_finished_spans() == ()

@@ -196,6 +196,11 @@ def _continues(context: Context) -> bool:
     return trace.get_current_span(context).get_span_context().is_valid
 
 
+def _sampled(context: Context) -> bool:
+    parent = trace.get_current_span(context).get_span_context()
+    return parent.is_valid and parent.trace_flags.sampled
+
+
 def failed(span: Span, error: BaseException | str) -> None:
     span.set_status(Status(StatusCode.ERROR, str(error)))
     span.set_attribute("error.type", error if isinstance(error, str) else type(error).__name__)
@@ -315,8 +320,8 @@ class ConsumedBatch:
     """The spans of one polled batch: a CONSUMER span per record that carries a trace context,
     in that trace, from the poll that brought it ("consumed") to the write that stored it
     ("stored") or its dead letter; and, per write, a ``store`` span linked to each of them. A
-    record without one (a purchase buy did not trace) makes no span: the consumer never starts
-    a trace, so every trace is a whole purchase."""
+    record without a sampled one (a purchase buy did not trace or record) makes no span: the
+    consumer never starts a trace, so every trace is a whole purchase."""
 
     def __init__(self, tracing: Tracing, records: Sequence[Any], group: str):
         self.tracer = tracing.tracer
@@ -325,7 +330,7 @@ class ConsumedBatch:
         for record in records:
             headers = dict(record.headers or ())
             context = _W3C.extract(headers, getter=_HEADERS)
-            if not _continues(context):
+            if not _sampled(context):  # its producer recorded nothing: neither does the consumer
                 continue
             raw_id = headers.get("ce_id")
             event_id = raw_id.decode("utf-8", "replace") if isinstance(raw_id, bytes) else None
