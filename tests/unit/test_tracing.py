@@ -92,11 +92,12 @@ def test_a_plain_w3c_header_is_read_too_and_a_record_without_one_makes_no_span(s
     assert finished[3].attributes["purchase.store.span_id"] == format(store_span.context.span_id, "016x")
 
 
-def test_a_batch_without_a_traced_record_is_falsy_so_its_write_makes_no_span(spans):
+def test_records_without_a_sampled_context_make_no_span(spans):
     t, exporter = spans
     unsampled = ("ce_traceparent", ("00-" + "ab" * 16 + "-" + "cd" * 8 + "-00").encode())
-    batch = tracing.ConsumedBatch(t, [record(1, []), record(2, [("ce_id", b"e2")]), record(3, [unsampled])], "group")
-    assert not batch
+    records = [record(1, []), record(2, [("ce_id", b"e2")]), record(3, [unsampled])]
+    batch = tracing.ConsumedBatch(t, [*records, record(4, [("ce_traceparent", TRACEPARENT.encode())])], "group")
+    assert not batch.traces_any(records) and batch.traces_any([record(4, [])])
     assert batch.dead_letter_sending(record(2, []), "purchases.dlq", "bad") is None
     assert exporter.get_finished_spans() == ()
 

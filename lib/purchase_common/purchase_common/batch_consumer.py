@@ -260,7 +260,8 @@ class BatchConsumer(Generic[E]):
         """The batch's spans (one per record that carries a trace), when traces are exported."""
         if not records or not self.function.tracing.enabled:
             return None
-        return ConsumedBatch(self.function.tracing, records, self.settings.consumer_group) or None
+        batch = ConsumedBatch(self.function.tracing, records, self.settings.consumer_group)
+        return batch if batch.traces_any(records) else None
 
     def _decode(
         self, records: list[ConsumerRecord]
@@ -311,8 +312,8 @@ class BatchConsumer(Generic[E]):
         DEAD_LETTERED.inc(len(poison))
 
     def _store(self, events: list[E], records: list[ConsumerRecord], batch: ConsumedBatch | None) -> None:
-        """One write of the events, as the batch's store span when traced."""
-        if batch is None or not records:
+        """One write of the events, as the batch's store span when any of them is traced."""
+        if batch is None or not batch.traces_any(records):
             self.function.write(events)
             return
         with batch.storing(records) as span:

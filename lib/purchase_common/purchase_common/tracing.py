@@ -317,8 +317,8 @@ def _where(record: Any) -> tuple[str, int, int]:
 
 
 class ConsumedBatch:
-    """The spans of one polled batch: a CONSUMER span per record that carries a trace context,
-    in that trace, from the poll that brought it ("consumed") to the write that stored it
+    """The spans of one polled batch: a CONSUMER span per record that carries a sampled trace
+    context, in that trace, from the poll that brought it ("consumed") to the write that stored it
     ("stored") or its dead letter; and, per write, a ``store`` span linked to each of them. A
     record without a sampled one (a purchase buy did not trace or record) makes no span: the
     consumer never starts a trace, so every trace is a whole purchase."""
@@ -344,9 +344,8 @@ class ConsumedBatch:
             if event_id is not None:
                 self._ids[_where(record)] = event_id
 
-    def __bool__(self) -> bool:
-        """Whether any record of the batch is traced."""
-        return bool(self._spans)
+    def traces_any(self, records: Sequence[Any]) -> bool:
+        return any(_where(record) in self._spans for record in records)
 
     def span(self, record: Any) -> Span | None:
         return self._spans.get(_where(record))
