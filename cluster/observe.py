@@ -199,3 +199,38 @@ class StepWatch:
             self._proc.kill()
             self._proc.wait(timeout=10)
         self._thread.join(timeout=10)
+
+
+def node_report(kube: Kube, events: int = 40) -> str:
+    """What a failed node test leaves behind to read: the node's pressure conditions and taints,
+    every pod that is not Ready (and why, as kubelet says), and the latest Warning events."""
+    lines = []
+    try:
+        for node in kube.read("get", "nodes")["items"]:
+            conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
+            taints = [f"{t['key']}:{t['effect']}" for t in node["spec"].get("taints", []) or []]
+            lines.append(f"node {node['metadata']['name']}: {conditions} taints {taints or 'none'}")
+        for pod in kube.read("get", "pods", "--all-namespaces")["items"]:
+            if kube.condition(pod, "Ready") == "True" or pod["status"].get("phase") == "Succeeded":
+                continue
+            states = []
+            for status in pod["status"].get("containerStatuses", []) or []:
+                state = next(iter(status.get("state") or {"unknown": {}}))
+                reason = (status.get("state") or {}).get(state, {}).get("reason", "")
+                states.append(f"{status['name']}={state}{'/' + reason if reason else ''} "
+                              f"restarts {status['restartCount']}")
+            unscheduled = next((c.get("message", "") for c in pod["status"].get("conditions", [])
+                                if c["type"] == "PodScheduled" and c["status"] != "True"), "")
+            deleting = " deleting" if pod["metadata"].get("deletionTimestamp") else ""
+            lines.append(f"not Ready: {pod['metadata']['namespace']}/{pod['metadata']['name']} "
+                         f"{pod['status'].get('phase')}{deleting} {'; '.join(states)} {unscheduled}".rstrip())
+        warnings = kube.read("get", "events", "--all-namespaces", "--field-selector=type=Warning")["items"]
+        warnings.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        for event in warnings[-events:]:
+            involved = event["involvedObject"]
+            lines.append(f"{event.get('lastTimestamp') or event.get('eventTime')} {event['reason']} "
+                         f"{involved.get('namespace', '')}/{involved['kind']}/{involved['name']} "
+                         f"x{event.get('count', 1)}: {event.get('message', '').strip()[:300]}")
+    except (RuntimeError, subprocess.TimeoutExpired, KeyError) as exc:
+        lines.append(f"(the node could not be read: {type(exc).__name__}: {exc})")
+    return "\n".join(lines)

@@ -98,8 +98,9 @@ class Buy:
         return True
 
     def ready(self) -> dict[str, bool]:
-        # Serving is all readiness means here: with Kafka down, buy still answers (503) at once.
-        return {}
+        # With Kafka down, buy still answers (503) at once, so Kafka is not a condition; the
+        # issuer's keys are: a process without them can accept no purchase at all.
+        return auth.readiness(self.verifier)
 
     async def handle(self, request: Request) -> Response:
         path = request.scope["path"]

@@ -108,7 +108,7 @@ class History:
 
     def ready(self) -> dict[str, bool]:
         # Ready only while MongoDB answers: a history pod that cannot read is taken out of rotation.
-        return {"mongodb": self.store.reachable()}
+        return {"mongodb": self.store.reachable(), **auth.readiness(self.verifier)}
 
     def handle(self, request: Request) -> Response:
         route = _route(request.path)

@@ -130,6 +130,11 @@ class NodeDeployment:
     def buy_pods(self) -> list[dict]:
         return self.revision.pods(self.kube)
 
+    def buy_replicas(self) -> int | None:
+        """How many pods KPA wants for the buy Revision now (its Deployment's replicas)."""
+        deployment = self.kube.get("deployment", f"{self.revision.name}-deployment")
+        return None if deployment is None else int(deployment["spec"].get("replicas", 1))
+
     def collection(self):
         """With room for FerretDB to scan (it counts by scanning): on the node the store is read
         only after the load, and it holds every earlier run's purchases too."""
@@ -199,8 +204,11 @@ class PodFaults:
         with self.claims:
             self.claimed.discard(pod["metadata"]["uid"])
 
-    def _delete_pod(self, run: FaultRun, chaos: Chaos, victim: dict, pods, release=lambda: None) -> None:
-        """Delete the pod; lifted once a pod of `pods()` that was not there before is Ready."""
+    def _delete_pod(self, run: FaultRun, chaos: Chaos, victim: dict, pods, release=lambda: None,
+                    wanted=lambda: None) -> None:
+        """Delete the pod; lifted once a pod of `pods()` that was not there before is Ready, or,
+        for a scaled workload (`wanted()`, its replica count), once the Ready pods left are as
+        many as it wants: an autoscaler may shrink it instead of replacing the pod."""
         before = {p["metadata"]["uid"] for p in pods()} | {victim["metadata"]["uid"]}
         name = victim["metadata"]["name"]
         run.injected_at = chaos.clock()
@@ -208,8 +216,14 @@ class PodFaults:
             self.kube.run("delete", "pod", name, f"--namespace={NAMESPACE}", "--wait=false")
         finally:
             release()
-        back = poll_until(lambda: next((p for p in pods() if p["metadata"]["uid"] not in before and ready(p)), None),
-                          READY_TIMEOUT_S, POLL_S, f"a pod in place of {name} Ready")
+
+        def replaced():
+            current = [p for p in pods() if ready(p) and p["metadata"]["uid"] != victim["metadata"]["uid"]]
+            new = next((p for p in current if p["metadata"]["uid"] not in before), None)
+            if new is None and current and (want := wanted()) is not None and len(current) >= want:
+                return current[0]
+            return new
+        back = poll_until(replaced, READY_TIMEOUT_S, POLL_S, f"a pod in place of {name} Ready")
         run.lifted_at = chaos.clock()
         run.detail.update(pod=name, replacement=back["metadata"]["name"],
                           ready_after_s=round(run.lifted_at - run.injected_at, 1))
@@ -222,7 +236,7 @@ class PodFaults:
         buy_pods = self.deployment.buy_pods
         victim = poll_until(lambda: next((p for p in buy_pods() if ready(p)), None), POD_PICK_TIMEOUT_S,
                             POLL_S, "a Ready buy pod")
-        self._delete_pod(run, chaos, victim, buy_pods)
+        self._delete_pod(run, chaos, victim, buy_pods, wanted=self.deployment.buy_replicas)
 
     def _kafka_pod_delete(self, run: FaultRun, chaos: Chaos) -> None:
         """The broker leading the most partitions of the purchases topic: the two replicas left

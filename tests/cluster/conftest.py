@@ -16,6 +16,7 @@ import pytest
 from clusterlib import POLL_S, ROOT, Kube, NodeStack, revision_ready, wait_until
 
 from cluster import control
+from cluster.observe import node_report
 
 HERE = Path(__file__).resolve().parent
 
@@ -70,3 +71,23 @@ def stack(kube, deployed) -> NodeStack:
     wait_until(lambda: kube.condition(result.scaled_object(), "Ready") == "True", 120, POLL_S,
                "ScaledObject Ready=True")
     return result
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed node test carries the node's state at that moment (pods not Ready and why, the
+    latest Warning events), also written to .run/cluster/results/failed-<test>.txt: a failure in
+    a CI run is read afterwards, when the cluster is gone."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (ENABLED and report.when == "call" and report.failed and control.is_up()):
+        return
+    text = node_report(Kube(control.read_state()))
+    kubelet_log = control.LOGS / "kubelet.log"
+    if kubelet_log.exists():  # klog's error lines start with E and the date
+        errors = [line for line in kubelet_log.read_text(errors="replace").splitlines() if line.startswith("E")]
+        text += "\n--- kubelet's last errors ---\n" + "\n".join(line[:400] for line in errors[-30:])
+    report.sections.append(("node state at the failure", text))
+    results = ROOT / ".run" / "cluster" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"failed-{item.name}.txt").write_text(text + "\n")

@@ -11,6 +11,7 @@ exactly one property is wrong.
 """
 from __future__ import annotations
 
+import logging
 import socket
 import time
 import urllib.error
@@ -20,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from auth_tokens import HOSTILE, STRANGER_KEY, CountingProxy, forged
+from support import wait_until
+from purchase_common import config
 from purchase_common.auth import (
     INVALID_TOKEN,
     READ_ANY_SCOPE,
@@ -29,6 +32,8 @@ from purchase_common.auth import (
     TokenVerifier,
     may_buy_for,
     may_read,
+    readiness,
+    start_verifier,
 )
 
 from devstack import oidc
@@ -176,6 +181,32 @@ def test_provider_going_down_keeps_cached_keys_and_refuses_unknown_ones_as_unava
     time.sleep(0.6)
     rotated = forged(provider, key=STRANGER_KEY, kid="rotated-while-down")
     assert "not the issuer's" in refused(check, rotated).description
+
+
+def test_a_function_started_while_the_provider_is_down_is_ready_soon_after_it_answers(provider, proxy):
+    """What buy and history do at start (start_verifier) and report as readiness: not Ready
+    without keys, retried in the background well within AUTH_REFRESH_INTERVAL_S, Ready once
+    the provider answers, and still Ready when it goes down again."""
+    proxy.down = True
+    settings = config.Settings(auth_mode="jwt", auth_issuer=provider.issuer, auth_audience=oidc.AUDIENCE,
+                               auth_jwks_url=proxy.url + "/purchase/jwks", auth_http_timeout_s=HTTP_TIMEOUT_S,
+                               auth_refresh_interval_s=60.0)
+    check = start_verifier(settings, logging.getLogger("test"))
+    wait_until(lambda: proxy.hits["/purchase/jwks"] >= 2, 5, 0.05, "a second try while the provider is down")
+    assert readiness(check) == {"issuer_keys": False}
+    with pytest.raises(KeysUnavailable):
+        check.verify(provider.token("555"))
+    proxy.down = False
+    answered = time.monotonic()
+    wait_until(lambda: readiness(check)["issuer_keys"], 10, 0.05, "keys fetched after the provider came back")
+    assert time.monotonic() - answered < 8, "the background retry, not the next request, fetched the keys"
+    assert check.verify(provider.token("555")).subject == "555"
+    tries = proxy.hits["/purchase/jwks"]
+    proxy.down = True
+    time.sleep(0.6)
+    assert readiness(check) == {"issuer_keys": True} and proxy.hits["/purchase/jwks"] == tries, \
+        "the retry stops at the first success; an outage afterwards unreadies nothing"
+    assert readiness(None) == {}, "AUTH_MODE=off has no token condition"
 
 
 def test_provider_restart_on_its_folder_keeps_its_key(provider, tmp_path):

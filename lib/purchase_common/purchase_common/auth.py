@@ -296,6 +296,11 @@ class TokenVerifier:
         finally:
             self._lock.release()
 
+    def has_keys(self) -> bool:
+        """Whether a JWKS was ever fetched: a process without one can verify no token (readiness).
+        Kept through later failed refreshes, so an outage of the provider unreadies nothing."""
+        return self._fetched_at is not None
+
     def _lock_wait_s(self) -> float:
         # A discovery document and a JWKS, each bounded, plus slack: a waiter never hangs longer.
         return 2 * self.http_timeout_s + 1
@@ -528,9 +533,19 @@ def verifier_from(settings: Settings) -> TokenVerifier | None:
     )
 
 
+PREFETCH_FIRST_RETRY_S = 0.5
+
+
+def readiness(verifier: TokenVerifier | None) -> dict[str, bool]:
+    """A function's readiness condition for tokens: the issuer's keys fetched once (none with
+    AUTH_MODE=off). Never lost again, so the provider going down takes no pod out of rotation."""
+    return {} if verifier is None else {"issuer_keys": verifier.has_keys()}
+
+
 def start_verifier(settings: Settings, logger: logging.Logger) -> TokenVerifier | None:
     """A function's verifier at start: built from settings, its keys fetched in the background
-    (the first request should not wait for them, and a provider down must not stop the start).
+    until they come (the first request should not wait for them, and a provider down must not
+    stop the start; the function is Ready once `has_keys`).
     AUTH_MODE=off says loudly that the API is open."""
     verifier = verifier_from(settings)
     if verifier is None:
@@ -541,10 +556,16 @@ def start_verifier(settings: Settings, logger: logging.Logger) -> TokenVerifier 
         return None
 
     def prefetch() -> None:
-        try:
-            verifier.refresh()
-        except KeysUnavailable:
-            pass  # logged by refresh; requests answer 503 until a fetch succeeds
+        # Until the first fetch succeeds, retried sooner than requests would (they wait out
+        # AUTH_REFRESH_INTERVAL_S after a failure): a pod that started while the provider was slow
+        # or down is Ready (has_keys) within a backoff step of it answering.
+        delay_s = PREFETCH_FIRST_RETRY_S
+        while not verifier.has_keys():  # a request's own fetch may have got them first
+            try:
+                verifier.refresh()
+            except KeysUnavailable:  # logged by refresh; requests answer 503 until a fetch succeeds
+                time.sleep(delay_s)
+                delay_s = min(2 * delay_s, max(verifier.min_refresh_interval_s, PREFETCH_FIRST_RETRY_S))
 
     threading.Thread(target=prefetch, name="jwks-prefetch", daemon=True).start()
     logger.info("bearer tokens required: issuer %s, audience %s", verifier.issuer, ",".join(verifier.audience))
