@@ -6,14 +6,21 @@ twice, no 202 without two replicas) and prints its figures (failover window, 503
 from __future__ import annotations
 
 import collections
+import os
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass
 
 import pytest
+import yaml
+from kafka import KafkaProducer
+from support import wait_until
 
+from devstack.servers import describe_partitions, ensure_topics
 from load import loadgen
 from load.soak.clients import NO_ANSWER, Clients, Purchase, make_purchases
+from tools.common import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -172,3 +179,48 @@ def test_rolling_restart_of_all_brokers_loses_and_duplicates_nothing(cluster_sce
     assert figures["accepted"] > 0
     report("rolling restart of three brokers", restarts_s=restarts, restarts_within_load=ended < 120, **figures,
            longest_without_202_s=load.longest_without_202(5.0))
+
+
+def statefulset_readiness_script() -> str:
+    """The kafka StatefulSet's readiness probe (k8s/kafka), run here as kubelet runs it in a pod."""
+    statefulset = yaml.safe_load((ROOT / "k8s" / "kafka" / "kafka-statefulset.yaml").read_text())
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    return container["readinessProbe"]["exec"]["command"][-1]
+
+
+def test_the_statefulsets_readiness_holds_a_broker_until_it_is_back_in_sync(kafka_cluster):
+    """What keeps the node's rolling restart from taking a second broker while the first is
+    behind: the probe (asked of any broker, for any node id) fails while that node is out of
+    some ISR, and passes on a restarted node once it has caught up."""
+    kafka = kafka_cluster.kafka
+    kafka_cluster.start_kafka()
+    topic = "ready-" + uuid.uuid4().hex[:8]
+    ensure_topics(kafka_cluster.bootstrap, {topic: 6})
+    script = statefulset_readiness_script()
+
+    def probe(node_id: int, asked: int) -> subprocess.CompletedProcess:
+        env = dict(os.environ, PROBE_PORT=str(kafka.node(asked).port), KAFKA_NODE_ID=str(node_id))
+        return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=15)
+
+    assert [probe(n, n).returncode for n in kafka.running()] == [0] * len(kafka.nodes)
+    live, victim = kafka.running()[0], kafka.running()[-1]
+    kafka.kill_node(victim)
+    try:
+        # Writes the victim misses: its partitions' ISRs shrink once the controller fences it.
+        producer = KafkaProducer(bootstrap_servers=kafka_cluster.bootstrap, acks="all")
+        try:
+            for i in range(60):
+                producer.send(topic, key=f"r{i}".encode(), value=b"{}")
+            producer.flush(30)
+        finally:
+            producer.close(5)
+        behind = wait_until(lambda: (lambda r: r if r.returncode == 1 else None)(probe(victim, live)), 30, 0.5,
+                            f"node {victim} out of sync, as node {live} sees it")
+        assert f"node {victim} is not in sync on" in behind.stdout, behind.stdout + behind.stderr
+        assert probe(live, live).returncode == 0, "a node in every ISR stays Ready"
+    finally:
+        kafka.start_node(victim)
+    wait_until(lambda: probe(victim, victim).returncode == 0, 60, 0.2, f"node {victim} Ready again")
+    described = describe_partitions(kafka_cluster.bootstrap, None)
+    assert all(victim in p["isr_nodes"] for partitions in described.values() for p in partitions
+               if victim in p["replica_nodes"]), "Ready only once back in every ISR"

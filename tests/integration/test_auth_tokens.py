@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from auth_tokens import HOSTILE, STRANGER_KEY, CountingProxy, forged
-from support import wait_until
 from purchase_common import config
 from purchase_common.auth import (
     INVALID_TOKEN,
@@ -35,6 +34,7 @@ from purchase_common.auth import (
     readiness,
     start_verifier,
 )
+from support import wait_until
 
 from devstack import oidc
 from tools.common import free_port

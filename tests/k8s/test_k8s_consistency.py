@@ -334,8 +334,10 @@ def test_kafka_ready_means_it_serves(docs):
     readiness = container["readinessProbe"]
     assert "exec" in readiness, "an open port is not a broker that serves"
     script = readiness["exec"]["command"][-1]
-    # An ApiVersions request (API key 18) on the client port, and a check of its answer.
-    assert "/dev/tcp/127.0.0.1/9092" in script and r"\x00\x12" in script and "000000070000" in script
+    # A Metadata request (API key 3, v4) to the broker's own client port, and every partition
+    # this node replicates checked for it in the ISR (tests/faults runs the script for real).
+    assert "/dev/tcp/${PROBE_HOST:-127.0.0.1}/${PROBE_PORT:-9092}" in script
+    assert r"\x00\x03\x00\x04" in script and "replica && !insync" in script
     # Liveness does not depend on the quorum: restarting a broker would not bring it back.
     assert "tcpSocket" in container["livenessProbe"]
     heap = re.search(r"-Xmx(\d+)m", broker_env(docs)["KAFKA_HEAP_OPTS"]).group(1)
