@@ -86,7 +86,7 @@ def test_kpa_adds_buy_pods_when_concurrency_passes_the_target(stack, kube, capsy
     second_ready_s = None
     with ThreadPoolExecutor(concurrency + 1) as pool:
         futures = [pool.submit(worker, i) for i in range(concurrency)]
-        while time.monotonic() - started < (LOAD_S if second_ready_s else LOAD_MAX_S):
+        while time.monotonic() - started < (LOAD_MAX_S if second_ready_s is None else LOAD_S):
             peak = max(peak, len([p for p in buy.pods(kube) if kube.condition(p, "Ready") == "True"]))
             if peak >= 2 and second_ready_s is None:
                 second_ready_s = round(time.monotonic() - started, 1)
